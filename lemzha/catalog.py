@@ -1,0 +1,207 @@
+"""The one metric catalog: every canonical metric, its unit, its sources offline and its PromQL live.
+
+This module is the only place where metric names are mapped. Offline loaders look up the raw Nezha column or the
+lemzha-k/LEMMA parquet name here; the operator builds its queries here; the Prometheus replay (issue #5) writes the
+series named by each metric's `replay` so that the live query reads back exactly the offline value.
+
+Live values come from the expression evaluated at the *end* of each 30 s bin minus 1 ms, so the range selector
+(t_end - 30 s - 1 ms, t_end - 1 ms] matches the bin [t, t + 30 s) of `lemzha.binning` for millisecond timestamps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MetricType(StrEnum):
+    """Drives normalisation: bounded percentages are scaled, heavy-tailed magnitudes are log-compressed."""
+
+    PERCENT = "percent"
+    BYTES = "bytes"
+    BYTE_RATE = "byte_rate"
+    SECONDS = "seconds"
+    COUNT_RATE = "count_rate"
+    MILLICORES = "millicores"
+
+
+class Scope(StrEnum):
+    POD = "pod"
+    NODE = "node"  # a node-level value copied onto each pod of that node
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How to write this metric into Prometheus so that `MetricSpec.promql` reads the offline value back.
+
+    `series` is the Prometheus series name, `kind` is "gauge" or "counter" (a counter is written cumulatively so
+    that irate() returns the value), and the written value is `offline_value * factor`.
+    """
+
+    series: str
+    kind: str
+    factor: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: MetricType
+    unit: str
+    scope: Scope
+    nezha_column: str | None  # raw Nezha metric CSV column
+    lemzhak_name: str | None  # lemzha-k parquet stem (pod_<name>.parquet), Nezha and LEMMA alike
+    replay: Replay
+    selector_extra: str = ""  # extra label matchers of the live series
+    doc: str = ""
+    source_factor: float = 1.0  # raw Nezha / lemzha-k value * source_factor = catalog value
+
+    def __post_init__(self) -> None:
+        if self.replay.kind not in ("gauge", "counter"):
+            raise ValueError(f"{self.name}: replay kind must be gauge or counter, not {self.replay.kind!r}")
+
+    def promql(self, namespace: str) -> str:
+        """Per-pod expression whose value at time t is the latest sample at or before t (NaN-free: absent if none)."""
+        matchers = f'namespace="{_escape(namespace)}"'
+        if self.selector_extra:
+            matchers += f",{self.selector_extra}"
+        for key, value in self.replay.labels:
+            matchers += f',{key}="{value}"'
+        series = f"{self.replay.series}{{{matchers}}}"
+        factor = _inverse(self.replay.factor)
+        if self.replay.kind == "counter":
+            # irate over two samples is exact for a counter written cumulatively; `and` keeps only pods that
+            # have a sample inside the bin, so an empty bin stays empty instead of repeating the previous rate.
+            expr = f"sum by (pod) (irate({series}[2m]) and last_over_time({series}[30s]))"
+        else:
+            expr = f"sum by (pod) (last_over_time({series}[30s]))"
+        return expr if factor == 1.0 else f"({expr}) * {factor!r}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _inverse(factor: float) -> float:
+    return 1.0 if factor == 1.0 else 1.0 / factor
+
+
+_CADVISOR = 'container!="",container!="POD"'
+MIB = 1024.0 * 1024.0
+
+CATALOG: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "cpu_millicores", MetricType.MILLICORES, "millicores", Scope.POD, "CpuUsage(m)", "cpu_usage_m",
+        Replay("container_cpu_usage_seconds_total", "counter", 1e-3), _CADVISOR,
+        "CPU time used per second, in thousandths of a core.",
+    ),
+    MetricSpec(
+        "cpu_percent", MetricType.PERCENT, "%", Scope.POD, "CpuUsageRate(%)", "cpu_usage_rate",
+        Replay("lemzha:pod_cpu_usage:percent", "gauge", 1.0),
+        doc="CPU use as a share of the pod's CPU limit (recording rule in the Helm chart).",
+    ),
+    MetricSpec(
+        "memory_bytes", MetricType.BYTES, "bytes", Scope.POD, "MemoryUsage(Mi)", "memory_usage",
+        Replay("container_memory_working_set_bytes", "gauge", 1.0), _CADVISOR,
+        "Working-set memory in bytes (Nezha reports MiB).", source_factor=MIB,
+    ),
+    MetricSpec(
+        "memory_percent", MetricType.PERCENT, "%", Scope.POD, "MemoryUsageRate(%)", "memory_usage_rate",
+        Replay("lemzha:pod_memory_usage:percent", "gauge", 1.0),
+        doc="Working set as a share of the memory limit (recording rule).",
+    ),
+    MetricSpec(
+        "syscall_read", MetricType.COUNT_RATE, "ops/s", Scope.POD, "SyscallRead", "syscall_read",
+        Replay("container_fs_reads_total", "counter", 1.0), _CADVISOR,
+        "Read operations per second. Nezha counts read syscalls; live, cAdvisor's filesystem reads are the nearest.",
+    ),
+    MetricSpec(
+        "syscall_write", MetricType.COUNT_RATE, "ops/s", Scope.POD, "SyscallWrite", "syscall_write",
+        Replay("container_fs_writes_total", "counter", 1.0), _CADVISOR,
+        "Write operations, as syscall_read.",
+    ),
+    MetricSpec(
+        "network_receive", MetricType.BYTE_RATE, "bytes/s", Scope.POD, "NetworkReceiveBytes", "network_rx_bytes",
+        Replay("container_network_receive_bytes_total", "counter", 1.0),
+        doc="Bytes received per second by the pod's network namespace.",
+    ),
+    MetricSpec(
+        "network_transmit", MetricType.BYTE_RATE, "bytes/s", Scope.POD, "NetworkTransmitBytes", "network_tx_bytes",
+        Replay("container_network_transmit_bytes_total", "counter", 1.0),
+        doc="Bytes sent per second.",
+    ),
+    *(
+        MetricSpec(
+            f"latency_{side}_p{q}", MetricType.SECONDS, "s", Scope.POD,
+            f"Pod{side.title()}LatencyP{q}(s)", f"latency_{side}_p{q}",
+            Replay(f"lemzha:pod_{side}_latency_p{q}:seconds", "gauge", 1.0),
+            doc=f"P{q} of request latency seen as {side} (recording rule over the mesh's request-duration histogram).",
+        )
+        for side in ("client", "server")
+        for q in (90, 95, 99)
+    ),
+    MetricSpec(
+        "workload", MetricType.COUNT_RATE, "req/s", Scope.POD, "PodWorkload(Ops)", "workload_ops",
+        Replay("lemzha:pod_requests:rate", "gauge", 1.0),
+        doc="Requests served per second (recording rule over the mesh's request counter).",
+    ),
+    MetricSpec(
+        "node_cpu_percent", MetricType.PERCENT, "%", Scope.NODE, "NodeCpuUsageRate(%)", "node_cpu_usage_rate",
+        Replay("lemzha:pod_node_cpu_usage:percent", "gauge", 1.0),
+        doc="CPU use of the pod's node (recording rule joining node-exporter to kube_pod_info).",
+    ),
+    MetricSpec(
+        "node_memory_percent", MetricType.PERCENT, "%", Scope.NODE, "NodeMemoryUsageRate(%)", "node_memory_usage_rate",
+        Replay("lemzha:pod_node_memory_usage:percent", "gauge", 1.0),
+        doc="Memory use of the pod's node.",
+    ),
+    MetricSpec(
+        "node_network_receive", MetricType.BYTE_RATE, "bytes/s", Scope.NODE, "NodeNetworkReceiveBytes",
+        "node_network_rx_bytes", Replay("lemzha:pod_node_network_receive:bytes_rate", "gauge", 1.0),
+        doc="Bytes received per second by the pod's node.",
+    ),
+)
+
+# Raw sources that are deliberately not canonical metrics, with the reason.
+DROPPED: dict[str, str] = {
+    "PodSuccessRate(%)": "constant 0 in all 95,660 Nezha metric rows: a dead feature",
+    "pod_success_rate": "lemzha-k copy of PodSuccessRate(%): constant 0",
+}
+
+# LEMMA (via lemzha-k) names its CPU and memory differently; they map onto the same canonical metrics.
+# cpu_usage_total is in cores (medians ~0.002 on 20231207), memory_working_set in bytes (checked on the data).
+LEMMA_ALIASES: dict[str, tuple[str, float]] = {
+    "cpu_usage_total": ("cpu_millicores", 1000.0),
+    "memory_working_set": ("memory_bytes", 1.0),
+}
+
+METRIC_NAMES: tuple[str, ...] = tuple(spec.name for spec in CATALOG)
+_BY_NAME = {spec.name: spec for spec in CATALOG}
+
+
+def spec(name: str) -> MetricSpec:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; the catalog has {', '.join(METRIC_NAMES)}") from None
+
+
+def by_nezha_column() -> dict[str, MetricSpec]:
+    return {s.nezha_column: s for s in CATALOG if s.nezha_column}
+
+
+def by_lemzhak_name() -> dict[str, tuple[MetricSpec, float]]:
+    """lemzha-k parquet stem -> (metric, factor to multiply the stored value by)."""
+    mapping = {s.lemzhak_name: (s, s.source_factor) for s in CATALOG if s.lemzhak_name}
+    mapping.update({alias: (_BY_NAME[name], factor) for alias, (name, factor) in LEMMA_ALIASES.items()})
+    return mapping
+
+
+def catalog_order(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The given metric names sorted into catalog order; unknown names are an error."""
+    unknown = sorted(set(names) - set(METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"metrics not in the catalog: {unknown}")
+    wanted = set(names)
+    return tuple(n for n in METRIC_NAMES if n in wanted)

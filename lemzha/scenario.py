@@ -1,0 +1,235 @@
+"""`Scenario`: one incident window, the unit every ranker reads, offline and live.
+
+Inputs and the label are separate types: a ranker gets `scenario.without_label()` and can read only inputs.
+The constructor enforces the invariants, so a Scenario that exists is a valid one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin  # noqa: F401 - re-exported for loaders
+from lemzha.catalog import METRIC_NAMES
+from lemzha.logs import LEVELS
+
+LOG_COLUMNS = ("service", "bin", "template", "count", "level")
+
+
+class ScenarioError(ValueError):
+    """The data violates a Scenario invariant."""
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One fault injection: what the label knows about the true cause."""
+
+    service: str
+    pod: str
+    fault_type: str
+    time: datetime
+
+    def to_json(self) -> dict:
+        return {"service": self.service, "pod": self.pod, "fault_type": self.fault_type, "time": self.time.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Injection:
+        return cls(data["service"], data["pod"], data["fault_type"], as_utc(data["time"]))
+
+
+@dataclass(frozen=True)
+class Label:
+    """Ground truth. A ranker never reads this."""
+
+    root_cause_service: str
+    root_cause_pods: tuple[str, ...]
+    fault_type: str | None
+    injection_time: datetime
+    fault_bin: int
+    other_injections: tuple[Injection, ...] = ()
+
+    @property
+    def contaminated(self) -> bool:
+        """Another injection in another service falls inside the window, so the label is ambiguous."""
+        return any(inj.service != self.root_cause_service for inj in self.other_injections)
+
+    def to_json(self) -> dict:
+        return {
+            "root_cause_service": self.root_cause_service,
+            "root_cause_pods": list(self.root_cause_pods),
+            "fault_type": self.fault_type,
+            "injection_time": self.injection_time.isoformat(),
+            "fault_bin": self.fault_bin,
+            "other_injections": [inj.to_json() for inj in self.other_injections],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Label:
+        return cls(
+            root_cause_service=data["root_cause_service"],
+            root_cause_pods=tuple(data["root_cause_pods"]),
+            fault_type=data.get("fault_type"),
+            injection_time=as_utc(data["injection_time"]),
+            fault_bin=int(data["fault_bin"]),
+            other_injections=tuple(Injection.from_json(d) for d in data.get("other_injections", [])),
+        )
+
+
+def empty_logs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "service": pd.Series(dtype="string"),
+            "bin": pd.Series(dtype="int32"),
+            "template": pd.Series(dtype="string"),
+            "count": pd.Series(dtype="int64"),
+            "level": pd.Series(dtype="string"),
+        }
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Scenario:
+    """T bins x P pods x M metrics of one namespace, plus per-service log templates per bin.
+
+    `values[t, p, m]` is the last real sample of metric m for pod p inside bin t, NaN where there was none.
+    `logs` has one row per (service, bin, template, level) with its count.
+    """
+
+    id: str
+    app: str
+    namespace: str
+    start: datetime
+    pods: tuple[str, ...]
+    pod_service: dict[str, str]
+    metrics: tuple[str, ...]
+    values: np.ndarray
+    logs: pd.DataFrame = field(default_factory=empty_logs)
+    onset: datetime | None = None
+    label: Label | None = None
+    bin_seconds: int = BIN_SECONDS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", as_utc(self.start))
+        if self.onset is not None:
+            object.__setattr__(self, "onset", as_utc(self.onset))
+        object.__setattr__(self, "pods", tuple(self.pods))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "pod_service", dict(self.pod_service))
+        object.__setattr__(self, "values", np.asarray(self.values, dtype=np.float32))
+        object.__setattr__(self, "logs", _normalise_logs(self.logs))
+        self._validate()
+
+    # -- invariants ------------------------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        where = f"scenario {self.id!r}"
+        if not self.id:
+            raise ScenarioError("scenario id is empty")
+        if self.bin_seconds <= 0:
+            raise ScenarioError(f"{where}: bin_seconds must be positive")
+        if self.start.timestamp() % self.bin_seconds:
+            raise ScenarioError(f"{where}: start {self.start.isoformat()} is not aligned to {self.bin_seconds} s")
+        if not self.pods:
+            raise ScenarioError(f"{where}: has no pods")
+        if len(set(self.pods)) != len(self.pods):
+            raise ScenarioError(f"{where}: duplicate pod names")
+        missing = [p for p in self.pods if not self.pod_service.get(p)]
+        if missing:
+            raise ScenarioError(f"{where}: pods without a service: {missing[:5]}")
+        extra = sorted(set(self.pod_service) - set(self.pods))
+        if extra:
+            raise ScenarioError(f"{where}: pod_service names pods that are not in the scenario: {extra[:5]}")
+        unknown = [m for m in self.metrics if m not in METRIC_NAMES]
+        if unknown:
+            raise ScenarioError(f"{where}: metrics not in the catalog: {unknown}")
+        order = [METRIC_NAMES.index(m) for m in self.metrics]
+        if order != sorted(set(order)):
+            raise ScenarioError(f"{where}: metrics must be unique and in catalog order")
+        if self.values.ndim != 3 or self.values.shape[1:] != (len(self.pods), len(self.metrics)):
+            raise ScenarioError(
+                f"{where}: values shape {self.values.shape} != (T, {len(self.pods)} pods, {len(self.metrics)} metrics)"
+            )
+        if self.values.shape[0] == 0:
+            raise ScenarioError(f"{where}: has zero bins")
+        if np.isinf(self.values).any():
+            raise ScenarioError(f"{where}: values contain inf; missing data must be NaN")
+        services = set(self.services)
+        logs = self.logs
+        if len(logs):
+            bad_service = sorted(set(logs["service"].unique()) - services)
+            if bad_service:
+                raise ScenarioError(f"{where}: logs name unknown services {bad_service[:5]}")
+            if logs["bin"].min() < 0 or logs["bin"].max() >= self.n_bins:
+                raise ScenarioError(f"{where}: log bins outside [0, {self.n_bins})")
+            if (logs["count"] <= 0).any():
+                raise ScenarioError(f"{where}: log counts must be positive")
+            bad_level = sorted(set(logs["level"].unique()) - set(LEVELS))
+            if bad_level:
+                raise ScenarioError(f"{where}: unknown log levels {bad_level}")
+        if self.label is not None:
+            lab = self.label
+            if lab.root_cause_service not in services:
+                raise ScenarioError(f"{where}: root cause {lab.root_cause_service!r} is not a service of the scenario")
+            if not set(lab.root_cause_pods) <= set(self.pods):
+                raise ScenarioError(f"{where}: root-cause pods are not all in the scenario")
+            if not 0 <= lab.fault_bin < self.n_bins:
+                raise ScenarioError(f"{where}: fault_bin {lab.fault_bin} outside [0, {self.n_bins})")
+
+    # -- derived views ---------------------------------------------------------------------------------------------
+    @property
+    def n_bins(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Sorted services, each with at least one pod (a service without pods cannot exist by construction)."""
+        return tuple(sorted(set(self.pod_service.values())))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """True where `values` holds a real sample."""
+        return ~np.isnan(self.values)
+
+    @property
+    def bin_starts(self) -> pd.DatetimeIndex:
+        return pd.date_range(self.start, periods=self.n_bins, freq=f"{self.bin_seconds}s", tz="UTC")
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.bin_seconds * self.n_bins)
+
+    def bin_of(self, moment: datetime) -> int:
+        """Index of the bin holding `moment` (may be outside [0, n_bins))."""
+        return int((as_utc(moment) - self.start).total_seconds() // self.bin_seconds)
+
+    @property
+    def onset_bin(self) -> int | None:
+        return None if self.onset is None else self.bin_of(self.onset)
+
+    def pod_service_index(self) -> np.ndarray:
+        """For each pod, the index of its service in `services`."""
+        index = {s: i for i, s in enumerate(self.services)}
+        return np.array([index[self.pod_service[p]] for p in self.pods], dtype=np.int64)
+
+    def without_label(self) -> Scenario:
+        return replace(self, label=None) if self.label is not None else self
+
+    def with_onset(self, onset: datetime | None) -> Scenario:
+        return replace(self, onset=onset)
+
+
+def _normalise_logs(logs: pd.DataFrame | None) -> pd.DataFrame:
+    if logs is None or len(logs) == 0:
+        return empty_logs()
+    missing = [c for c in LOG_COLUMNS if c not in logs.columns]
+    if missing:
+        raise ScenarioError(f"log table lacks columns {missing}")
+    out = logs.loc[:, list(LOG_COLUMNS)].copy()
+    out["service"] = out["service"].astype("string")
+    out["template"] = out["template"].astype("string")
+    out["level"] = out["level"].astype("string")
+    out["bin"] = out["bin"].astype("int32")
+    out["count"] = out["count"].astype("int64")
+    return out.reset_index(drop=True)
