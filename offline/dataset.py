@@ -1,0 +1,167 @@
+"""Build, cache and load every Scenario: 101 Nezha faults and 4 LEMMA incidents.
+
+The cache is keyed by the source archives, the window and the code that shapes the data, so a change to any of
+them rebuilds, and an unchanged second run only reads the index. A build is written to a temporary directory
+and renamed into place whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lemzha.scenario import Scenario, ScenarioError
+from lemzha.scenario_io import load_scenario, save_scenario
+from offline import lemzhak, nezha
+from offline.store import REPO_ROOT, DataError, Sources, default_cache_dir, resolve_sources
+
+# Files whose code decides what a cached scenario contains.
+_SHAPING_CODE = (
+    "lemzha/binning.py",
+    "lemzha/catalog.py",
+    "lemzha/logs.py",
+    "lemzha/scenario.py",
+    "lemzha/scenario_io.py",
+    "lemzha/services.py",
+    "offline/nezha.py",
+    "offline/lemzhak.py",
+    "offline/dataset.py",
+)
+
+
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for rel in _SHAPING_CODE:
+        digest.update((REPO_ROOT / rel).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(sources: Sources, window: nezha.Window) -> str:
+    blob = json.dumps(
+        {
+            "sources": sources.provenance(),
+            "before_s": window.before.total_seconds(),
+            "after_s": window.after.total_seconds(),
+            "code": _code_digest(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    directory: Path
+    index: dict
+
+    @property
+    def ids(self) -> list[str]:
+        return [entry["id"] for entry in self.index["scenarios"]]
+
+    def entry(self, scenario_id: str) -> dict:
+        for entry in self.index["scenarios"]:
+            if entry["id"] == scenario_id:
+                return entry
+        raise DataError(f"unknown scenario id {scenario_id!r}")
+
+    def load(self, scenario_id: str) -> Scenario:
+        self.entry(scenario_id)
+        return load_scenario(self.directory / scenario_id)
+
+    def load_all(self, dataset: str | None = None) -> list[Scenario]:
+        return [
+            self.load(e["id"]) for e in self.index["scenarios"] if dataset is None or e["dataset"] == dataset
+        ]
+
+
+def prepare(
+    datasets_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    nezha_source: Path | None = None,
+    window: nezha.Window | None = None,
+    progress: bool = True,
+) -> Prepared:
+    """Extract, build and cache all scenarios; a second call with the same inputs only reads the index."""
+    window = window or nezha.Window()
+    cache_dir = Path(cache_dir or default_cache_dir())
+    sources = resolve_sources(datasets_dir, cache_dir, nezha_source)
+    key = cache_key(sources, window)
+    target = cache_dir / "scenarios" / key
+    index_path = target / "index.json"
+    if index_path.is_file():
+        return Prepared(target, json.loads(index_path.read_text()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=target.parent))
+    try:
+        index = _build(sources, window, tmp, progress)
+        index["key"] = key
+        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not index_path.is_file():  # not a concurrent run that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Prepared(target, json.loads(index_path.read_text()))
+
+
+def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool) -> dict:
+    entries: list[dict] = []
+    days: dict[str, dict] = {}
+    total = sum(len(nezha.list_faults(sources.nezha, d)) for d in nezha.DAYS) + 4
+    bar = tqdm(total=total, desc="prepare", unit="scenario", disable=not progress)
+    for day in nezha.DAYS:
+        faults = nezha.list_faults(sources.nezha, day)
+        bar.set_postfix_str(f"{day.day} metrics+logs")
+        metrics = nezha.read_day_metrics(sources.nezha, day)
+        raw_logs = nezha.read_day_logs(sources.nezha, day)
+        fallback = lemzhak.ob_day_log_table(sources.lemzhak, day.day) if day.app == "onlineboutique" else None
+        days[day.day] = {
+            "app": day.app,
+            "n_faults": len(faults),
+            "metric_files": metrics.quality.files,
+            "metric_rows": metrics.quality.rows,
+            "metric_rows_malformed": metrics.quality.malformed,
+            "log_files": raw_logs.quality.files,
+            "log_rows": raw_logs.quality.rows,
+            "log_rows_malformed": raw_logs.quality.malformed,
+            "log_rows_duplicate": raw_logs.quality.duplicates,
+        }
+        for fault in faults:
+            built = nezha.build_scenario(fault, faults, metrics, raw_logs, fallback, window)
+            save_scenario(built.scenario, out / built.scenario.id)
+            entries.append(
+                {
+                    "id": built.scenario.id,
+                    "dataset": "nezha",
+                    "day": day.day,
+                    "log_source": built.log_source,
+                    "raw_log_coverage": round(built.raw_log_coverage, 3),
+                    "epoch_offset_s": built.epoch_offset_s,
+                }
+            )
+            bar.update()
+    for scenario in lemzhak.load_lemma(sources.lemzhak):
+        save_scenario(scenario, out / scenario.id)
+        entries.append(
+            {"id": scenario.id, "dataset": "lemma", "day": scenario.label.injection_time.date().isoformat(),
+             "log_source": "lemzha-k", "raw_log_coverage": 0.0, "epoch_offset_s": 0.0}
+        )
+        bar.update()
+    bar.close()
+    return {"schema_version": 1, "scenarios": entries, "days": days, "sources": sources.provenance()}
+
+
+def check_loadable(prepared: Prepared) -> None:
+    for scenario_id in prepared.ids:
+        try:
+            prepared.load(scenario_id)
+        except (ScenarioError, OSError) as err:
+            raise DataError(f"cached scenario {scenario_id} is invalid: {err}") from None
