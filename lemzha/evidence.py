@@ -13,6 +13,25 @@ IQR_FLOOR_FRACTION = 0.05  # IQR floor relative to |median|: a flat reference mu
 IQR_FLOOR_ABS = 1e-6
 
 
+def nan_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> list[np.ndarray]:
+    """Quantiles along axis 0 ignoring NaN, numpy's "linear" method, NaN where a series has no sample.
+
+    np.nanpercentile loops in Python over every series; sorting once is ~100x faster on (T, P, M) arrays.
+    """
+    ordered = np.sort(values, axis=0)  # NaN sorts last
+    count = (~np.isnan(values)).sum(axis=0)
+    out = []
+    for q in quantiles:
+        position = q * np.maximum(count - 1, 0)
+        lo = np.floor(position).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+        low = np.take_along_axis(ordered, lo[None], axis=0)[0]
+        high = np.take_along_axis(ordered, hi[None], axis=0)[0]
+        result = low + (position - lo) * (high - low)
+        out.append(np.where(count > 0, result, np.nan))
+    return out
+
+
 def robust_z(values: np.ndarray, onset_bin: int) -> np.ndarray:
     """|x - median_pre| / max(IQR_pre, floor) for every bin, with bins [0, onset_bin) as the reference.
 
@@ -22,10 +41,7 @@ def robust_z(values: np.ndarray, onset_bin: int) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     onset_bin = int(np.clip(onset_bin, 1, values.shape[0]))
     reference = values[:onset_bin]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN reference slices are expected
-        median = np.nanmedian(reference, axis=0)
-        q75, q25 = np.nanpercentile(reference, [75, 25], axis=0)
+    q25, median, q75 = nan_quantiles(reference, (0.25, 0.5, 0.75))
     scale = np.maximum(q75 - q25, np.maximum(np.abs(median) * IQR_FLOOR_FRACTION, IQR_FLOOR_ABS))
     return np.abs(values - median) / scale
 

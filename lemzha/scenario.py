@@ -213,6 +213,24 @@ class Scenario:
         index = {s: i for i, s in enumerate(self.services)}
         return np.array([index[self.pod_service[p]] for p in self.pods], dtype=np.int64)
 
+    def window(self, start_bin: int, n_bins: int) -> Scenario:
+        """The bins [start_bin, start_bin + n_bins) as a scenario of their own (label shifted, kept if inside)."""
+        if start_bin < 0 or n_bins <= 0 or start_bin + n_bins > self.n_bins:
+            raise ScenarioError(f"{self.id}: window [{start_bin}, {start_bin + n_bins}) outside [0, {self.n_bins})")
+        logs = self.logs
+        logs = logs.loc[(logs["bin"] >= start_bin) & (logs["bin"] < start_bin + n_bins)].copy()
+        logs["bin"] -= start_bin
+        label = self.label
+        if label is not None:
+            label = replace(label, fault_bin=label.fault_bin - start_bin)
+        return replace(
+            self,
+            start=self.start + timedelta(seconds=start_bin * self.bin_seconds),
+            values=self.values[start_bin : start_bin + n_bins],
+            logs=logs,
+            label=label,
+        )
+
     def without_label(self) -> Scenario:
         return replace(self, label=None) if self.label is not None else self
 

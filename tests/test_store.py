@@ -45,7 +45,7 @@ def test_concurrent_extractions_agree(tmp_path):
     def run():
         try:
             extract_archive(archive, target, {"v": 1})
-        except Exception as err:  # noqa: BLE001 - collected and asserted below
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=run) for _ in range(4)]

@@ -1,0 +1,199 @@
+"""Scenario -> model inputs for one crop of bins around an onset position.
+
+Normalisation is type-aware (from the catalog) and its statistics come from the input crop alone: each series is
+centred on its pre-onset median and scaled by its pre-onset IQR. Nothing is fitted on other scenarios, so there is
+nothing to leak across folds, and the label or true fault bin is never read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lemzha.catalog import METRIC_NAMES, MetricType, spec
+from lemzha.evidence import nan_quantiles
+from lemzha.scenario import Scenario
+from lemzha.text import DIM, TextEmbedder, service_name_text
+
+N_METRICS = len(METRIC_NAMES)
+METRIC_FEATURES = 3 * N_METRICS  # deviation, level, mask per catalog metric
+LOG_SCALARS = 10
+LOG_FEATURES = LOG_SCALARS + 2 * DIM
+CLIP = 10.0
+CADVISOR_METRICS = ("cpu_millicores", "memory_bytes", "network_receive", "network_transmit")
+
+# Typical spread of each type's transformed value, so that "level" features are on comparable scales.
+_LEVEL_SCALE = {
+    MetricType.PERCENT: 1.0,
+    MetricType.BYTES: 20.0,
+    MetricType.BYTE_RATE: 12.0,
+    MetricType.SECONDS: 1.0,
+    MetricType.COUNT_RATE: 6.0,
+    MetricType.MILLICORES: 6.0,
+}
+
+
+def transform(values: np.ndarray, metric: str) -> np.ndarray:
+    """Percentages to [0, 1]; heavy-tailed magnitudes log-compressed (sign kept)."""
+    kind = spec(metric).type
+    if kind is MetricType.PERCENT:
+        return values / 100.0
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+@dataclass
+class Prepared:
+    """Crop-independent arrays of one scenario, computed once."""
+
+    scenario_id: str
+    services: tuple[str, ...]
+    pod_service: np.ndarray  # (P,) service index of each pod
+    metrics: np.ndarray  # (T, P, N_METRICS) transformed, NaN where missing, catalog-wide metric axis
+    log_rows: np.ndarray  # (R, 4) int: service, template, bin, count
+    log_error: np.ndarray  # (R,) bool: ERROR or FATAL
+    log_warn: np.ndarray  # (R,) bool
+    template_vectors: np.ndarray  # (U, DIM) embeddings of the scenario's unique templates
+    name_vectors: np.ndarray  # (S, DIM)
+
+    @property
+    def n_bins(self) -> int:
+        return self.metrics.shape[0]
+
+
+def prepare(scenario: Scenario, embedder: TextEmbedder) -> Prepared:
+    """Everything that does not depend on the crop. Reads inputs only (never the label)."""
+    values = np.full((scenario.n_bins, len(scenario.pods), N_METRICS), np.nan, dtype=np.float32)
+    for m, name in enumerate(scenario.metrics):
+        values[:, :, METRIC_NAMES.index(name)] = transform(scenario.values[:, :, m], name)
+    services = scenario.services
+    service_index = {s: i for i, s in enumerate(services)}
+    logs = scenario.logs
+    templates = sorted(set(logs["template"].tolist())) if len(logs) else []
+    template_index = {t: i for i, t in enumerate(templates)}
+    if len(logs):
+        rows = np.stack(
+            [
+                logs["service"].map(service_index).to_numpy(dtype=np.int64),
+                logs["template"].map(template_index).to_numpy(dtype=np.int64),
+                logs["bin"].to_numpy(dtype=np.int64),
+                logs["count"].to_numpy(dtype=np.int64),
+            ],
+            axis=1,
+        )
+        level = logs["level"].to_numpy(dtype=object)
+        error, warn = np.isin(level, ["ERROR", "FATAL"]), level == "WARN"
+    else:
+        rows, error, warn = np.zeros((0, 4), np.int64), np.zeros(0, bool), np.zeros(0, bool)
+    return Prepared(
+        scenario_id=scenario.id,
+        services=services,
+        pod_service=scenario.pod_service_index(),
+        metrics=values,
+        log_rows=rows,
+        log_error=error,
+        log_warn=warn,
+        template_vectors=embedder.embed(templates) if templates else np.zeros((0, DIM), np.float32),
+        name_vectors=embedder.embed([service_name_text(s) for s in services]),
+    )
+
+
+@dataclass
+class Crop:
+    """Model inputs for bins [start, start + length) with the onset at `onset_pos` inside the crop."""
+
+    metrics: np.ndarray  # (W, P, METRIC_FEATURES) float32, finite
+    pod_valid: np.ndarray  # (W, P) bool: any metric present at this bin
+    onset_pos: int
+    logs: np.ndarray  # (S, LOG_FEATURES) float32
+    names: np.ndarray  # (S, DIM)
+    pod_service: np.ndarray  # (P,)
+
+
+def crop(
+    prep: Prepared,
+    start: int,
+    length: int,
+    onset_pos: int,
+    metric_keep: np.ndarray | None = None,
+    use_logs: bool = True,
+) -> Crop:
+    """Cut and normalise. Bins outside the scenario are missing (masked), never invented."""
+    T, P, _ = prep.metrics.shape
+    window = np.full((length, P, N_METRICS), np.nan, dtype=np.float32)
+    lo, hi = max(start, 0), min(start + length, T)
+    if hi > lo:
+        window[lo - start : hi - start] = prep.metrics[lo:hi]
+    if metric_keep is not None:
+        window[:, :, ~metric_keep] = np.nan
+    onset_pos = int(np.clip(onset_pos, 1, length - 1))
+    valid = ~np.isnan(window)
+    q25, median, q75 = nan_quantiles(window[:onset_pos], (0.25, 0.5, 0.75))
+    (fallback,) = nan_quantiles(window, (0.5,))  # series with no pre-onset sample: centre on the crop
+    median = np.where(np.isnan(median), fallback, median)
+    iqr = np.where(np.isnan(q75 - q25), 0.0, q75 - q25)
+    scale = np.maximum(iqr, np.maximum(0.05 * np.abs(median), 0.02))
+    deviation = np.clip((window - median) / scale, -CLIP, CLIP)
+    level_scale = np.array([_LEVEL_SCALE[spec(m).type] for m in METRIC_NAMES], dtype=np.float32)
+    level = np.clip(window / level_scale, -CLIP, CLIP)
+    features = np.concatenate(
+        [np.nan_to_num(deviation), np.nan_to_num(level), valid.astype(np.float32)], axis=2
+    ).astype(np.float32)
+    logs = log_features(prep, start, length, onset_pos) if use_logs else np.zeros(
+        (len(prep.services), LOG_FEATURES), np.float32
+    )
+    return Crop(features, valid.any(axis=2), onset_pos, logs, prep.name_vectors, prep.pod_service)
+
+
+def log_features(prep: Prepared, start: int, length: int, onset_pos: int) -> np.ndarray:
+    """Per service: volume, error and warn shares before/after the onset, novelty, and two embeddings: the mean
+    of templates after the onset and the mean of templates that appeared or grew after it."""
+    S = len(prep.services)
+    out = np.zeros((S, LOG_FEATURES), dtype=np.float32)
+    rows = prep.log_rows
+    if len(rows) == 0:
+        return out
+    rel = rows[:, 2] - start
+    inside = (rel >= 0) & (rel < length)
+    if not inside.any():
+        return out
+    rows, error, warn, rel = rows[inside], prep.log_error[inside], prep.log_warn[inside], rel[inside]
+    after = rel >= onset_pos
+    n_before, n_after = max(onset_pos, 1), max(length - onset_pos, 1)
+    U = len(prep.template_vectors)
+    for s in np.unique(rows[:, 0]):
+        own = rows[:, 0] == s
+        counts = rows[own, 3].astype(np.float64)
+        a = after[own]
+        before_total, after_total = counts[~a].sum(), counts[a].sum()
+        err_b = counts[~a & error[own]].sum() / max(before_total, 1)
+        err_a = counts[a & error[own]].sum() / max(after_total, 1)
+        warn_b = counts[~a & warn[own]].sum() / max(before_total, 1)
+        warn_a = counts[a & warn[own]].sum() / max(after_total, 1)
+        rate_b = np.bincount(rows[own][~a, 1], weights=counts[~a], minlength=U) / n_before
+        rate_a = np.bincount(rows[own][a, 1], weights=counts[a], minlength=U) / n_after
+        growth = np.maximum(rate_a - rate_b, 0.0)
+        new = (rate_a > 0) & (rate_b == 0)
+        novel_share = rate_a[new].sum() / max(rate_a.sum(), 1e-9)
+        out[s, :LOG_SCALARS] = [
+            1.0,
+            np.log1p(before_total / n_before),
+            np.log1p(after_total / n_after),
+            np.log1p(after_total / n_after) - np.log1p(before_total / n_before),
+            err_b,
+            err_a,
+            err_a - err_b,
+            warn_a - warn_b,
+            novel_share,
+            np.log1p(new.sum()),
+        ]
+        if rate_a.sum() > 0:
+            out[s, LOG_SCALARS : LOG_SCALARS + DIM] = _unit(rate_a @ prep.template_vectors)
+        if growth.sum() > 0:
+            out[s, LOG_SCALARS + DIM :] = _unit(growth @ prep.template_vectors)
+    return out
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm > 0 else vector

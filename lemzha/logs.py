@@ -1,0 +1,194 @@
+"""The product's one log cleaner: unwrap a raw log line, then reduce its message to a template.
+
+Used offline (Nezha CSVs, lemzha-k texts already cleaned by the old prototype) and live (lines read from Loki), so
+`clean` must give the same template for a raw message and for the old cleaner's output of it. It therefore works on
+lower-cased text, spells its placeholders as the old cleaner did (`<ts>`, `<uuid>`, `<hex>`, `<host>`, `-<rand>`,
+`<num>`, `:id`) and treats them as atoms; it adds `<time>`, `<id>` and `<token>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL", "UNKNOWN")
+
+_LEVEL_ALIASES = {
+    "debug": "DEBUG", "dbug": "DEBUG", "trace": "DEBUG", "trce": "DEBUG", "verbose": "DEBUG",
+    "info": "INFO", "information": "INFO", "notice": "INFO",
+    "warn": "WARN", "warning": "WARN",
+    "error": "ERROR", "err": "ERROR", "fail": "ERROR", "severe": "ERROR",
+    "fatal": "FATAL", "critical": "FATAL", "crit": "FATAL", "panic": "FATAL", "alert": "FATAL", "emergency": "FATAL",
+}  # fmt: skip
+_LEVEL_WORD = re.compile(r"\b(debug|trace|info|warn(?:ing)?|error|severe|fatal|critical)\b", re.IGNORECASE)
+_DOTNET_LEVEL = re.compile(r"^(trce|dbug|info|warn|fail|crit): ")  # .NET console logger ("fail: ...")
+_MESSAGE_KEYS = ("message", "msg")
+_LEVEL_KEYS = ("severity", "level", "levelname")
+# containerd/CRI-O file format: "<RFC3339 time> stdout|stderr F|P <line>".
+_CRI_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT\S+ (?:stdout|stderr) [FP] ")
+_JSON = json.JSONDecoder()
+
+
+def normalise_level(value: str | None) -> str:
+    """One of LEVELS for a level name such as "warning", "Error" or "CRIT"; "UNKNOWN" for anything else."""
+    if not isinstance(value, str):
+        return "UNKNOWN"
+    return _LEVEL_ALIASES.get(value.strip().lower(), "UNKNOWN")
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object at the start of `text`, ignoring trailing bytes (some Nezha envelopes carry garbage)."""
+    if not text.startswith("{"):
+        return None
+    try:
+        value, _ = _JSON.raw_decode(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _first_field(obj: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    lowered = {str(k).lower(): v for k, v in obj.items()}
+    for key in keys:
+        if lowered.get(key) is not None:
+            return lowered[key]
+    return None
+
+
+def extract_message(raw: str) -> tuple[str, str]:
+    """Unwrap one raw log line -> (message, level). Handles a docker JSON envelope {"log":..} (or a plain line),
+    then an inner JSON object (message/msg/MESSAGE + severity/level/levelname) or plain text.
+    Level comes from the JSON field if present, else from a level word in the text (INFO, WARN/WARNING, ERROR,
+    SEVERE->ERROR, FATAL/CRITICAL->FATAL, DEBUG/TRACE->DEBUG, case-insensitive, as a whole word, first occurrence),
+    else "UNKNOWN". Never raises on garbage: returns ("", "UNKNOWN") for empty/non-string."""
+    if not isinstance(raw, str):
+        return "", "UNKNOWN"
+    text = _CRI_PREFIX.sub("", raw.strip(), count=1)
+    obj = _json_object(text)
+    if obj is not None and isinstance(obj.get("log"), str):  # docker json-file envelope
+        text = obj["log"].strip()
+        obj = _json_object(text)
+    level = "UNKNOWN"
+    if obj is not None:
+        level = normalise_level(_first_field(obj, _LEVEL_KEYS))
+        message = _first_field(obj, _MESSAGE_KEYS)
+        if message is not None:
+            text = message.strip() if isinstance(message, str) else json.dumps(message, ensure_ascii=False)
+    if level == "UNKNOWN":
+        found = _DOTNET_LEVEL.match(text) or _LEVEL_WORD.search(text)
+        if found:
+            level = normalise_level(found.group(1))
+    return text, level
+
+
+# --- clean -----------------------------------------------------------------------------------------------------
+# Rules, in the order they run, on lower-cased whitespace-collapsed text. The old cleaner's rules come in its order
+# (date-time, uuid, long hex, IPv4, pod suffix, URL id, port/HTTP keyword spacing, versions) so that its output and the
+# raw text meet; the others mask what it left. Lookarounds count "<" / ">" as word characters: a placeholder glued to
+# a run means the run was glued to digits, and seeing it differently on a second pass would break idempotence.
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Protected HTTP codes are spelt with these private-use characters while numbers are masked.
+_PROTECT = str.maketrans("0123456789", "".join(chr(0xE000 + d) for d in range(10)))
+_UNPROTECT = {v: k for k, v in _PROTECT.items()}
+_PRIVATE = re.compile("[\ue000-\ue009]")
+_JWT = re.compile(r"(?<![0-9a-z_>])eyj[a-z0-9_-]{10,}(?:\.[a-z0-9_-]+){1,2}")  # JSON web tokens
+# A date-time (or the old cleaner's <ts>) with any fraction / zone tail, which the old cleaner may have left behind.
+_TIMESTAMP = re.compile(r"(?:<ts>|(?:\d{4}|<num>)-\d\d-\d\d[t ]\d\d:\d\d:\d\d)(?:[.,](?:\d+|<num>)|z|[+-]\d\d:?\d\d)*")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_LONG_HEX = re.compile(r"(?<![\w>])[0-9a-f]{24,}(?![\w<])")
+_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?::\d{2,5})?")
+# Kubernetes name suffixes use an alphabet without vowels, so words such as "-station-food-" are not pod hashes.
+_K8S = "bcdfghjklmnpqrstvwxz2456789"
+_POD_SUFFIX = re.compile(rf"(?<=[a-z0-9])-[{_K8S}]{{6,10}}-[{_K8S}]{{5}}(?![\w<])")
+# Span ids and other hex ids: >= 8 hex characters with at least one digit and one letter.
+_HEX_ID = re.compile(r"(?<![0-9a-z>])(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}(?![0-9a-z<])")
+# OnlineBoutique product ids such as 9SIQT8TOJO: 10 letters and digits, at least one of each.
+_PRODUCT_ID = re.compile(r"(?<![0-9a-z>])(?=[a-z]*\d)(?=\d*[a-z])[0-9a-z]{10}(?![0-9a-z<])")
+_URL_ID = re.compile(r'(?<=/)\d{4,}(?=/|$| |")')
+# The old cleaner rewrote "port: 8080" / "listening on :9555" / "status:500" as keyword, space, number.
+_PORT_KEYWORD = re.compile(r"(port|listen(?:ing)?(?: on)?|bind(?:ing)?(?: to)?|socket)[: ]+(\d{2,5})")
+_HTTP_KEYWORD = re.compile(r"(https?|status|code)[: ]*([1-5]\d\d)\b")
+_HTTP_CONTEXTS = (
+    re.compile(r"(?:status|code)[\"']?[=:] ?[\"']?([1-5]\d\d)\b"),  # code=503, "status":500
+    re.compile(r"http/(?:\d+(?:\.\d+)*|<num>)\"? ([1-5]\d\d)\b"),  # HTTP/1.1" 404
+    re.compile(r"<([1-5]\d\d)\b"),  # Spring's ResponseEntity: <200,...>
+    re.compile(
+        r"\b([1-5]\d\d) (?:ok|created|accepted|no content|moved permanently|found|not modified|bad request"
+        r"|unauthorized|forbidden|not found|method not allowed|conflict|gone|too many requests"
+        r"|internal server error|not implemented|bad gateway|service unavailable|gateway timeout)\b"
+    ),
+)
+_VERSION = re.compile(r"\bv?\d+(?:\.\d+)+\b")  # the old cleaner kept versions and decimals but dropped their "v"
+# Any digit run, except a short one glued to letters (log4j, http11, ts-travel2-service, utf8).
+_NUMBER = re.compile(r"(?<![a-z0-9])\d+|(?<=[a-z])\d{3,}")
+_NUMBER_RUN = re.compile(r"<num>(?:\.<num>)+")
+_CLOCK = re.compile(r"<num>:<num>:<num>(?:,<num>)?")
+# A fraction that only became "<num>" later on (".v1.2") still belongs to the time stamp.
+_TIMESTAMP_TAIL = re.compile(r"<ts>(?:[.,]<num>|z)+")
+_TRACE_ID = re.compile(r"\b((?:trace|span)[_-]?id\W{0,3})(?:[0-9a-f]{8,}|<num>)(?![0-9a-z<])")  # all-digit ids too
+_HOST_PORT = re.compile(r"<host>(?::<num>)+")
+# What the old cleaner left of a CRI prefix (extract_message drops the prefix itself from raw lines).
+_CRI_LEFTOVER = re.compile(r"^(?:(?:<ts> )?(?:stdout|stderr) [fp] )+")
+
+
+def _protect_code(match: re.Match[str]) -> str:
+    whole, start, end = match.group(0), match.start(1) - match.start(), match.end(1) - match.start()
+    return whole[:start] + whole[start:end].translate(_PROTECT) + whole[end:]
+
+
+def _canonical_http(match: re.Match[str]) -> str:
+    return f"{match.group(1)} {match.group(2).translate(_PROTECT)}"
+
+
+def _clean_text(text: str) -> str:
+    text = _PRIVATE.sub("", _ANSI.sub("", text))
+    text = " ".join(text.lower().split())
+    text = _JWT.sub("<token>", text)
+    text = _TIMESTAMP.sub("<ts>", text)
+    text = _UUID.sub("<uuid>", text)
+    text = _LONG_HEX.sub("<hex>", text)
+    text = _IPV4.sub("<host>", text)
+    text = _POD_SUFFIX.sub("-<rand>", text)
+    # Whole-token ids before the keyword rules, so that no protected code hangs on a keyword an id swallows.
+    text = _HEX_ID.sub("<hex>", text)
+    text = _PRODUCT_ID.sub("<id>", text)
+    text = _URL_ID.sub(":id", text)
+    text = _PORT_KEYWORD.sub(r"\1 \2", text)
+    text = _HTTP_KEYWORD.sub(_canonical_http, text)
+    for context in _HTTP_CONTEXTS:
+        text = context.sub(_protect_code, text)
+    text = _VERSION.sub("<num>", text)
+    text = _NUMBER.sub("<num>", text)
+    text = _NUMBER_RUN.sub("<num>", text)
+    text = _CLOCK.sub("<time>", text)
+    text = _TIMESTAMP_TAIL.sub("<ts>", text)
+    text = _TRACE_ID.sub(r"\1<hex>", text)
+    text = _HOST_PORT.sub("<host>", text)
+    text = _CRI_LEFTOVER.sub("", text)
+    return text.translate(_UNPROTECT)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _clean_cached(text: str) -> str:
+    return _clean_text(text)
+
+
+def clean(message: str) -> str:
+    """The template of one message: ids, numbers, times, hosts masked; lower-cased; whitespace collapsed."""
+    if not isinstance(message, str):
+        return ""
+    return _clean_cached(message)
+
+
+def clean_many(messages: Iterable[str]) -> list[str]:
+    """`clean` of each message, computing each distinct message once."""
+    items = list(messages)
+    templates: dict[Any, str] = {}
+    for item in items:
+        if item not in templates:
+            templates[item] = clean(item)
+    return [templates[item] for item in items]

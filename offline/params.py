@@ -1,0 +1,51 @@
+"""Hyper-parameter files: a JSON object with `model` (ModelConfig) and `train` (TrainParams) sections."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from lemzha.model import ModelConfig
+from lemzha.train import TrainParams
+from offline.store import DataError
+
+DEFAULT_PARAMS = Path(__file__).parent / "params" / "default.json"
+
+
+def _build(cls, section: dict, where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise DataError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+    values = {}
+    for key, value in section.items():
+        expected = type(getattr(cls(), key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise DataError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def load_params(path: Path | None = None) -> tuple[ModelConfig, TrainParams, str]:
+    """(model config, training params, sha256 of the canonical content). Bad files get a one-line error."""
+    path = Path(path or DEFAULT_PARAMS)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"params file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict) or not {"model", "train"} <= set(data):
+        raise DataError(f"{path}: expected an object with 'model' and 'train' sections")
+    model = _build(ModelConfig, data["model"], f"{path}:model")
+    train = _build(TrainParams, data["train"], f"{path}:train")
+    if model.d_model % model.n_heads:
+        raise DataError(f"{path}: model.d_model ({model.d_model}) must be divisible by n_heads ({model.n_heads})")
+    if train.epochs < 1 or train.crop_bins < 4 or train.crop_bins > model.max_bins or train.batch_size < 1:
+        raise DataError(f"{path}: need epochs >= 1, batch_size >= 1 and 4 <= crop_bins <= model.max_bins")
+    canonical = json.dumps({"model": model.to_json(), "train": train.to_json()}, sort_keys=True)
+    return model, train, hashlib.sha256(canonical.encode()).hexdigest()[:16]
