@@ -34,6 +34,11 @@ _LEVEL_SCALE = {
 }
 
 
+# Smallest change that counts as one unit of deviation: 5 % for log-compressed magnitudes, one percentage point
+# for percentages. Without a floor a flat reference turns noise into huge deviations.
+_SCALE_FLOOR = np.array([0.01 if spec(m).type is MetricType.PERCENT else 0.05 for m in METRIC_NAMES], np.float32)
+
+
 def transform(values: np.ndarray, metric: str) -> np.ndarray:
     """Percentages to [0, 1]; heavy-tailed magnitudes log-compressed (sign kept)."""
     kind = spec(metric).type
@@ -132,7 +137,7 @@ def crop(
     (fallback,) = nan_quantiles(window, (0.5,))  # series with no pre-onset sample: centre on the crop
     median = np.where(np.isnan(median), fallback, median)
     iqr = np.where(np.isnan(q75 - q25), 0.0, q75 - q25)
-    scale = np.maximum(iqr, np.maximum(0.05 * np.abs(median), 0.02))
+    scale = np.maximum(iqr, _SCALE_FLOOR)
     deviation = np.clip((window - median) / scale, -CLIP, CLIP)
     level_scale = np.array([_LEVEL_SCALE[spec(m).type] for m in METRIC_NAMES], dtype=np.float32)
     level = np.clip(window / level_scale, -CLIP, CLIP)

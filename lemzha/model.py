@@ -83,8 +83,8 @@ def fuse_pods(pod_emb: torch.Tensor, pod_service: torch.Tensor, n_services: int)
     """MAX and MEAN of each service's pods: (P, d), (P,) -> (S, 2d). Written with one-hot algebra so that it
     exports to ONNX with a dynamic number of pods and services."""
     onehot = (pod_service[None, :] == torch.arange(n_services, device=pod_emb.device)[:, None]).to(pod_emb.dtype)
-    count = onehot.sum(dim=1, keepdim=True).clamp_min(1.0)
-    mean = onehot @ pod_emb / count
+    count = onehot.sum(dim=1, keepdim=True)
+    mean = onehot @ pod_emb / count.clamp_min(1.0)
     masked = pod_emb[None, :, :] + (onehot[:, :, None] - 1.0) * 1e4
     maximum = masked.max(dim=1).values * (count > 0).to(pod_emb.dtype)
     return torch.cat([maximum, mean], dim=1)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -127,6 +129,97 @@ def select_epochs(train: list[Scenario], params, config, cache: PreparedCache, o
             "curve": [round(float(v), 4) for v in mean_curve]}
 
 
+@dataclass
+class FoldJob:
+    """Everything a worker process needs to run folds; it loads scenarios itself."""
+
+    scenario_dir: Path
+    embedding_dir: Path
+    use_lemma: bool
+    config: object
+    params: object
+    seeds: list[int]
+    variants: dict[str, InputOptions]
+    threads: int
+
+
+def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
+    """Baselines, inner epoch selection and the model variants for one held-out day."""
+    torch.set_num_threads(max(1, job.threads))
+    index = json.loads((job.scenario_dir / "index.json").read_text())
+    from lemzha.scenario_io import load_scenario
+
+    scenarios = [load_scenario(job.scenario_dir / e["id"]) for e in index["scenarios"]
+                 if e["dataset"] == "nezha" or job.use_lemma]
+    nezha = [s for s in scenarios if s.id.startswith("nezha/")]
+    test = [s for s in nezha if day_of(s) == fold]
+    train = [s for s in nezha if day_of(s) != fold] + [s for s in scenarios if s.id.startswith("lemma/")]
+    embedder = TextEmbedder(job.embedding_dir)
+    caches = {False: PreparedCache(embedder), True: PreparedCache(embedder, neutral_names=True)}
+    rows: list[dict] = []
+    for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA()):
+        baseline.fit(train)
+        rows += rank_cases(baseline, test, fold, None, baseline.name)
+        rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
+                           transform=lambda s: unknown_onset_window(s, 0))
+    rows += random_rows(test, fold)
+    inner = select_epochs(train, job.params, job.config, caches[False], InputOptions())
+    _tick(ticks)
+    fold_params = replace(job.params, epochs=inner["epochs"])
+    for variant, options in job.variants.items():
+        for seed in job.seeds:
+            ranker = ModelRanker(fold_params, seed, embedder, options, job.config, name=variant,
+                                 cache=caches[options.neutral_names])
+            ranker.fit(train)
+            rows += rank_cases(ranker, test, fold, seed, variant)
+            if variant == "model":
+                rows += rank_cases(ranker, test, fold, seed, "unknown_onset",
+                                   transform=lambda s, seed=seed: unknown_onset_window(s, seed))
+            _tick(ticks)
+    return rows, inner
+
+
+def _tick(ticks) -> None:
+    if ticks is not None:
+        ticks.put(1)
+
+
+def run_folds(job: FoldJob, folds: list[str], workers: int) -> tuple[list[dict], dict[str, dict]]:
+    """Folds in parallel processes, with one progress bar over every fit."""
+    total = len(folds) * (1 + len(job.seeds) * len(job.variants))
+    rows: list[dict] = []
+    inner: dict[str, dict] = {}
+    with tqdm(total=total, desc="lodocv", unit="fit") as bar:
+        if workers == 1:
+            class Ticks:
+                def put(self, _):
+                    bar.update()
+
+            for fold in folds:
+                fold_rows, inner[fold] = run_fold(job, fold, Ticks())
+                rows += fold_rows
+            return rows, inner
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(min(workers, len(folds)), mp_context=context) as pool:
+            ticks = manager.Queue()
+            futures = {pool.submit(run_fold, job, fold, ticks): fold for fold in folds}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                while not ticks.empty():
+                    ticks.get()
+                    bar.update()
+                for future in done:
+                    fold_rows, inner[futures[future]] = future.result()
+                    rows += fold_rows
+            while not ticks.empty():
+                ticks.get()
+                bar.update()
+    order = {f: i for i, f in enumerate(folds)}
+    rows.sort(key=lambda r: (order[r["fold"]], r["ranker"], str(r["seed"]), r["case"]))
+    return rows, {f: inner[f] for f in folds}
+
+
 def provenance(args_line: str, params_hash: str) -> dict:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -166,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablations", action="store_true", help="also run no_logs, no_metrics, neutral_names")
     parser.add_argument("--no-lemma", action="store_true", help="train on Nezha only")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: these small models run fastest single-threaded)")
+                        help="torch threads per worker (default 1: these small models run fastest single-threaded)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="folds run in parallel processes (default: number of cores, at most 4)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()
@@ -185,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepared_from_args(args)
     scenarios = prepared.load_all()
     nezha = [s for s in scenarios if s.id.startswith("nezha/")]
-    lemma = [] if args.no_lemma else [s for s in scenarios if s.id.startswith("lemma/")]
     days = sorted({day_of(s) for s in nezha})
     folds = days if not args.folds else [d.strip() for d in args.folds.split(",")]
     unknown = sorted(set(folds) - set(days))
@@ -194,44 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     timing["prepare_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    # embed every text once up front (label-free), so fold workers only read the cache
     embedder = TextEmbedder(Path(args.cache or default_cache_dir()) / "embeddings", progress=True)
     texts = sorted({t for s in scenarios for t in s.logs["template"].tolist()}
                    | {service_name_text(x) for s in scenarios for x in s.services} | {service_name_text("service")})
     embedder.embed(texts)
-    caches = {False: PreparedCache(embedder), True: PreparedCache(embedder, neutral_names=True)}
     timing["embeddings_s"] = time.perf_counter() - t0
 
-    rows: list[dict] = []
-    inner: dict[str, dict] = {}
     t0 = time.perf_counter()
     variants = {"model": InputOptions(), **(ABLATIONS if args.ablations else {})}
-    total = len(folds) * (len(seeds) * len(variants) + 1)
-    bar = tqdm(total=total, desc="lodocv", unit="fit")
-    for fold in folds:
-        test = [s for s in nezha if day_of(s) == fold]
-        train = [s for s in nezha if day_of(s) != fold] + lemma
-        for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA()):
-            baseline.fit([s for s in train])
-            rows += rank_cases(baseline, test, fold, None, baseline.name)
-            rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
-                               transform=lambda s: unknown_onset_window(s, 0))
-        rows += random_rows(test, fold)
-        bar.set_postfix_str(f"{fold} inner validation")
-        inner[fold] = select_epochs(train, params, config, caches[False], InputOptions())
-        bar.update()
-        fold_params = replace(params, epochs=inner[fold]["epochs"])
-        for variant, options in variants.items():
-            for seed in seeds:
-                bar.set_postfix_str(f"{fold} {variant} seed {seed}")
-                ranker = ModelRanker(fold_params, seed, embedder, options, config, name=variant,
-                                     cache=caches[options.neutral_names])
-                ranker.fit(train)
-                rows += rank_cases(ranker, test, fold, seed, variant)
-                if variant == "model":
-                    rows += rank_cases(ranker, test, fold, seed, "unknown_onset",
-                                       transform=lambda s, seed=seed: unknown_onset_window(s, seed))
-                bar.update()
-    bar.close()
+    job = FoldJob(prepared.directory, Path(args.cache or default_cache_dir()) / "embeddings", not args.no_lemma,
+                  config, params, seeds, variants, args.threads)
+    rows, inner = run_folds(job, folds, max(1, args.workers))
     timing["cross_validation_s"] = time.perf_counter() - t0
 
     by_ranker: dict[str, list[dict]] = {}

@@ -1,0 +1,114 @@
+"""The CLIs as a user runs them: counts, one-line errors, non-zero exits, nothing half-written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from offline.store import REPO_ROOT
+
+
+def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+                          timeout=1800)
+
+
+def test_validate_json_counts_every_fault(prepared, tmp_path):
+    result = run("offline.data", "validate", "--json", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n_faults"] == 101 and report["lemma"] == 4
+    assert report["per_day"] == {"2022-08-22": 24, "2022-08-23": 32, "2023-01-29": 28, "2023-01-30": 17}
+    assert sum(report["per_fault_type"].values()) == 101
+    assert report["per_app"] == {"onlineboutique": 56, "trainticket": 45}
+    assert len(report["scenarios"]) == 105
+    first = report["scenarios"][0]
+    for key in ("id", "app", "day", "fault_type", "root_cause_service", "n_pods", "n_services", "metric_coverage",
+                "log_coverage", "contaminated"):
+        assert key in first
+    assert (tmp_path / "validate.md").read_text().startswith("# Dataset validation")
+    assert any("confound" in line for line in report["card"])
+
+
+def test_wrong_datasets_path_is_one_line_error(tmp_path):
+    result = run("offline.data", "prepare", "--datasets", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "c"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "datasets directory not found" in result.stderr
+    assert not (tmp_path / "c" / "scenarios").exists()
+
+
+def test_corrupt_archive_is_one_line_error_and_leaves_nothing(tmp_path):
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    (datasets / "nezha.tar.xz").write_bytes(b"corrupt")
+    result = run("offline.data", "prepare", "--datasets", str(datasets), "--cache", str(tmp_path / "c"))
+    assert result.returncode == 2 and "sha256" in result.stderr
+    assert not (tmp_path / "c" / "raw" / "nezha").exists()
+
+
+def test_lodocv_rejects_unknown_fold_and_bad_params(prepared, tmp_path):
+    result = run("offline.lodocv", "--quick", "--folds", "2099-01-01", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "unknown fold" in result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"d_model": 30, "n_heads": 4}, "train": {}}))
+    result = run("offline.lodocv", "--quick", "--params", str(bad), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "divisible" in result.stderr
+    bad.write_text(json.dumps({"model": {}, "train": {"epochz": 3}}))
+    result = run("offline.lodocv", "--quick", "--params", str(bad), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "unknown keys" in result.stderr
+    bad.write_text("{not json")
+    result = run("offline.lodocv", "--quick", "--params", str(bad), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "invalid JSON" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_lodocv_quick_end_to_end(prepared, tmp_path):
+    out = tmp_path / "run"
+    result = run("offline.lodocv", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_cases"] == 101
+    assert set(results["baselines"]) == {"random", "service_prior", "nsigma", "baro", "simplerca"}
+    assert "unknown_onset" in results["ablations"]
+    for section in ("pooled", "fold_mean", "per_fold", "per_app", "per_fault_type"):
+        assert section in results["model"]
+    assert set(results["model"]["per_fold"]) == {"2022-08-22", "2022-08-23", "2023-01-29", "2023-01-30"}
+    metric = results["model"]["pooled"]["acc1"]
+    assert set(metric) == {"mean", "std", "ci95", "n"} and metric["n"] == 101
+    assert metric["ci95"][0] <= metric["mean"] <= metric["ci95"][1]
+    assert results["provenance"]["git_sha"] and results["provenance"]["params_hash"]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    model_rows = [r for r in rows if r["ranker"] == "model"]
+    assert len(model_rows) == 101 and all(r["rank"] >= 1 for r in model_rows)
+    for name in ("report.md", "per_fold_acc1.png", "per_fault_type_mrr.png", "timing.json"):
+        assert (out / name).stat().st_size > 0
+    # every epoch count was picked on inner validation, never more than --quick allows
+    assert all(1 <= e <= 3 for e in results["epochs_per_fold"].values())
+    for fold, info in results["inner_validation"].items():
+        assert fold not in info["inner_days"]
+
+
+def test_scenario_file_with_service_without_pods_is_refused(prepared, tmp_path):
+    import shutil
+
+    from lemzha.scenario import ScenarioError
+    from lemzha.scenario_io import load_scenario
+
+    src = prepared.directory / prepared.ids[0]
+    dst = tmp_path / "s"
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "scenario.json").read_text())
+    meta["services"].append("ghost-service")
+    (dst / "scenario.json").write_text(json.dumps(meta))
+    with pytest.raises(ScenarioError, match="services"):
+        load_scenario(dst)
+    meta["pod_service"] = {}
+    (dst / "scenario.json").write_text(json.dumps(meta))
+    with pytest.raises(ScenarioError, match="without a service"):
+        load_scenario(Path(dst))
