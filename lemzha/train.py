@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lemzha import inference
 from lemzha.catalog import METRIC_NAMES
 from lemzha.features import CADVISOR_METRICS, Crop, Prepared, crop, prepare
+from lemzha.inference import LogitsFn
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.text import DIM, TextEmbedder, service_name_text
@@ -193,31 +195,29 @@ def train_model(
     return result
 
 
-@torch.no_grad()
+def torch_logits_fn(model: nn.Module, options: InputOptions) -> LogitsFn:
+    """Batched torch logits for `lemzha.inference`: the pods of all crops share one encoder call."""
+
+    @torch.no_grad()
+    def logits(crops: Sequence[Crop]) -> list[np.ndarray]:
+        model.eval()
+        tensors = [to_tensors(c, options) for c in crops]
+        pods = model.metric_encoder(
+            torch.cat([t[0] for t in tensors]),
+            torch.cat([t[1] for t in tensors]),
+            torch.cat([t[2].expand(t[0].shape[0]) for t in tensors]),
+        )
+        split = torch.split(pods, [t[0].shape[0] for t in tensors])
+        return [model.score(own, t[3], t[4], t[5]).numpy() for t, own in zip(tensors, split, strict=True)]
+
+    return logits
+
+
 def service_probabilities(
     model: nn.Module, prep: Prepared, onset_bin: int | None, crop_bins: int, options: InputOptions
 ) -> np.ndarray:
-    """Probabilities over prep.services. With no onset, slide the onset over the window every 2 bins, take each
-    service's maximum probability over the crops, and renormalise (max-pooling over sliding crops)."""
-    model.eval()
-    W = crop_bins
-    if onset_bin is not None:
-        candidates = [onset_bin]
-    else:
-        T = prep.n_bins
-        candidates = list(range(min(W // 4, T - 1), max(T - W // 4, W // 4 + 1), 2)) or [T // 2]
-    crops = [to_tensors(crop(prep, c - W // 2, W, W // 2, use_logs=options.use_logs), options) for c in candidates]
-    pods = model.metric_encoder(
-        torch.cat([t[0] for t in crops]),
-        torch.cat([t[1] for t in crops]),
-        torch.cat([t[2].expand(t[0].shape[0]) for t in crops]),
-    )
-    best = None
-    for (_, _, _, logs, names, pod_service), own in zip(crops, torch.split(pods, [t[0].shape[0] for t in crops]),
-                                                      strict=True):
-        probs = torch.softmax(model.score(own, logs, names, pod_service), dim=0).numpy()
-        best = probs if best is None else np.maximum(best, probs)
-    return best / best.sum()
+    return inference.service_probabilities(torch_logits_fn(model, options), prep, onset_bin, crop_bins,
+                                           options.use_logs)
 
 
 class ModelRanker:

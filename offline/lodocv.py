@@ -136,8 +136,7 @@ class FoldJob:
     scenario_dir: Path
     embedding_dir: Path
     use_lemma: bool
-    config: object
-    params: object
+    params: dict[str, tuple]  # fold -> (ModelConfig, TrainParams, params hash)
     seeds: list[int]
     variants: dict[str, InputOptions]
     threads: int
@@ -163,12 +162,13 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
         rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
                            transform=lambda s: unknown_onset_window(s, 0))
     rows += random_rows(test, fold)
-    inner = select_epochs(train, job.params, job.config, caches[False], InputOptions())
+    config, params, _ = job.params[fold]
+    inner = select_epochs(train, params, config, caches[False], InputOptions())
     _tick(ticks)
-    fold_params = replace(job.params, epochs=inner["epochs"])
+    fold_params = replace(params, epochs=inner["epochs"])
     for variant, options in job.variants.items():
         for seed in job.seeds:
-            ranker = ModelRanker(fold_params, seed, embedder, options, job.config, name=variant,
+            ranker = ModelRanker(fold_params, seed, embedder, options, config, name=variant,
                                  cache=caches[options.neutral_names])
             ranker.fit(train)
             rows += rank_cases(ranker, test, fold, seed, variant)
@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/lodocv"), help="output directory")
-    parser.add_argument("--params", type=Path, help="hyper-parameter JSON (default offline/params/default.json)")
+    parser.add_argument("--params", type=Path,
+                        help="hyper-parameter JSON, or a directory of per-fold files fold-<YYYY-MM-DD>.json written "
+                             "by the nested search (default offline/params/default.json)")
     parser.add_argument("--seeds", type=int, default=3, help="model seeds (default 3)")
     parser.add_argument("--folds", help="comma-separated test days YYYY-MM-DD (default: all four)")
     parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs: a CI smoke test")
@@ -269,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m offline.lodocv " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                   else sys.argv[1:]))
 
-    config, params, params_hash = load_params(args.params)
     seeds = list(range(1 if args.quick else args.seeds))
     if not seeds:
         raise DataError("--seeds must be at least 1")
-    if args.quick:
-        params = replace(params, epochs=min(params.epochs, 3))
+    params_dir = args.params if args.params is not None and args.params.is_dir() else None
+    if params_dir is None:
+        config, params, params_hash = load_params(args.params)
 
     t0 = time.perf_counter()
     prepared = prepared_from_args(args)
@@ -285,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(folds) - set(days))
     if unknown:
         raise DataError(f"unknown fold(s) {unknown}; the folds are {', '.join(days)}")
+    fold_params = {}
+    for fold in folds:
+        if params_dir is not None:
+            config, params, params_hash = load_params(params_dir / f"fold-{fold}.json")
+        fold_params[fold] = (config, replace(params, epochs=min(params.epochs, 3)) if args.quick else params,
+                             params_hash)
     timing["prepare_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     variants = {"model": InputOptions(), **(ABLATIONS if args.ablations else {})}
     job = FoldJob(prepared.directory, Path(args.cache or default_cache_dir()) / "embeddings", not args.no_lemma,
-                  config, params, seeds, variants, args.threads)
+                  fold_params, seeds, variants, args.threads)
     rows, inner = run_folds(job, folds, max(1, args.workers))
     timing["cross_validation_s"] = time.perf_counter() - t0
 
@@ -317,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         "ablations": {n: report.summarise_ranker(by_ranker[n]) for n in ablation_names},
         "significance": {n: report.significance(by_ranker["model"], by_ranker[n]) for n in baseline_names},
         "inner_validation": inner,
-        "params": {"model": config.to_json(), "train": params.to_json()},
-        "provenance": provenance(command, params_hash),
+        "params": {f: {"model": c.to_json(), "train": p.to_json(), "hash": h} for f, (c, p, h) in fold_params.items()},
+        "provenance": provenance(command, ",".join(sorted({h for _, _, h in fold_params.values()}))),
     }
     timing["total_s"] = time.perf_counter() - started
     timing["ms_per_case"] = {n: round(float(np.mean([r["ms"] for r in rs])), 2) for n, rs in by_ranker.items()}
