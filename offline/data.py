@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     add_data_arguments(p_validate)
     p_validate.add_argument("--out", type=Path, default=Path("runs/validate"), help="report directory")
     p_validate.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p_validate.add_argument("--id", action="append", dest="ids", metavar="ID",
+                            help="report only this scenario id (repeatable), e.g. nezha/20230129_03")
     args = parser.parse_args(argv)
 
     prepared = prepared_from_args(args, progress=not getattr(args, "json", False))
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from offline.validate import build_report, render_markdown
 
-    report = build_report(prepared)
+    report = build_report(prepared, ids=args.ids)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validate.json").write_text(json.dumps(report, indent=1))
     (args.out / "validate.md").write_text(render_markdown(report))

@@ -79,8 +79,9 @@ def _error_share_delta(scenario: Scenario, service: str, fault_bin: int) -> floa
     return round(share(after) - share(before), 4)
 
 
-def build_report(prepared: Prepared) -> dict:
-    rows = [scenario_report(prepared.load(e["id"]), e) for e in prepared.index["scenarios"]]
+def build_report(prepared: Prepared, ids: list[str] | None = None) -> dict:
+    entries = [prepared.entry(i) for i in ids] if ids else prepared.index["scenarios"]
+    rows = [scenario_report(prepared.load(e["id"]), e) for e in entries]
     nezha = [r for r in rows if r["dataset"] == "nezha"]
     lemma = [r for r in rows if r["dataset"] == "lemma"]
     per_day = Counter(r["day"] for r in nezha)

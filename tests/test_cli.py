@@ -35,6 +35,15 @@ def test_validate_json_counts_every_fault(prepared, tmp_path):
     assert any("confound" in line for line in report["card"])
 
 
+def test_unknown_scenario_id_is_one_line_error(prepared, tmp_path):
+    result = run("offline.data", "validate", "--id", "nezha/20990101_00", "--out", str(tmp_path / "v"))
+    assert result.returncode == 2 and "unknown scenario id" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "v").exists()
+    ok = run("offline.data", "validate", "--json", "--id", "nezha/20230129_03", "--out", str(tmp_path / "v"))
+    assert ok.returncode == 0 and [r["id"] for r in json.loads(ok.stdout)["scenarios"]] == ["nezha/20230129_03"]
+
+
 def test_wrong_datasets_path_is_one_line_error(tmp_path):
     result = run("offline.data", "prepare", "--datasets", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "c"))
     assert result.returncode == 2
