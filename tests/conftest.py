@@ -25,3 +25,24 @@ def prepared():
     from offline.dataset import prepare
 
     return prepare(progress=False)
+
+
+@pytest.fixture(scope="session")
+def quick_bundle(prepared) -> Path:
+    """One `offline.export --quick` bundle per version of the code and data, cached in .cache/bundles/<hash>/bundle,
+    with the trained torch weights beside it (torch_state.pt) for parity tests."""
+    import hashlib
+
+    from offline.store import REPO_ROOT, default_cache_dir
+
+    digest = hashlib.sha256(str(prepared.index.get("key")).encode())
+    for path in sorted([*REPO_ROOT.glob("lemzha/*.py"), *REPO_ROOT.glob("offline/params/*.json"),
+                        REPO_ROOT / "offline" / "export.py", REPO_ROOT / "offline" / "params.py"]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    root = default_cache_dir() / "bundles" / digest.hexdigest()[:16]
+    bundle, state = root / "bundle", root / "torch_state.pt"
+    if not ((bundle / "bundle.json").is_file() and state.is_file()):
+        from offline.export import main as export
+
+        assert export(["--quick", "--out", str(bundle), "--torch-state", str(state)]) == 0
+    return bundle

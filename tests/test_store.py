@@ -99,3 +99,10 @@ def test_wrong_checksum_and_missing_paths(tmp_path):
 def test_real_archives_extract(nezha_root, lemzhak_root):
     assert (nezha_root / "rca_data" / "2023-01-30").is_dir()
     assert (lemzhak_root / "core_multimodal_tmp").is_dir()
+
+
+def test_source_tree_replaces_the_nezha_archive(nezha_root, tmp_path):
+    sources = resolve_sources(cache_dir=tmp_path, nezha_source=nezha_root)
+    assert sources.nezha == nezha_root
+    assert not (tmp_path / "raw" / "nezha").exists()  # the archive was not extracted again
+    assert (sources.lemzhak / "core_multimodal_tmp").is_dir()
