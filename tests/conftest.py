@@ -42,7 +42,13 @@ def quick_bundle(prepared) -> Path:
     root = default_cache_dir() / "bundles" / digest.hexdigest()[:16]
     bundle, state = root / "bundle", root / "torch_state.pt"
     if not ((bundle / "bundle.json").is_file() and state.is_file()):
+        import shutil
+        import time
+
         from offline.export import main as export
 
         assert export(["--quick", "--out", str(bundle), "--torch-state", str(state)]) == 0
+        for old in root.parent.iterdir():  # ~90 MB each: drop versions nobody has built for a day
+            if old != root and old.stat().st_mtime < time.time() - 86400:
+                shutil.rmtree(old, ignore_errors=True)
     return bundle

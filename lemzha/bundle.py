@@ -1,0 +1,166 @@
+"""The model bundle: a directory that `offline.export` writes and `lemzha.onnx_ranker` reads, torch-free.
+
+- `model.onnx`: one crop -> per-service logits (inputs metrics, valid, onset_pos, logs, names, pod_service)
+- `text_encoder.onnx` + `tokenizer.json`: MiniLM for templates never seen in training
+- `templates.parquet`: `key, text, vector` of every training template and service-name text, to seed the cache
+- `MODEL_CARD.md`: data, evaluation, limits
+- `bundle.json`: schema and catalog versions, feature sizes, ranking rule, training summary, and the sha256 of
+  every other file. A bundle whose files, schema or metric catalog do not match is refused with `BundleError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lemzha.catalog import METRIC_NAMES
+from lemzha.features import LOG_FEATURES, METRIC_FEATURES
+from lemzha.text import DIM
+
+SCHEMA_VERSION = 1
+MANIFEST = "bundle.json"
+MODEL_FILE = "model.onnx"
+TEXT_ENCODER_FILE = "text_encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+TEMPLATES_FILE = "templates.parquet"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+REQUIRED_FILES = (MODEL_FILE, TEXT_ENCODER_FILE, TOKENIZER_FILE, TEMPLATES_FILE, MODEL_CARD_FILE)
+MODEL_INPUTS = ("metrics", "valid", "onset_pos", "logs", "names", "pod_service")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: missing, corrupt, or built for another schema or metric catalog."""
+
+
+def catalog_version(metrics: Sequence[str] = METRIC_NAMES) -> str:
+    """sha256 of the metric names in order: the model's metric axis means nothing under another catalog."""
+    return hashlib.sha256("\n".join(metrics).encode("utf-8")).hexdigest()
+
+
+def features_spec() -> dict[str, int]:
+    return {"metric_features": METRIC_FEATURES, "log_features": LOG_FEATURES, "text_dim": DIM}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle directory and its manifest."""
+
+    directory: Path
+    meta: dict
+    sha: str  # sha256 of bundle.json: names this exact bundle in outputs
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    @property
+    def crop_bins(self) -> int:
+        return int(self.meta["crop_bins"])
+
+    @property
+    def encoder_sha(self) -> str:
+        return str(self.meta["encoder_sha"])
+
+    @property
+    def use_logs(self) -> bool:
+        return bool(self.meta.get("input_options", {}).get("use_logs", True))
+
+
+def write_manifest(directory: Path, meta: dict) -> dict:
+    """Add schema, catalog, features and the sha256 of every other file in `directory`, then write bundle.json."""
+    files = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        raise BundleError(f"{directory}: cannot write a manifest without {missing}")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "catalog_version": catalog_version(),
+        "metrics": list(METRIC_NAMES),
+        "features": features_spec(),
+        **meta,
+        "files": files,
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def load_bundle(directory: Path | str) -> Bundle:
+    """Read and verify a bundle: schema version, metric catalog, feature sizes and every file's sha256."""
+    root = Path(directory)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle not found: {root} is not a directory")
+    if not manifest_path.is_file():
+        raise BundleError(f"{root}: not a bundle (no {MANIFEST})")
+    raw = manifest_path.read_bytes()
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{manifest_path}: invalid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{manifest_path}: expected a JSON object")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{manifest_path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}")
+    if meta.get("catalog_version") != catalog_version() or meta.get("metrics") != list(METRIC_NAMES):
+        raise BundleError(f"{manifest_path}: built for another metric catalog (catalog_version "
+                          f"{str(meta.get('catalog_version'))[:12]}…, this code has {catalog_version()[:12]}…)")
+    if meta.get("features") != features_spec():
+        raise BundleError(f"{manifest_path}: feature sizes {meta.get('features')} differ from this code's "
+                          f"{features_spec()}")
+    for key in ("crop_bins", "encoder_sha", "files"):
+        if key not in meta:
+            raise BundleError(f"{manifest_path}: lacks {key!r}")
+    files = meta["files"]
+    if not isinstance(files, dict):
+        raise BundleError(f"{manifest_path}: 'files' must map file names to sha256")
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"{manifest_path}: does not list {name}")
+    for name, expected in files.items():
+        path = root / name
+        if Path(name).name != name or name == MANIFEST:
+            raise BundleError(f"{manifest_path}: bad file name {name!r}")
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle")
+        if file_sha256(path) != expected:
+            raise BundleError(f"{path}: sha256 does not match bundle.json (corrupt or modified {name})")
+    return Bundle(root, meta, hashlib.sha256(raw).hexdigest())
+
+
+def write_templates(path: Path, texts: Sequence[str], keys: Sequence[str], vectors: np.ndarray) -> None:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape != (len(texts), DIM) or len(keys) != len(texts):
+        raise ValueError(f"templates: {len(texts)} texts, {len(keys)} keys, vectors {vectors.shape}")
+    offsets = pa.array(np.arange(len(texts) + 1, dtype=np.int32) * DIM)
+    table = pa.table({
+        "key": pa.array(list(keys), pa.string()),
+        "text": pa.array(list(texts), pa.string()),
+        "vector": pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1), pa.float32())),
+    })
+    pq.write_table(table, path)
+
+
+def read_templates(path: Path) -> tuple[list[str], np.ndarray]:
+    """(text keys, (N, DIM) float32 vectors) from templates.parquet."""
+    table = pq.read_table(path, columns=["key", "vector"])
+    column = table.column("vector").combine_chunks()
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+    if len(lengths) and not (lengths == DIM).all():
+        raise BundleError(f"{path}: every vector must have {DIM} values")
+    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, DIM)
+    return table.column("key").to_pylist(), vectors
