@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -23,17 +23,19 @@ from offline.store import REPO_ROOT
 
 
 def measure(args: list[str]) -> dict:
-    """Run `python -m <args>` in a child; wall seconds and the child's peak RSS in MiB."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run `python -m <args>` in a child; wall seconds and peak RSS in MiB of the largest process of that run
+    (the child or one of its worker processes: wait4 reports this child's own tree, not earlier runs)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all waited children: only trust it when it grew
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        if child.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(args)} failed:\n{err.read().decode(errors='replace')[-2000:]}")
     return {"command": "python -m " + " ".join(args), "wall_s": round(wall, 2),
-            "peak_rss_mib": round(max(peak, before) / 1024, 1)}
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 def bench_prepare(datasets: Path | None) -> dict:
