@@ -215,14 +215,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # two searches on one machine may share the file: wait for the other's write instead of failing
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # heartbeats let a later run mark the trial of a killed worker as failed instead of running forever
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=300)
-    except Exception as err:  # drivers raise anything from ImportError to OperationalError
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot open --storage {shown!r}: {first}") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # heartbeats let a later run mark the trial of a killed worker as failed instead of running forever
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60,
+                                                  grace_period=300)
+        except Exception as err:  # drivers raise anything from ImportError to OperationalError
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            # two searches started together race to create the schema: the loser retries once it exists
+            if "already exists" in first and attempt < 2:
+                time.sleep(1.0 + attempt)
+                continue
+            raise DataError(f"cannot open --storage {shown!r}: {first}") from None
+    raise AssertionError("unreachable")
 
 
 def redacted(url: str) -> str:
