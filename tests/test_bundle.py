@@ -221,9 +221,9 @@ def test_minilm_onnx_matches_sentence_transformers(prepared, onnx_ranker):
 def test_bundle_ranks_in_a_torch_free_process(prepared, quick_bundle):
     code = """
 import json, sys
-from lemzha.onnx_ranker import OnnxRanker
+import lemzha
 from lemzha.scenario_io import load_scenario
-ranking = OnnxRanker(sys.argv[1]).rank(load_scenario(sys.argv[2], with_label=False))
+ranking = lemzha.OnnxRanker(sys.argv[1]).rank(load_scenario(sys.argv[2], with_label=False))
 heavy = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
 print(json.dumps({"services": list(ranking.services), "total": sum(ranking.scores), "heavy": heavy}))
 """
