@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from lemzha.catalog import METRIC_NAMES
 from lemzha.features import LOG_FEATURES, METRIC_FEATURES
+from lemzha.fsutil import file_sha256
 from lemzha.text import DIM
 
 SCHEMA_VERSION = 1
@@ -46,14 +47,6 @@ def catalog_version(metrics: Sequence[str] = METRIC_NAMES) -> str:
 
 def features_spec() -> dict[str, int]:
     return {"metric_features": METRIC_FEATURES, "log_features": LOG_FEATURES, "text_dim": DIM}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

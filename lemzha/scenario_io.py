@@ -12,7 +12,6 @@ Writes go to a temporary sibling directory that is renamed into place, so a read
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lemzha.fsutil import replace_directory
 from lemzha.scenario import Label, Scenario, ScenarioError, as_utc
 
 SCHEMA_VERSION = 1
@@ -65,13 +65,7 @@ def save_scenario(scenario: Scenario, directory: Path | str) -> Path:
         scenario.logs.to_parquet(tmp / "logs.parquet", index=False)
         if scenario.label is not None:
             (tmp / "label.json").write_text(json.dumps(scenario.label.to_json(), indent=1))
-        if target.exists():
-            trash = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(trash)
-            tmp.rename(target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        replace_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

