@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,11 +111,16 @@ def inner_mrr(model, cache: PreparedCache, val: list[Scenario], crop_bins: int, 
     return float(np.mean(rr))
 
 
-def select_epochs(train: list[Scenario], params, config, cache: PreparedCache, options: InputOptions) -> dict:
-    """Inner leave-one-day-out over the training Nezha days; returns the epochs with the best mean inner MRR."""
+def select_epochs(train: list[Scenario], params, config, cache: PreparedCache, options: InputOptions,
+                  report: Callable[[int, float], None] | None = None) -> dict:
+    """Inner leave-one-day-out over the training Nezha days; returns the epochs with the best mean inner MRR.
+
+    `report(step, value)` is called after each inner day (days in sorted order, so steps compare across calls)
+    with the best MRR on the mean curve so far; the last report equals the returned "mrr". The search prunes on it.
+    """
     inner_days = sorted({day_of(s) for s in train if s.id.startswith("nezha/")})
     curves = []
-    for held in inner_days:
+    for step, held in enumerate(inner_days):
         fit_on = [s for s in train if not (s.id.startswith("nezha/") and day_of(s) == held)]
         val = [s for s in train if s.id.startswith("nezha/") and day_of(s) == held]
         result = train_model(
@@ -122,6 +128,8 @@ def select_epochs(train: list[Scenario], params, config, cache: PreparedCache, o
             validate=lambda m, val=val: inner_mrr(m, cache, val, params.crop_bins, options),
         )
         curves.append(result.curve)
+        if report is not None:
+            report(step, float(np.max(np.mean(curves, axis=0))))
     mean_curve = np.mean(curves, axis=0)
     best = int(np.argmax(mean_curve))
     return {"inner_days": inner_days, "epochs": best + 1, "mrr": float(mean_curve[best]),

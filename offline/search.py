@@ -34,18 +34,17 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import optuna
 import torch
 
 from lemzha.model import ModelConfig
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder, service_name_text
-from lemzha.train import InputOptions, PreparedCache, TrainParams, train_model
+from lemzha.train import InputOptions, PreparedCache, TrainParams
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
 from offline.dataset import Prepared
-from offline.lodocv import day_of, examples, inner_mrr
+from offline.lodocv import day_of, select_epochs
 from offline.params import DEFAULT_PARAMS, load_params
 from offline.store import DataError, default_cache_dir
 
@@ -133,37 +132,6 @@ def load_allowed(prepared: Prepared, held_out: str | None) -> list[Scenario]:
     if leaked:  # the index day and the label day disagree: refuse rather than search on the test day
         raise DataError(f"scenarios {leaked[:3]} belong to the held-out day {held_out} but the index says otherwise")
     return scenarios
-
-
-def inner_select(
-    train: Sequence[Scenario],
-    params: TrainParams,
-    config: ModelConfig,
-    cache: PreparedCache,
-    options: InputOptions,
-    report: Callable[[int, float], None] | None = None,
-) -> dict:
-    """`offline.lodocv.select_epochs` (same result), calling `report(step, value)` after each inner day.
-
-    The reported value is the best epoch's MRR on the mean curve of the inner days so far, so the last report equals
-    the returned "mrr"; the inner days always come in the same (sorted) order, so steps compare across trials.
-    """
-    inner_days = sorted({day_of(s) for s in train if s.id.startswith("nezha/")})
-    curves = []
-    for step, held in enumerate(inner_days):
-        fit_on = [s for s in train if not (s.id.startswith("nezha/") and day_of(s) == held)]
-        val = [s for s in train if s.id.startswith("nezha/") and day_of(s) == held]
-        result = train_model(
-            examples(cache, fit_on), params, seed=0, options=options, config=config,
-            validate=lambda m, val=val: inner_mrr(m, cache, val, params.crop_bins, options),
-        )
-        curves.append(result.curve)
-        if report is not None:
-            report(step, float(np.max(np.mean(curves, axis=0))))
-    mean_curve = np.mean(curves, axis=0)
-    best = int(np.argmax(mean_curve))
-    return {"inner_days": inner_days, "epochs": best + 1, "mrr": float(mean_curve[best]),
-            "curve": [round(float(v), 4) for v in mean_curve]}
 
 
 def trial_params(values: dict, space: Sequence[Dim], base_config: ModelConfig, base_params: TrainParams,
@@ -308,7 +276,7 @@ def run_search(prepared: Prepared, settings: SearchSettings, embedding_dir: Path
             if trial.should_prune():
                 raise optuna.TrialPruned(f"running inner MRR {value:.3f} after {step + 1} of {len(inner_days)} days")
 
-        inner = inner_select(train, params, config, cache, InputOptions(), report)
+        inner = select_epochs(train, params, config, cache, InputOptions(), report)
         trial.set_user_attr("epochs", inner["epochs"])
         trial.set_user_attr("curve", inner["curve"])
         return inner["mrr"]

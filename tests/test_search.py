@@ -129,8 +129,8 @@ def test_resuming_adds_trials_to_the_same_study(first_search):
 
 
 @pytest.mark.slow
-def test_inner_select_is_lodocv_select_epochs_with_reports(prepared):
-    """The reporting variant picks exactly what lodocv would; its last report is the objective."""
+def test_select_epochs_reports_end_on_the_objective(prepared):
+    """Reporting changes nothing in what is picked, and the last report is the objective the search optimises."""
     torch.set_num_threads(1)
     ids = [e["id"] for e in prepared.index["scenarios"] if e["dataset"] == "nezha" and e["day"] != HELD_OUT]
     by_day: dict[str, list[str]] = {}
@@ -142,7 +142,7 @@ def test_inner_select_is_lodocv_select_epochs_with_reports(prepared):
                                          search.TINY_SPACE, config, params, epochs=2)
     cache = PreparedCache(TextEmbedder(default_cache_dir() / "embeddings"))
     reports: list[tuple[int, float]] = []
-    ours = search.inner_select(train, params, config, cache, InputOptions(), lambda s, v: reports.append((s, v)))
+    ours = select_epochs(train, params, config, cache, InputOptions(), lambda s, v: reports.append((s, v)))
     assert ours == select_epochs(train, params, config, cache, InputOptions())
     assert [s for s, _ in reports] == list(range(len(by_day)))
     assert reports[-1][1] == pytest.approx(ours["mrr"])
