@@ -1,0 +1,1 @@
+"""Lemzha kopf operator: watches incidents and ranks their root-cause service."""

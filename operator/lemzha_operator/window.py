@@ -1,0 +1,87 @@
+"""Resolve an RCAIncident's window from its spec, once, into absolute 30 s-aligned bins.
+
+Three mutually exclusive forms (the CRD enforces this with CEL; the operator re-validates, because a CRD can be
+installed without its rules): `faultTime` with `before`/`after`, `from`/`to`, or `recent`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin
+
+MIN_WINDOW = timedelta(minutes=2)
+MAX_WINDOW = timedelta(hours=2)
+MAX_FUTURE = timedelta(hours=1)
+_DURATION = re.compile(r"^([0-9]+)([smh])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours"}
+
+
+class InvalidSpec(ValueError):
+    """The spec cannot describe a window: the incident fails with reason InvalidSpec."""
+
+
+@dataclass(frozen=True)
+class ResolvedWindow:
+    start: datetime  # first bin start, aligned to 30 s
+    n_bins: int
+    onset: datetime | None  # the fault time the user gave; None means the model scans the window
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=BIN_SECONDS * self.n_bins)
+
+    def to_status(self) -> dict:
+        return {"from": self.start.isoformat(), "to": self.end.isoformat()}
+
+
+def parse_duration(text: str, field: str) -> timedelta:
+    match = _DURATION.match(str(text))
+    if not match:
+        raise InvalidSpec(f"spec.{field}: {text!r} is not a duration like 90s, 10m or 1h")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _time(spec: dict, field: str) -> datetime:
+    try:
+        return as_utc(spec[field])
+    except (ValueError, TypeError) as err:
+        raise InvalidSpec(f"spec.{field}: {spec[field]!r} is not an RFC3339 time ({err})") from None
+
+
+def resolve_window(spec: dict, now: datetime) -> ResolvedWindow:
+    """Absolute window for a spec, evaluated at `now` (only `recent` depends on it)."""
+    forms = [name for name, keys in (("faultTime", ("faultTime",)), ("from/to", ("from", "to")),
+                                     ("recent", ("recent",))) if any(k in spec for k in keys)]
+    if len(forms) != 1:
+        raise InvalidSpec(f"spec needs exactly one window form (faultTime, from/to or recent), got {forms or 'none'}")
+    onset = None
+    if forms[0] == "faultTime":
+        onset = _time(spec, "faultTime")
+        first = onset - parse_duration(spec.get("before", "10m"), "before")
+        last = onset + parse_duration(spec.get("after", "10m"), "after")
+    elif forms[0] == "from/to":
+        if "from" not in spec or "to" not in spec:
+            raise InvalidSpec("spec.from and spec.to go together")
+        first, last = _time(spec, "from"), _time(spec, "to")
+        if last <= first:
+            raise InvalidSpec("spec.to must be after spec.from")
+    else:
+        last = as_utc(now)
+        first = last - parse_duration(spec["recent"], "recent")
+    if not MIN_WINDOW <= last - first <= MAX_WINDOW:
+        raise InvalidSpec(f"window length {last - first} is outside [{MIN_WINDOW}, {MAX_WINDOW}]")
+    if last > as_utc(now) + MAX_FUTURE:
+        raise InvalidSpec(f"window end {last.isoformat()} is more than {MAX_FUTURE} in the future")
+    start = floor_to_bin(first)
+    end = floor_to_bin(last)
+    if end < last:
+        end += timedelta(seconds=BIN_SECONDS)  # the bin holding `last` is part of the window
+    return ResolvedWindow(start, int((end - start).total_seconds() // BIN_SECONDS), onset)
+
+
+def seconds_until_complete(window: ResolvedWindow, now: datetime, grace: timedelta = timedelta(seconds=60)) -> float:
+    """How long to wait before the window's data is in (scrape and ingestion lag included); 0 when ready."""
+    return max(0.0, (window.end + grace - as_utc(now)).total_seconds())
