@@ -1,0 +1,78 @@
+"""Scenario + ranker -> the status an RCAIncident shows: ranked causes with bounded evidence and data coverage.
+
+Plain functions, no Kubernetes: the kopf handlers only move this dict into the resource.
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import timedelta
+
+import numpy as np
+
+from lemzha.baselines import resolve_onset_bin
+from lemzha.evidence import max_after, robust_z
+from lemzha.ranking import Ranker
+from lemzha.scenario import Scenario
+
+MAX_EVIDENCE = 3  # per cause and kind: status stays small (objects are capped at ~1.5 MiB)
+MAX_TEMPLATE_CHARS = 512
+
+
+def metric_evidence(scenario: Scenario, service: str, onset_bin: int) -> list[dict]:
+    """The service's most anomalous (pod, metric) series after the onset, by the evidence z-score."""
+    pods = [i for i, p in enumerate(scenario.pods) if scenario.pod_service[p] == service]
+    z = max_after(robust_z(scenario.values[:, pods, :], onset_bin), onset_bin)  # (pods, metrics)
+    finite = np.argwhere(np.isfinite(z))
+    ordered = sorted(finite.tolist(), key=lambda pm: -z[pm[0], pm[1]])[:MAX_EVIDENCE]
+    return [{"pod": scenario.pods[pods[p]], "metric": scenario.metrics[m], "z": round(float(z[p, m]), 2)}
+            for p, m in ordered]
+
+
+def log_evidence(scenario: Scenario, service: str, onset_bin: int) -> list[dict]:
+    """The service's log templates after the onset, errors first, then by count."""
+    logs = scenario.logs
+    own = logs.loc[(logs["service"] == service) & (logs["bin"] >= onset_bin)]
+    if own.empty:
+        return []
+    totals = own.groupby(["template", "level"], as_index=False)["count"].sum()
+    totals["severe"] = totals["level"].isin(["ERROR", "FATAL"])
+    totals = totals.sort_values(["severe", "count", "template"], ascending=[False, False, True]).head(MAX_EVIDENCE)
+    return [{"template": str(r.template)[:MAX_TEMPLATE_CHARS], "count": int(r.count), "level": str(r.level)}
+            for r in totals.itertuples()]
+
+
+def analyze(scenario: Scenario, ranker: Ranker, top_k: int) -> dict:
+    """Rank and explain. The scenario must carry no label (live data has none)."""
+    if scenario.label is not None:
+        raise ValueError("analyze() takes live scenarios, which have no label")
+    ranking = ranker.rank(scenario)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        onset_bin = resolve_onset_bin(scenario)
+    onset_time = scenario.start + timedelta(seconds=onset_bin * scenario.bin_seconds)
+    causes = [
+        {
+            "rank": rank,
+            "service": service,
+            "score": round(float(score), 4),
+            "evidence": {
+                "metrics": metric_evidence(scenario, service, onset_bin),
+                "logs": log_evidence(scenario, service, onset_bin),
+            },
+        }
+        for rank, (service, score) in enumerate(zip(ranking.services, ranking.scores, strict=True), start=1)
+        if rank <= top_k
+    ]
+    return {
+        "rootCauses": causes,
+        "method": ranker.name,
+        "onset": {"time": (scenario.onset or onset_time).isoformat(),
+                  "source": "given" if scenario.onset is not None else "estimated"},
+        "dataCoverage": {
+            "pods": len(scenario.pods),
+            "metrics": int(scenario.mask.any(axis=(0, 1)).sum()),
+            "logLines": int(scenario.logs["count"].sum()) if len(scenario.logs) else 0,
+            "bins": scenario.n_bins,
+        },
+    }
