@@ -27,6 +27,13 @@ def floor_to_bin(moment: datetime | pd.Timestamp | str, bin_seconds: int = BIN_S
     return datetime.fromtimestamp(epoch - epoch % bin_seconds, tz=UTC)
 
 
+def window_bins(first: datetime, last: datetime, bin_seconds: int = BIN_SECONDS) -> tuple[datetime, int]:
+    """The window convention, offline and live: bins from the one holding `first` up to, not including, the one
+    holding `last`, i.e. [floor(first), floor(last)). Returns (first bin start, number of bins)."""
+    start = floor_to_bin(first, bin_seconds)
+    return start, int((floor_to_bin(last, bin_seconds) - start).total_seconds() // bin_seconds)
+
+
 def epoch_ns(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     """Nanoseconds since the epoch, whatever resolution pandas chose for the input (pandas 3 varies it)."""
     return pd.DatetimeIndex(pd.to_datetime(times, utc=True)).as_unit("ns").asi8

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lemzha.binning import BIN_SECONDS, as_utc, bin_indices, epoch_ns, floor_to_bin, last_sample_per_bin
+from lemzha.binning import BIN_SECONDS, as_utc, bin_indices, epoch_ns, last_sample_per_bin, window_bins
 from lemzha.catalog import CATALOG
 from lemzha.logs import clean_many, extract_message
 from lemzha.scenario import Injection, Label, Scenario, empty_logs
@@ -57,9 +57,7 @@ class Window:
     after: timedelta = timedelta(minutes=10)
 
     def bounds(self, fault_time: datetime) -> tuple[datetime, int]:
-        start = floor_to_bin(fault_time - self.before)
-        end = floor_to_bin(fault_time + self.after)
-        return start, int((end - start).total_seconds() // BIN_SECONDS)
+        return window_bins(fault_time - self.before, fault_time + self.after)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ def test_fault_time_form_gives_aligned_bins_and_the_onset():
     w = resolve_window({"faultTime": "2023-01-29T09:04:07Z", "before": "10m", "after": "10m"}, NOW)
     assert w.onset == datetime(2023, 1, 29, 9, 4, 7, tzinfo=UTC)
     assert w.start == datetime(2023, 1, 29, 8, 54, 0, tzinfo=UTC)
-    assert w.end >= w.onset + timedelta(minutes=10) and w.start.timestamp() % 30 == 0
-    assert w.n_bins == 41
+    assert w.end == datetime(2023, 1, 29, 9, 14, 0, tzinfo=UTC) and w.start.timestamp() % 30 == 0
+    assert w.n_bins == 40  # [floor(first), floor(last)): the offline convention
 
 
 def test_defaults_and_from_to_and_recent():

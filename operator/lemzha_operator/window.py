@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin
+from lemzha.binning import BIN_SECONDS, as_utc, window_bins
 
 MIN_WINDOW = timedelta(minutes=2)
 MAX_WINDOW = timedelta(hours=2)
@@ -75,11 +75,8 @@ def resolve_window(spec: dict, now: datetime) -> ResolvedWindow:
         raise InvalidSpec(f"window length {last - first} is outside [{MIN_WINDOW}, {MAX_WINDOW}]")
     if last > as_utc(now) + MAX_FUTURE:
         raise InvalidSpec(f"window end {last.isoformat()} is more than {MAX_FUTURE} in the future")
-    start = floor_to_bin(first)
-    end = floor_to_bin(last)
-    if end < last:
-        end += timedelta(seconds=BIN_SECONDS)  # the bin holding `last` is part of the window
-    return ResolvedWindow(start, int((end - start).total_seconds() // BIN_SECONDS), onset)
+    start, n_bins = window_bins(first, last)  # the same convention as the offline scenarios
+    return ResolvedWindow(start, n_bins, onset)
 
 
 def seconds_until_complete(window: ResolvedWindow, now: datetime, grace: timedelta = timedelta(seconds=60)) -> float:

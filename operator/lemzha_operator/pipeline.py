@@ -1,0 +1,157 @@
+"""One incident, end to end, as plain functions: resolve window -> fetch metrics -> fetch logs -> Scenario -> rank
+-> status. The kopf handlers call `step()` and translate its outcome; everything here runs without a cluster.
+
+Partial progress (the resolved window) is kept in status, so a retry never re-resolves a `recent` window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from lemzha.catalog import catalog_order
+from lemzha.ranking import Ranker
+from lemzha.scenario import Scenario
+from lemzha.services import service_of_pod
+from lemzha_operator.analysis import analyze
+from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, seconds_until_complete
+
+MetricsFetcher = Callable[[str, datetime, int], tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]]
+LogsFetcher = Callable[[str, datetime, int, dict[str, str]], pd.DataFrame]
+
+
+class DataUnavailable(RuntimeError):
+    """The sources answered but hold no data for the window."""
+
+
+class SourceUnavailable(RuntimeError):
+    """A source could not be reached; `reason` is the condition reason (PrometheusUnavailable, LokiUnavailable)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Outcome:
+    """What one attempt decided: the status to write, and whether and when to try again."""
+
+    phase: str
+    status: dict = field(default_factory=dict)
+    conditions: list[dict] = field(default_factory=list)  # {type, status, reason, message}
+    retry_after: float | None = None  # seconds; None = final for this attempt
+    permanent: bool = False
+
+
+def condition(kind: str, ok: bool, reason: str, message: str) -> dict:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message[:1024]}
+
+
+def window_from_status(status: dict) -> ResolvedWindow | None:
+    """The window resolved by an earlier attempt, frozen in status."""
+    frozen = status.get("resolvedWindow")
+    if not frozen:
+        return None
+    start = pd.Timestamp(frozen["from"]).to_pydatetime()
+    end = pd.Timestamp(frozen["to"]).to_pydatetime()
+    onset = status.get("onset", {})
+    given = onset.get("time") if onset.get("source") == "given" else None
+    return ResolvedWindow(start, int((end - start).total_seconds() // 30),
+                          pd.Timestamp(given).to_pydatetime() if given else None)
+
+
+def build_scenario(
+    incident_id: str,
+    namespace: str,
+    window: ResolvedWindow,
+    pods: tuple[str, ...],
+    values: np.ndarray,
+    metric_names: tuple[str, ...],
+    logs: pd.DataFrame | None,
+    owners: dict[str, str] | None = None,
+) -> Scenario:
+    """The same Scenario the offline loaders build: catalog order, the one pod->service rule."""
+    order = catalog_order(list(metric_names))
+    index = [metric_names.index(m) for m in order]
+    pod_service = {p: service_of_pod(p, (owners or {}).get(p)) for p in pods}
+    return Scenario(
+        id=incident_id,
+        app=namespace,
+        namespace=namespace,
+        start=window.start,
+        pods=pods,
+        pod_service=pod_service,
+        metrics=order,
+        values=np.asarray(values, dtype=np.float32)[:, :, index],
+        logs=logs,
+        onset=window.onset,
+    )
+
+
+def step(
+    incident_id: str,
+    spec: dict,
+    status: dict,
+    namespace: str,
+    now: datetime,
+    created: datetime,
+    fetch_metrics: MetricsFetcher,
+    fetch_logs: LogsFetcher | None,
+    ranker: Ranker,
+) -> Outcome:
+    """One attempt at an incident. Never raises for data or spec problems: the outcome says what happened."""
+    timeout = float(spec.get("timeoutSeconds", 900))
+    top_k = int(spec.get("topK", 5))
+    try:
+        window = window_from_status(status) or resolve_window(spec, now)
+    except InvalidSpec as err:
+        return Outcome("Failed", {"message": str(err)}, [condition("Ready", False, "InvalidSpec", str(err))],
+                       permanent=True)
+    frozen = {"resolvedWindow": window.to_status()}
+    if window.onset is not None:
+        frozen["onset"] = {"time": window.onset.isoformat(), "source": "given"}
+    timed_out = (now - created).total_seconds() > timeout
+    wait = seconds_until_complete(window, now)
+    if wait > 0:
+        if timed_out:
+            return _timeout(frozen, timeout)
+        return Outcome("Pending", frozen, [condition("DataFetched", False, "WaitingForWindow",
+                                                     f"window ends at {window.end.isoformat()}")],
+                       retry_after=min(wait, 300.0))
+    try:
+        pods, values, names = fetch_metrics(namespace, window.start, window.n_bins)
+        if not pods or not np.isfinite(values).any():
+            raise DataUnavailable(f"no pod metrics in namespace {namespace!r} for the window")
+    except SourceUnavailable as err:
+        if timed_out:
+            return _timeout(frozen, timeout, str(err))
+        return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err))], retry_after=30)
+    except DataUnavailable as err:
+        return Outcome("Failed", {**frozen, "message": str(err)},
+                       [condition("Ready", False, "DataUnavailable", str(err))], permanent=True)
+    conditions = []
+    logs = None
+    if fetch_logs is not None:
+        try:
+            logs = fetch_logs(namespace, window.start, window.n_bins, {p: service_of_pod(p) for p in pods})
+        except SourceUnavailable as err:
+            # metrics alone still rank; say so instead of failing the incident
+            conditions.append(condition("Degraded", True, err.reason, f"ranked without logs: {err}"))
+    scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs)
+    conditions.append(condition("DataFetched", True, "DataFetched",
+                                f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"))
+    result = analyze(scenario, ranker, top_k)
+    top = result["rootCauses"][0] if result["rootCauses"] else None
+    summary = f"top cause {top['service']} ({top['score']:.2f})" if top else "no services"
+    conditions += [condition("Analyzed", True, "Ranked", summary), condition("Ready", True, "Completed", summary)]
+    return Outcome("Completed", {**frozen, **result}, conditions)
+
+
+def _timeout(frozen: dict, timeout: float, detail: str = "") -> Outcome:
+    message = f"gave up after timeoutSeconds={timeout:.0f}" + (f": {detail}" if detail else "")
+    return Outcome("Failed", {**frozen, "message": message}, [condition("Ready", False, "Timeout", message)],
+                   permanent=True)

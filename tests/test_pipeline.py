@@ -1,0 +1,106 @@
+"""The incident pipeline without a cluster: fake sources around real scenarios."""
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from lemzha.baselines import Baro
+from lemzha_operator.pipeline import SourceUnavailable, build_scenario, step
+
+CASE = "nezha/20230129_05"
+
+
+@pytest.fixture(scope="module")
+def case(prepared):
+    return prepared.load(CASE)
+
+
+def spec_for(scenario, **extra):
+    return {"faultTime": scenario.label.injection_time.isoformat(), "before": "10m", "after": "10m", **extra}
+
+
+def sources(scenario, metrics_error=None, logs_error=None, empty=False):
+    calls = {"metrics": 0, "logs": 0}
+
+    def fetch_metrics(namespace, start, n_bins):
+        calls["metrics"] += 1
+        if metrics_error:
+            raise metrics_error
+        assert namespace == scenario.namespace
+        shift = scenario.bin_of(start)
+        values = scenario.values[shift:shift + n_bins]
+        return (scenario.pods, np.full_like(values, np.nan) if empty else values, scenario.metrics)
+
+    def fetch_logs(namespace, start, n_bins, pod_service):
+        calls["logs"] += 1
+        if logs_error:
+            raise logs_error
+        logs = scenario.logs.copy()
+        logs["bin"] -= scenario.bin_of(start)
+        return logs.loc[(logs["bin"] >= 0) & (logs["bin"] < n_bins)]
+
+    return fetch_metrics, fetch_logs, calls
+
+
+def run(case, spec, status=None, now_offset=timedelta(days=1), created_offset=timedelta(0), **kw):
+    fm, fl, calls = sources(case, **kw)
+    now = case.label.injection_time + now_offset
+    outcome = step(case.id, spec, status or {}, case.namespace, now, now - created_offset, fm, fl, Baro())
+    return outcome, calls
+
+
+def test_completed_incident_ranks_like_the_offline_ranker(case):
+    outcome, calls = run(case, spec_for(case, topK=3))
+    assert outcome.phase == "Completed" and outcome.retry_after is None
+    offline = Baro().rank(case.without_label())
+    assert [c["service"] for c in outcome.status["rootCauses"]] == list(offline.top(3))
+    assert outcome.status["onset"]["source"] == "given"
+    assert {c["type"] for c in outcome.conditions} == {"DataFetched", "Analyzed", "Ready"}
+    assert calls == {"metrics": 1, "logs": 1}
+
+
+def test_live_scenario_equals_the_offline_one(case):
+    from lemzha_operator.window import resolve_window
+
+    window = resolve_window(spec_for(case), case.label.injection_time + timedelta(days=1))
+    assert window.start == case.start and window.n_bins == case.n_bins
+    live = build_scenario(case.id, case.namespace, window, case.pods, case.values, case.metrics, case.logs)
+    assert live.pods == case.pods and live.services == case.services and live.metrics == case.metrics
+    np.testing.assert_array_equal(live.mask, case.mask)
+    np.testing.assert_allclose(live.values[live.mask], case.values[case.mask])
+
+
+def test_invalid_spec_fails_permanently(case):
+    outcome, calls = run(case, {"recent": "10 minutes"})
+    assert outcome.phase == "Failed" and outcome.permanent
+    assert outcome.conditions[0]["reason"] == "InvalidSpec" and calls["metrics"] == 0
+
+
+def test_window_in_the_future_waits_then_times_out(case):
+    outcome, _ = run(case, spec_for(case), now_offset=timedelta(minutes=5))
+    assert outcome.phase == "Pending" and 0 < outcome.retry_after <= 300
+    assert outcome.conditions[0]["reason"] == "WaitingForWindow"
+    outcome, _ = run(case, spec_for(case, timeoutSeconds=60), now_offset=timedelta(minutes=5),
+                     created_offset=timedelta(minutes=2))
+    assert outcome.phase == "Failed" and outcome.conditions[0]["reason"] == "Timeout"
+
+
+def test_prometheus_down_retries_and_loki_down_degrades(case):
+    outcome, _ = run(case, spec_for(case), metrics_error=SourceUnavailable("PrometheusUnavailable", "refused"))
+    assert outcome.phase == "Analyzing" and outcome.retry_after == 30
+    assert outcome.conditions[0]["reason"] == "PrometheusUnavailable"
+    outcome, _ = run(case, spec_for(case), logs_error=SourceUnavailable("LokiUnavailable", "refused"))
+    assert outcome.phase == "Completed"
+    assert any(c["type"] == "Degraded" and c["reason"] == "LokiUnavailable" for c in outcome.conditions)
+
+
+def test_no_data_fails_with_a_reason(case):
+    outcome, _ = run(case, spec_for(case), empty=True)
+    assert outcome.phase == "Failed" and outcome.conditions[0]["reason"] == "DataUnavailable"
+
+
+def test_frozen_window_is_reused_on_retry(case):
+    first, _ = run(case, spec_for(case), now_offset=timedelta(minutes=5))
+    again, _ = run(case, {"recent": "15m"}, status=first.status)  # the spec is ignored once a window is frozen
+    assert again.status["resolvedWindow"] == first.status["resolvedWindow"]
