@@ -1,0 +1,78 @@
+"""kopf handlers: thin wrappers that run `pipeline.step` and write its outcome into the resource.
+
+Run with `kopf run -m lemzha_operator.handlers --all-namespaces` (or `-n NS`). The process imports no torch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import kopf
+
+from lemzha_operator.pipeline import Outcome, step
+from lemzha_operator.settings import GROUP, PLURAL, VERSION, Settings
+
+FINAL_PHASES = ("Completed", "Failed")
+
+
+def merge_conditions(previous: list[dict], new: list[dict], generation: int, now: datetime) -> list[dict]:
+    """Kubernetes-style conditions: one per type; lastTransitionTime moves only when the status value changes."""
+    merged = {c["type"]: dict(c) for c in previous or []}
+    stamp = now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    for cond in new:
+        old = merged.get(cond["type"])
+        changed = old is None or old.get("status") != cond["status"]
+        merged[cond["type"]] = {
+            **cond,
+            "lastTransitionTime": stamp if changed else old.get("lastTransitionTime", stamp),
+            "observedGeneration": generation,
+        }
+    return [merged[t] for t in sorted(merged)]
+
+
+def status_patch(outcome: Outcome, previous: dict, generation: int, now: datetime) -> dict:
+    """The status fields to write for an outcome."""
+    return {
+        **outcome.status,
+        "phase": outcome.phase,
+        "observedGeneration": generation,
+        "conditions": merge_conditions(previous.get("conditions", []), outcome.conditions, generation, now),
+    }
+
+
+@kopf.on.login()
+def login(**kwargs):
+    # in-cluster first, then the kubeconfig: explicit, because installing `kubernetes` changes kopf's default
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    from lemzha_operator.sources import make_ranker, make_sources
+
+    settings.watching.server_timeout = 300  # watch streams can go silent (kopf #1276): reconnect regularly
+    settings.watching.client_timeout = 330
+    settings.watching.inactivity_timeout = 600
+    config = Settings.from_env()
+    memo.config = config
+    memo.ranker = make_ranker(config)
+    memo.fetch_metrics, memo.fetch_logs = make_sources(config)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def analyze_incident(body, spec, status, meta, namespace, patch, memo: kopf.Memo, logger, **_) -> None:
+    if status.get("phase") in FINAL_PHASES:
+        return
+    now = datetime.now(UTC)
+    created = datetime.fromisoformat(meta.get("creationTimestamp", now.isoformat()).replace("Z", "+00:00"))
+    target = spec.get("targetNamespace") or namespace
+    outcome = step(f"{namespace}/{meta['name']}", dict(spec), dict(status), target, now, created,
+                   memo.fetch_metrics, memo.fetch_logs, memo.ranker)
+    patch.status.update(status_patch(outcome, dict(status), int(meta.get("generation", 1)), now))
+    if outcome.phase == "Completed":
+        top = outcome.status["rootCauses"][0]["service"] if outcome.status.get("rootCauses") else "none"
+        kopf.info(body, reason="Completed", message=f"top cause: {top}")
+    elif outcome.retry_after is not None:
+        logger.info("%s: %s, retrying in %.0f s", meta["name"], outcome.phase, outcome.retry_after)
+        raise kopf.TemporaryError(outcome.conditions[-1]["message"], delay=outcome.retry_after)

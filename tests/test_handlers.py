@@ -1,0 +1,46 @@
+from datetime import UTC, datetime, timedelta
+
+from lemzha_operator.handlers import merge_conditions, status_patch
+from lemzha_operator.pipeline import Outcome, condition
+from lemzha_operator.settings import Settings
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def test_last_transition_time_moves_only_on_change():
+    first = merge_conditions([], [condition("Ready", False, "WaitingForWindow", "wait")], 1, T0)
+    same = merge_conditions(first, [condition("Ready", False, "WaitingForWindow", "still")], 1, T0 + timedelta(1))
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    assert same[0]["message"] == "still"
+    flipped = merge_conditions(same, [condition("Ready", True, "Completed", "done")], 2, T0 + timedelta(2))
+    assert flipped[0]["lastTransitionTime"] == "2026-01-03T12:00:00Z" and flipped[0]["observedGeneration"] == 2
+
+
+def test_status_patch_keeps_other_conditions_and_sets_phase():
+    previous = {"conditions": merge_conditions([], [condition("DataFetched", True, "DataFetched", "ok")], 1, T0)}
+    outcome = Outcome("Completed", {"rootCauses": []}, [condition("Ready", True, "Completed", "done")])
+    patch = status_patch(outcome, previous, 1, T0)
+    assert patch["phase"] == "Completed" and patch["observedGeneration"] == 1
+    assert [c["type"] for c in patch["conditions"]] == ["DataFetched", "Ready"]
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"LEMZHA_PROMETHEUS_URL": "http://p:9090", "LEMZHA_BUNDLE": "/b", "LEMZHA_CONCURRENCY": "4"})
+    assert s.prometheus_url == "http://p:9090" and str(s.bundle_dir) == "/b" and s.concurrency == 4
+    assert s.loki_url is None
+    try:
+        Settings.from_env({})
+    except ValueError as err:
+        assert "LEMZHA_PROMETHEUS_URL" in str(err)
+    else:
+        raise AssertionError("missing Prometheus URL must be an error")
+
+
+def test_operator_modules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, lemzha_operator.handlers, lemzha_operator.pipeline; "
+            "print([m for m in ('torch', 'sentence_transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
