@@ -141,6 +141,10 @@ def step(
         except SourceUnavailable as err:
             # metrics alone still rank; say so instead of failing the incident
             conditions.append(condition("Degraded", True, err.reason, f"ranked without logs: {err}"))
+        else:
+            if logs is not None and logs.attrs.get("truncated"):
+                conditions.append(condition("Degraded", True, "LogsTruncated", "Loki returned more lines than the "
+                                            "client's cap; log counts are incomplete"))
     scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs)
     conditions.append(condition("DataFetched", True, "DataFetched",
                                 f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"))
