@@ -4,8 +4,10 @@ This module is the only place where metric names are mapped. Offline loaders loo
 lemzha-k/LEMMA parquet name here; the operator builds its queries here; the Prometheus replay (issue #5) writes the
 series named by each metric's `replay` so that the live query reads back exactly the offline value.
 
-Live values come from the expression evaluated at the *end* of each 30 s bin minus 1 ms, so the range selector
-(t_end - 30 s - 1 ms, t_end - 1 ms] matches the bin [t, t + 30 s) of `lemzha.binning` for millisecond timestamps.
+Live values come from the expression evaluated at the *end* of each 30 s bin minus 1 ms, with a 29,999 ms range.
+Prometheus 2.x ranges include their lower end, so the selector covers [t, t + 30 s - 1 ms]: exactly the bin
+[t, t + 30 s) of `lemzha.binning` at Prometheus' millisecond resolution. (Prometheus 3 opens the lower end; there
+the range would have to be 30 s. The tests pin 2.x, the Debian package.)
 """
 
 from __future__ import annotations
@@ -73,9 +75,9 @@ class MetricSpec:
         if self.replay.kind == "counter":
             # irate over two samples is exact for a counter written cumulatively; `and` keeps only pods that
             # have a sample inside the bin, so an empty bin stays empty instead of repeating the previous rate.
-            expr = f"sum by (pod) (irate({series}[2m]) and last_over_time({series}[30s]))"
+            expr = f"sum by (pod) (irate({series}[2m]) and last_over_time({series}[{BIN_RANGE}]))"
         else:
-            expr = f"sum by (pod) (last_over_time({series}[30s]))"
+            expr = f"sum by (pod) (last_over_time({series}[{BIN_RANGE}]))"
         return expr if factor == 1.0 else f"({expr}) * {factor!r}"
 
 
@@ -87,6 +89,7 @@ def _inverse(factor: float) -> float:
     return 1.0 if factor == 1.0 else 1.0 / factor
 
 
+BIN_RANGE = "29999ms"  # one bin at Prometheus' ms resolution, lower end included (2.x semantics)
 _CADVISOR = 'container!="",container!="POD"'
 MIB = 1024.0 * 1024.0
 

@@ -1,0 +1,344 @@
+"""Replay raw Nezha metrics into a Prometheus TSDB (and logs into a JSON-lines file for the Loki stand-in).
+
+    python -m offline.replay --ids nezha/20230129_05[,...] | --days 2023-01-29[,...] --prom-data DIR [--logs FILE]
+
+Metrics: every raw per-pod sample (exact time, floored to the millisecond Prometheus stores) is written through
+the catalog's replay inverse, so that `MetricSpec.promql` evaluated at bin end minus 1 ms reads the offline binned
+value back:
+- a gauge is written as-is (value * factor);
+- a counter is written cumulatively, so that irate() over the last two samples equals value * factor. A sample
+  whose predecessor is outside irate's 2 m window gets an anchor sample before it (normally one 60 s step back),
+  placed so that the anchor itself never makes a bin appear that offline is empty.
+The OpenMetrics file is turned into blocks with `promtool tsdb create-blocks-from openmetrics`; DIR is replaced
+whole. With --ids only samples from 5 minutes before each window to its end are written.
+
+Logs (--logs FILE): one JSON object per line, {"labels": {"namespace", "pod"}, "ts_ns": int, "line": str}, sorted
+by ts_ns. TrainTicket lines are the raw log CSV rows (deduplicated on TimeUnixNano, PodName, Log), at the outer
+`Timestamp`, line = the `Log` column. OnlineBoutique raw logs are mostly missing, so its lines are the prepared
+scenarios' template rows expanded: `count` lines per row, the i-th at bin start + i ms, on the service's first pod
+(sorted), line = {"severity": level, "message": template} (no severity when the level is UNKNOWN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from lemzha.binning import BIN_SECONDS, epoch_ns
+from lemzha.catalog import CATALOG, MetricSpec
+from lemzha.fsutil import replace_directory
+from offline import nezha
+from offline.cli import run_cli
+from offline.store import DataError
+
+PROMTOOL = "/usr/bin/promtool"
+BIN_MS = BIN_SECONDS * 1000
+IRATE_RANGE_MS = 120_000  # the catalog's irate(...[2m])
+STEP_MS = 60_000  # Nezha's sampling step: where a counter's anchor normally goes
+MARGIN_MS = 5 * 60_000  # with --ids: samples written before a window so its first counter bins have a predecessor
+
+# cAdvisor-style selectors exclude container="" and container="POD"; a real app container is named, so write one.
+_CONTAINER = (("container", "app"),)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One Nezha day to replay and, with --ids, the windows (epoch ms, [lo, hi)) to keep; None keeps the day."""
+
+    day: nezha.NezhaDay
+    windows: tuple[tuple[int, int], ...] | None
+    scenario_ids: tuple[str, ...] = ()
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
+def series_labels(spec: MetricSpec, namespace: str, pod: str) -> tuple[tuple[str, str], ...]:
+    labels = [("namespace", namespace), ("pod", pod)]
+    if "container" in spec.selector_extra:
+        labels += _CONTAINER
+    return (*labels, *spec.replay.labels)
+
+
+def _bin_end(ms: int) -> int:
+    return ms - ms % BIN_MS + BIN_MS
+
+
+def counter_samples(times_ms: np.ndarray, values: np.ndarray, factor: float) -> tuple[list[int], list[float]]:
+    """Cumulative counter samples (with anchors) whose irate at each sample's bin end - 1 ms is value * factor.
+
+    `times_ms` is sorted and unique, `values` has no NaN. A sample whose predecessor is outside the 2 m window of its
+    bin gets an anchor first: 60 s back, else 30 s back, else at its own bin start, the first place where the
+    anchor's bin cannot see the predecessor (that bin is empty offline and must stay empty live).
+    """
+    out_t: list[int] = []
+    out_v: list[float] = []
+    total = 0.0
+    prev: int | None = None
+    for t, x in zip(times_ms.tolist(), values.tolist(), strict=True):
+        if x < 0:
+            raise DataError(f"negative value {x} for a counter metric at {t} ms: irate cannot return it")
+        window_lo = _bin_end(t) - 1 - IRATE_RANGE_MS  # exclusive lower end of irate's window for t's bin
+        if prev is None or prev <= window_lo:
+            anchor = _anchor(t, prev, window_lo)
+            if anchor is None:
+                raise DataError(f"cannot place a counter anchor before the sample at {t} ms (previous {prev} ms)")
+            out_t.append(anchor)
+            out_v.append(total)
+            prev = anchor
+        total += x * factor * (t - prev) / 1000.0
+        out_t.append(t)
+        out_v.append(total)
+        prev = t
+    return out_t, out_v
+
+
+def _anchor(t: int, prev: int | None, window_lo: int) -> int | None:
+    bin_start = t - t % BIN_MS
+    for candidate in (t - STEP_MS, t - BIN_MS, bin_start):
+        if not window_lo < candidate < t or (prev is not None and candidate <= prev):
+            continue
+        same_bin = candidate - candidate % BIN_MS == bin_start
+        # the anchor's own bin is empty offline: its irate must not find the previous sample too (strict `<`, so
+        # this holds whether the range's lower end is open, Prometheus 3, or closed, Prometheus 2)
+        if same_bin or prev is None or prev < _bin_end(candidate) - 1 - IRATE_RANGE_MS:
+            return candidate
+    return None
+
+
+def _fmt_ts(ms: int) -> str:
+    # exact decimal milliseconds; Prometheus parses float seconds and truncates *1000, which cannot cross a bin edge
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
+def _fmt_labels(labels: Iterable[tuple[str, str]]) -> str:
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+    return ",".join(f'{k}="{esc(v)}"' for k, v in labels)
+
+
+def _keep(times_ms: np.ndarray, windows: tuple[tuple[int, int], ...] | None) -> np.ndarray:
+    if windows is None:
+        return np.ones(len(times_ms), dtype=bool)
+    keep = np.zeros(len(times_ms), dtype=bool)
+    for lo, hi in windows:
+        keep |= (times_ms >= lo - MARGIN_MS) & (times_ms < hi)
+    return keep
+
+
+def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: bool = False) -> Iterator[list[str]]:
+    """OpenMetrics lines per catalog metric family (`# TYPE` + every pod's series, time-sorted)."""
+    for m, spec in enumerate(tqdm(CATALOG, desc=f"replay {namespace}", unit="metric", disable=not progress)):
+        name = spec.replay.series
+        lines = [f"# TYPE {name} {'counter' if spec.replay.kind == 'counter' else 'gauge'}"]
+        if spec.replay.kind == "counter" and not name.endswith("_total"):
+            lines[0] = f"# TYPE {name} unknown"
+        elif spec.replay.kind == "counter":
+            lines[0] = f"# TYPE {name.removesuffix('_total')} counter"
+        for pod in metrics.pods:
+            series = metrics.series[pod]
+            times_ms = epoch_ns(series.times) // 1_000_000  # floor: a bin edge is a whole millisecond
+            vals = series.values[:, m]
+            ok = ~np.isnan(vals) & _keep(times_ms, windows)
+            if not ok.any():
+                continue
+            frame = pd.DataFrame({"t": times_ms[ok], "v": vals[ok]})
+            # one sample per millisecond; the binning takes the last one, so keep the last (input is time-sorted)
+            frame = frame.drop_duplicates("t", keep="last")
+            t, v = frame["t"].to_numpy(), frame["v"].to_numpy(dtype=np.float64)
+            if spec.replay.kind == "counter":
+                out_t, out_v = counter_samples(t, v, spec.replay.factor)
+            else:
+                out_t, out_v = t.tolist(), (v * spec.replay.factor).tolist()
+            head = f"{name}{{{_fmt_labels(series_labels(spec, namespace, pod))}}} "
+            lines += [f"{head}{value!r} {_fmt_ts(ms)}" for ms, value in zip(out_t, out_v, strict=True)]
+        yield lines
+
+
+def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], path: Path, progress: bool) -> int:
+    """One OpenMetrics file for (day metrics, namespace, windows or None) triples; returns the number of samples."""
+    families: dict[str, list[str]] = {}
+    for metrics, namespace, windows in days:
+        for lines in metric_lines(metrics, namespace, windows, progress):
+            # a family must be contiguous in OpenMetrics: merge the days under one TYPE line
+            families.setdefault(lines[0], []).extend(lines[1:])
+    n = 0
+    with path.open("w") as handle:
+        for type_line, samples in families.items():
+            handle.write(type_line + "\n")
+            handle.writelines(s + "\n" for s in samples)
+            n += len(samples)
+        handle.write("# EOF\n")
+    return n
+
+
+def backfill(openmetrics: Path, data_dir: Path) -> None:
+    """promtool's blocks into `data_dir`, replaced whole."""
+    promtool = shutil.which("promtool") or (PROMTOOL if Path(PROMTOOL).is_file() else None)
+    if promtool is None:
+        raise FileNotFoundError("promtool not found: apt-get install prometheus")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.tmp-", dir=data_dir.parent))
+    try:
+        proc = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(tmp)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise DataError(f"promtool failed: {lines[-1] if lines else proc.returncode}")
+        replace_directory(tmp, data_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- logs ----------------------------------------------------------------------------------------------------------
+def trainticket_log_records(nezha_root: Path, target: Target) -> pd.DataFrame:
+    folder = nezha.day_dir(nezha_root, target.day) / "log"
+    frames = []
+    for path in sorted(folder.glob("*_log.csv")):
+        frame = pd.read_csv(path, usecols=["Timestamp", "TimeUnixNano", "PodName", "Log"], dtype=str,
+                            on_bad_lines="skip")
+        frames.append(frame.dropna(subset=["Timestamp", "PodName", "Log"]))
+    if not frames:
+        return pd.DataFrame({"pod": [], "ts_ns": [], "line": []})
+    logs = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["TimeUnixNano", "PodName", "Log"])
+    stamps = pd.to_datetime(logs["Timestamp"], utc=True, errors="coerce", format="ISO8601")
+    logs = logs.loc[stamps.notna().to_numpy()]
+    ts_ns = epoch_ns(stamps.dropna())
+    keep = np.ones(len(logs), dtype=bool) if target.windows is None else np.zeros(len(logs), dtype=bool)
+    for lo, hi in target.windows or ():
+        keep |= (ts_ns >= lo * 1_000_000) & (ts_ns < hi * 1_000_000)
+    return pd.DataFrame({"pod": logs["PodName"].to_numpy()[keep], "ts_ns": ts_ns[keep],
+                         "line": logs["Log"].to_numpy()[keep]})
+
+
+def template_log_records(scenarios: list) -> pd.DataFrame:
+    rows: dict[tuple, int] = {}
+    for sc in scenarios:
+        first_pod = {}
+        for pod in sorted(sc.pods):
+            first_pod.setdefault(sc.pod_service[pod], pod)
+        start_ns = int(sc.start.timestamp()) * 1_000_000_000
+        for r in sc.logs.itertuples(index=False):
+            key = (first_pod[r.service], start_ns + int(r.bin) * BIN_MS * 1_000_000, r.template, r.level)
+            rows[key] = int(r.count)  # overlapping windows repeat a row: count it once
+    pods, stamps, lines = [], [], []
+    for (pod, bin_ns, template, level), count in rows.items():
+        body = {"message": template} if level == "UNKNOWN" else {"severity": level, "message": template}
+        line = json.dumps(body, ensure_ascii=False)
+        for i in range(count):
+            pods.append(pod)
+            stamps.append(bin_ns + i * 1_000_000)
+            lines.append(line)
+    return pd.DataFrame({"pod": pods, "ts_ns": np.asarray(stamps, dtype=np.int64), "line": lines})
+
+
+def write_logs(records: list[tuple[str, pd.DataFrame]], path: Path) -> int:
+    frame = pd.concat([f.assign(namespace=ns) for ns, f in records if len(f)], ignore_index=True) if any(
+        len(f) for _, f in records) else pd.DataFrame({"namespace": [], "pod": [], "ts_ns": [], "line": []})
+    frame = frame.sort_values("ts_ns", kind="stable")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for ns, pod, ts, line in zip(frame["namespace"], frame["pod"], frame["ts_ns"], frame["line"],
+                                         strict=True):
+                handle.write(json.dumps({"labels": {"namespace": ns, "pod": pod}, "ts_ns": int(ts), "line": line},
+                                        ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(frame)
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------------
+def _day(name: str) -> nezha.NezhaDay:
+    for day in nezha.DAYS:
+        if day.day == name or day.compact == name:
+            return day
+    raise ValueError(f"unknown Nezha day {name!r}; known: {', '.join(d.day for d in nezha.DAYS)}")
+
+
+def resolve_targets(ids: list[str], days: list[str], prepared) -> list[Target]:
+    if days:
+        return [Target(_day(d), None) for d in dict.fromkeys(days)]
+    by_day: dict[str, list[tuple[str, tuple[int, int]]]] = {}
+    for scenario_id in ids:
+        entry = prepared.entry(scenario_id)  # DataError for an unknown id
+        if entry["dataset"] != "nezha":
+            raise ValueError(f"{scenario_id}: only Nezha scenarios have raw samples to replay")
+        sc = prepared.load(scenario_id)
+        lo = int(sc.start.timestamp() * 1000)
+        by_day.setdefault(entry["day"], []).append((scenario_id, (lo, lo + sc.n_bins * BIN_MS)))
+    return [Target(_day(d), tuple(w for _, w in v), tuple(i for i, _ in v)) for d, v in by_day.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offline.replay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", help="scenario ids, comma-separated (e.g. nezha/20230129_05)")
+    which.add_argument("--days", help="Nezha days, comma-separated (e.g. 2023-01-29)")
+    parser.add_argument("--prom-data", type=Path, required=True, help="Prometheus data dir to write (replaced whole)")
+    parser.add_argument("--logs", type=Path, help="JSON-lines log file for the Loki stand-in")
+    parser.add_argument("--datasets-dir", type=Path, help="directory of the dataset archives")
+    parser.add_argument("--cache-dir", type=Path, help="cache directory (default .cache)")
+    parser.add_argument("--source", type=Path, help="an unpacked Nezha tree to read instead of the archive")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    ids = [s.strip() for s in (args.ids or "").split(",") if s.strip()]
+    days = [s.strip() for s in (args.days or "").split(",") if s.strip()]
+    if not ids and not days:
+        raise ValueError("--ids or --days is empty")
+    if days:
+        [_day(d) for d in days]  # fail fast on a bad day, before any extraction
+    from offline.dataset import prepare
+    from offline.store import resolve_sources
+
+    progress = not args.no_progress
+    needs_prepared = bool(ids) or (args.logs is not None)
+    prepared = prepare(args.datasets_dir, args.cache_dir, args.source, progress=progress) if needs_prepared else None
+    nezha_root = resolve_sources(args.datasets_dir, args.cache_dir, args.source).nezha
+    targets = resolve_targets(ids, days, prepared)  # an unknown id fails here, before anything is written
+    if shutil.which("promtool") is None and not Path(PROMTOOL).is_file():
+        raise FileNotFoundError("promtool not found: apt-get install prometheus")
+
+    t0 = time.perf_counter()
+    args.prom_data.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.prom_data.parent, prefix=".replay-") as scratch:
+        om = Path(scratch) / "replay.om.txt"
+        day_data = [(nezha.read_day_metrics(nezha_root, t.day), t.day.namespace, t.windows) for t in targets]
+        n = write_openmetrics(day_data, om, progress)
+        t1 = time.perf_counter()
+        backfill(om, args.prom_data)
+    t2 = time.perf_counter()
+    print(f"replay: {n} samples written in {t1 - t0:.1f} s, backfilled into {args.prom_data} in {t2 - t1:.1f} s")
+    if args.logs is not None:
+        records = []
+        for target in targets:
+            if target.day.app == "trainticket":
+                records.append((target.day.namespace, trainticket_log_records(nezha_root, target)))
+            else:
+                ids_of_day = target.scenario_ids or tuple(
+                    e["id"] for e in prepared.index["scenarios"]
+                    if e["dataset"] == "nezha" and e["day"] == target.day.day
+                )
+                records.append((target.day.namespace, template_log_records([prepared.load(i) for i in ids_of_day])))
+        n_lines = write_logs(records, args.logs)
+        print(f"replay: {n_lines} log lines written to {args.logs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

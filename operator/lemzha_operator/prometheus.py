@@ -1,0 +1,111 @@
+"""Live metrics fetch: one Prometheus range query per catalog metric -> the (T, P, M) array of a Scenario.
+
+Torch-free. Each metric's `MetricSpec.promql(namespace)` is evaluated on the grid t_k = start + (k+1) * 30 s - 1 ms,
+so its range selector (t_k - 30 s, t_k] covers exactly bin k = [start + k * 30 s, start + (k+1) * 30 s), the offline
+binning convention. The HTTP API is called directly with millisecond timestamps because prometheus-api-client's
+custom_query_range rounds start and end to whole seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import numpy as np
+import requests
+
+from lemzha.binning import BIN_SECONDS, as_utc
+from lemzha.catalog import METRIC_NAMES, catalog_order, spec
+
+
+class PrometheusUnavailable(RuntimeError):
+    """Prometheus could not be reached or answered with a server error (retry later)."""
+
+
+class PrometheusQueryError(ValueError):
+    """Prometheus rejected a query (4xx): a bug or a bad namespace, not worth retrying."""
+
+
+def _endpoint(prom) -> tuple[str, requests.Session, dict, tuple | None]:
+    """(base URL, session, headers, auth) from a PrometheusConnect or a plain URL.
+
+    A PrometheusConnect's session carries its TLS setting and retry adapter (5xx retries end in a RetryError,
+    reported as PrometheusUnavailable)."""
+    if isinstance(prom, str):
+        return prom.rstrip("/"), requests.Session(), {}, None
+    session = getattr(prom, "_session", None) or requests.Session()
+    return prom.url.rstrip("/"), session, dict(getattr(prom, "headers", None) or {}), getattr(prom, "auth", None)
+
+
+def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, timeout: float = 30.0) -> list[dict]:
+    """POST /api/v1/query_range with float-second times (millisecond precision kept); returns data.result."""
+    url, session, headers, auth = _endpoint(prom)
+    body = {"query": query, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": f"{step_s:g}"}
+    try:
+        resp = session.post(f"{url}/api/v1/query_range", data=body, headers=headers, auth=auth, timeout=timeout)
+    except requests.RequestException as err:
+        raise PrometheusUnavailable(f"Prometheus at {url} unreachable: {err}") from err
+    if resp.status_code >= 500:
+        raise PrometheusUnavailable(f"Prometheus at {url} answered {resp.status_code}: {resp.text[:200]}")
+    if resp.status_code >= 400:
+        raise PrometheusQueryError(f"Prometheus rejected {query!r}: {resp.status_code} {resp.text[:200]}")
+    try:
+        payload = resp.json()
+    except ValueError as err:
+        raise PrometheusUnavailable(f"Prometheus at {url} answered non-JSON: {resp.text[:200]}") from err
+    if payload.get("status") != "success":
+        raise PrometheusQueryError(f"Prometheus query {query!r} failed: {payload.get('error')}")
+    return payload["data"]["result"]
+
+
+def fetch_metrics(
+    prom,
+    namespace: str,
+    start: datetime,
+    n_bins: int,
+    metrics: Sequence[str] = METRIC_NAMES,
+    bin_seconds: int = BIN_SECONDS,
+) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
+    """(pods sorted, values (T, P, M) float32 with NaN = missing, metric names in catalog order) for one window.
+
+    `prom` is a `prometheus_api_client.PrometheusConnect` (its session, headers and TLS settings are reused) or a
+    base URL. `start` must be aligned to `bin_seconds`. Pods are those with at least one value in any metric.
+    """
+    if n_bins <= 0:
+        raise ValueError(f"n_bins must be positive, not {n_bins}")
+    names = catalog_order(list(metrics))
+    start_s = as_utc(start).timestamp()
+    if start_s % bin_seconds:
+        raise ValueError(f"start {as_utc(start).isoformat()} is not aligned to {bin_seconds} s")
+    first = start_s + bin_seconds - 0.001  # end of bin 0 minus 1 ms
+    last = first + (n_bins - 1) * bin_seconds
+    per_metric: list[dict[str, list]] = []
+    for name in names:
+        result = query_range(prom, spec(name).promql(namespace), first, last, bin_seconds)
+        per_metric.append({s["metric"].get("pod", ""): s["values"] for s in result if s["metric"].get("pod")})
+    pods = tuple(sorted({pod for found in per_metric for pod in found}))
+    index = {pod: p for p, pod in enumerate(pods)}
+    values = np.full((n_bins, len(pods), len(names)), np.nan, dtype=np.float32)
+    for m, found in enumerate(per_metric):
+        for pod, samples in found.items():
+            for ts, text in samples:
+                # timestamps come back as float seconds: round to the nearest bin rather than trust float equality
+                k = round((float(ts) - first) / bin_seconds)
+                if 0 <= k < n_bins:
+                    values[k, index[pod], m] = float(text)
+    values[~np.isfinite(values)] = np.nan  # a NaN/Inf sample is missing data, the Scenario convention
+    return pods, values, names
+
+
+def metrics_fetcher(prom, metrics: Sequence[str] = METRIC_NAMES) -> Callable[[str, datetime, int], tuple]:
+    """`fetch_metrics` bound to `prom`, in the shape `pipeline.step` takes: PrometheusUnavailable becomes
+    `SourceUnavailable("PrometheusUnavailable", ...)`, so the pipeline retries instead of failing the incident."""
+    from lemzha_operator.pipeline import SourceUnavailable
+
+    def fetch(namespace: str, start: datetime, n_bins: int) -> tuple:
+        try:
+            return fetch_metrics(prom, namespace, start, n_bins, metrics)
+        except PrometheusUnavailable as err:
+            raise SourceUnavailable("PrometheusUnavailable", str(err)) from err
+
+    return fetch

@@ -1,0 +1,78 @@
+"""Test helper: a real Prometheus (Debian's /usr/bin/prometheus) serving a copy of a backfilled data dir.
+
+The server compacts and writes into its data dir, so every start works on a fresh temporary copy. It listens on
+127.0.0.1 on a free port and is stopped by its PID. Tests skip when the binary is absent (CI installs it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+PROMTOOL = Path("/usr/bin/promtool")
+SKIP_REASON = "Prometheus not installed here (apt-get install prometheus; CI installs it)"
+
+requires_prometheus = pytest.mark.skipif(
+    not (PROMETHEUS.is_file() and PROMTOOL.is_file()), reason=SKIP_REASON
+)
+
+_CONFIG = "global:\n  scrape_interval: 1h\n  evaluation_interval: 1h\nscrape_configs: []\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def prometheus_server(data_dir: Path, timeout: float = 30.0) -> Iterator[str]:
+    """Serve a temporary copy of `data_dir`; yields the base URL. Retention is 10 years, because it counts back from
+    the newest block and the Nezha data is from 2022 and 2023."""
+    if not PROMETHEUS.is_file():
+        pytest.skip(SKIP_REASON)
+    with tempfile.TemporaryDirectory(prefix="lemzha-prom-") as tmp:
+        root = Path(tmp)
+        shutil.copytree(data_dir, root / "data")
+        (root / "prometheus.yml").write_text(_CONFIG)
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = (root / "prometheus.log").open("w")
+        proc = subprocess.Popen(
+            [str(PROMETHEUS), f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+             "--storage.tsdb.retention.time=10y", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"prometheus exited with {proc.returncode}: "
+                                       f"{(root / 'prometheus.log').read_text()[-2000:]}")
+                try:
+                    if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"prometheus not ready after {timeout} s")
+                time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()  # by PID, only the process this helper started
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()

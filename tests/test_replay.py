@@ -1,0 +1,268 @@
+"""Replay into a real Prometheus and read back live: live metrics must equal the offline scenario exactly."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from lemzha.catalog import CATALOG, METRIC_NAMES
+from lemzha_operator.prometheus import (
+    PrometheusQueryError,
+    PrometheusUnavailable,
+    fetch_metrics,
+    metrics_fetcher,
+    query_range,
+)
+from offline import replay
+from tests.prometheus_server import PROMTOOL, prometheus_server, requires_prometheus
+
+TT_ID = "nezha/20230129_05"
+OB_ID = "nezha/20220822_03"
+
+
+@pytest.fixture(scope="module")
+def replayed(prepared, tmp_path_factory) -> dict:
+    """One backfill of a TrainTicket and an OnlineBoutique scenario, with the log file."""
+    if not PROMTOOL.is_file():
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    root = tmp_path_factory.mktemp("replay")
+    argv = ["--ids", f"{TT_ID},{OB_ID}", "--prom-data", str(root / "data"), "--logs", str(root / "logs.jsonl"),
+            "--no-progress", "--cache-dir", str(prepared.directory.parent.parent)]
+    assert replay.main(argv) == 0
+    return {"data": root / "data", "logs": root / "logs.jsonl"}
+
+
+# -- pure units (fast) -----------------------------------------------------------------------------------------------
+def test_counter_samples_irate_gives_back_the_value():
+    times = np.array([60_500, 120_400, 180_700, 600_100], dtype=np.int64)  # a gap of > 2 m before the last
+    values = np.array([5.0, 7.0, 0.0, 3.0])
+    out_t, out_v = replay.counter_samples(times, values, 1e-3)
+    # an anchor before the first sample and before the one after the gap, 60 s back
+    assert out_t == [500, 60_500, 120_400, 180_700, 540_100, 600_100]
+    rates = {t: (out_v[i] - out_v[i - 1]) / ((t - out_t[i - 1]) / 1000) for i, t in enumerate(out_t) if t in times}
+    assert np.allclose([rates[t] for t in times], values * 1e-3, rtol=1e-12)
+    assert all(b >= a for a, b in itertools.pairwise(out_v))  # monotone: never read as a reset
+
+
+def test_counter_anchor_moves_closer_when_60s_back_would_see_the_previous_sample():
+    # previous sample 155 s back: an anchor 60 s back (96 s) would have it inside its bin's irate window, and that
+    # bin (empty offline) would get a value; 30 s back (126 s) is far enough
+    times = np.array([1_000, 156_000], dtype=np.int64)
+    out_t, _ = replay.counter_samples(times, np.array([1.0, 2.0]), 1.0)
+    assert out_t[-2:] == [126_000, 156_000]
+    # previous sample 119.999 s, next at a bin start (270 s): 60 s back would see it, so 30 s back
+    out_t, _ = replay.counter_samples(np.array([119_999, 270_000], dtype=np.int64), np.array([1.0, 2.0]), 1.0)
+    assert out_t[-2:] == [240_000, 270_000]
+
+
+def test_counter_rejects_negative_values():
+    with pytest.raises(replay.DataError, match="negative"):
+        replay.counter_samples(np.array([1_000], dtype=np.int64), np.array([-1.0]), 1.0)
+
+
+def test_series_labels_satisfy_the_catalog_selectors():
+    for s in CATALOG:
+        labels = dict(replay.series_labels(s, "ts", "p-1"))
+        assert labels["namespace"] == "ts" and labels["pod"] == "p-1"
+        if "container" in s.selector_extra:
+            assert labels["container"] not in ("", "POD")
+        for key, value in s.replay.labels:
+            assert labels[key] == value
+
+
+def test_hostile_namespace_is_escaped_in_every_query():
+    hostile = 'ts"} or vector(1) or {x="'
+    for s in CATALOG:
+        query = s.promql(hostile)
+        assert 'namespace="ts\\"} or vector(1) or {x=\\""' in query
+        assert query.count('namespace="') == query.count("namespace=")  # no second, injected matcher
+
+
+def test_unknown_id_is_a_one_line_error(capsys, prepared):
+    from offline.cli import run_cli
+
+    code = run_cli(replay.main, ["--ids", "nezha/20990101_00", "--prom-data", "/tmp/unused-lemzha-prom",
+                                 "--cache-dir", str(prepared.directory.parent.parent), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "nezha/20990101_00" in err and err.startswith("error:")
+
+
+def test_unknown_day_is_a_one_line_error(capsys):
+    from offline.cli import run_cli
+
+    assert run_cli(replay.main, ["--days", "2020-01-01", "--prom-data", "/tmp/unused-lemzha-prom"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2020-01-01" in err
+
+
+def test_missing_promtool_says_how_to_install(capsys, monkeypatch):
+    from offline.cli import run_cli
+
+    monkeypatch.setattr(replay.shutil, "which", lambda name: None)
+    monkeypatch.setattr(replay, "PROMTOOL", "/nonexistent/promtool")
+    assert run_cli(replay.main, ["--days", "2023-01-29", "--prom-data", "/tmp/unused-lemzha-prom"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apt-get install prometheus" in err
+
+
+def test_unreachable_prometheus_raises_unavailable():
+    with pytest.raises(PrometheusUnavailable):
+        fetch_metrics("http://127.0.0.1:1", "ts", datetime(2023, 1, 29, tzinfo=UTC), 4)
+
+
+def test_pipeline_adapter_turns_an_outage_into_source_unavailable():
+    from lemzha_operator.pipeline import SourceUnavailable
+
+    with pytest.raises(SourceUnavailable) as err:
+        metrics_fetcher("http://127.0.0.1:1")("ts", datetime(2023, 1, 29, tzinfo=UTC), 4)
+    assert err.value.reason == "PrometheusUnavailable"
+
+
+def test_start_must_be_aligned():
+    with pytest.raises(ValueError, match="aligned"):
+        fetch_metrics("http://127.0.0.1:1", "ts", datetime(2023, 1, 29, 0, 0, 7, tzinfo=UTC), 4)
+
+
+# -- against a real Prometheus (slow) ----------------------------------------------------------------------------------
+@pytest.mark.slow
+@requires_prometheus
+@pytest.mark.parametrize("scenario_id", [TT_ID, OB_ID])
+def test_live_fetch_equals_offline_scenario(replayed, prepared, scenario_id):
+    offline = prepared.load(scenario_id)
+    with prometheus_server(replayed["data"]) as url:
+        pods, values, names = fetch_metrics(url, offline.namespace, offline.start, offline.n_bins)
+    assert set(pods) == set(offline.pods)
+    assert names == METRIC_NAMES == offline.metrics
+    order = [offline.pods.index(p) for p in pods]
+    expected = offline.values[:, order, :]
+    assert values.shape == expected.shape and values.dtype == np.float32
+    for m, name in enumerate(names):
+        live, want = values[:, :, m], expected[:, :, m]
+        assert np.array_equal(np.isnan(live), np.isnan(want)), f"{name}: live mask differs from offline"
+        assert np.isfinite(want).sum() > 0, f"{name}: nothing to compare"
+        np.testing.assert_allclose(live, want, rtol=1e-5, atol=0, equal_nan=True, err_msg=name)
+
+
+EDGE_START = datetime(2023, 3, 1, tzinfo=UTC)
+EDGE_BINS = 40
+# Sample times (ms after EDGE_START) at and next to bin edges, sub-millisecond ones, two samples in one bin, and
+# gaps of 150 s (anchor exactly at the 2 m boundary) and more than 2 m (counter anchors).
+EDGE_OFFSETS_MS = {
+    "edge-a-1": [0, 29_999, 30_000, 77_300, 119_998.5, 270_000, 300_000, 301_000, 640_000, 1_199_999],
+    "edge-b-1": [15_000, 45_000, 59_999.9999, 60_000, 330_000, 340_000, 1_170_000],
+    "edge-d-1": [1_000, 156_000, 190_000, 305_000, 450_000],  # anchors 30 s back and at the sample's own bin start
+}
+# On a bin's last millisecond and followed by an empty bin: Prometheus 2 (Debian's 2.42) closes a range's lower end,
+# so [30s] evaluated at bin end - 1 ms is 30.001 s long and sees this sample again in the next bin.
+LAST_MS_OFFSETS_MS = {"edge-c-1": [89_999, 150_000, 209_999, 600_000.25]}
+
+
+def _edge_day(offsets_by_pod: dict[str, list[float]], seed: int = 0):
+    from offline.nezha import DayMetrics, PodSeries, Quality
+
+    rng = np.random.default_rng(seed)
+    base_ns = int(EDGE_START.timestamp()) * 10**9
+    series = {}
+    for pod, offsets in offsets_by_pod.items():
+        times = pd.to_datetime([base_ns + round(ms * 1_000_000) for ms in offsets], utc=True)
+        values = rng.uniform(0.5, 1000.0, size=(len(offsets), len(CATALOG)))
+        values[1, 3] = np.nan  # a missing column in one row
+        values[2, 0] = 0.0  # an idle counter
+        series[pod] = PodSeries(pd.DatetimeIndex(times), values)
+    return DayMetrics(tuple(sorted(series)), series, Quality())
+
+
+@pytest.mark.slow
+@requires_prometheus
+def test_bin_edges_and_counter_gaps_read_back_exactly(tmp_path):
+    """Synthetic samples on the bin edges: this is what pins the bin-end-minus-1-ms grid and the counter anchors,
+    which the Nezha samples (never within a second of an edge) cannot."""
+    day = _edge_day(EDGE_OFFSETS_MS)
+    pods, values, names, _ = _replay_and_fetch(day, tmp_path)
+    assert pods == day.pods and names == METRIC_NAMES
+    _assert_same(values, _offline(day), names)
+
+
+def _replay_and_fetch(day, tmp_path: Path) -> tuple:
+    om = tmp_path / "edge.om.txt"
+    replay.write_openmetrics([(day, "edge", None)], om, progress=False)
+    replay.backfill(om, tmp_path / "data")
+    with prometheus_server(tmp_path / "data") as url:
+        version = requests.get(f"{url}/api/v1/status/buildinfo", timeout=5).json()["data"]["version"]
+        return (*fetch_metrics(url, "edge", EDGE_START, EDGE_BINS), version)
+
+
+def _offline(day) -> np.ndarray:
+    from lemzha.binning import last_sample_per_bin
+
+    return np.stack([last_sample_per_bin(day.series[p].times, day.series[p].values, EDGE_START, EDGE_BINS)
+                     for p in day.pods], axis=1)
+
+
+def _assert_same(values: np.ndarray, expected: np.ndarray, names: tuple[str, ...]) -> None:
+    for m, name in enumerate(names):
+        live, want = values[:, :, m], expected[:, :, m]
+        assert np.array_equal(np.isnan(live), np.isnan(want)), (
+            f"{name}: mask differs at (bin, pod) {np.argwhere(np.isnan(live) != np.isnan(want)).tolist()}")
+        np.testing.assert_allclose(live, want, rtol=1e-5, atol=0, equal_nan=True, err_msg=name)
+
+
+@pytest.mark.slow
+@requires_prometheus
+def test_sample_on_a_bins_last_millisecond_stays_in_its_bin(tmp_path):
+    """The catalog's 29,999 ms range on Prometheus 2.x (lower end included) covers exactly one bin: a sample at
+    29.999 s must not leak into an empty next bin, which a `[30s]` range does."""
+    day = _edge_day(LAST_MS_OFFSETS_MS)
+    _, values, names, version = _replay_and_fetch(day, tmp_path)
+    if int(version.split(".")[0]) >= 3:
+        pytest.skip("Prometheus 3 opens the range's lower end; the catalog targets 2.x (the Debian package)")
+    expected = _offline(day)
+    for empty in (3, 7):  # empty offline, right after bins whose last sample is at 29.999 s
+        assert np.isnan(expected[empty]).all()
+    _assert_same(values, expected, names)
+
+
+@pytest.mark.slow
+@requires_prometheus
+def test_hostile_namespace_cannot_inject(replayed, prepared):
+    offline = prepared.load(TT_ID)
+    hostile = 'ts"} or vector(1) or {x="'
+    with prometheus_server(replayed["data"]) as url:
+        pods, values, _ = fetch_metrics(url, hostile, offline.start, offline.n_bins)
+        assert pods == () and values.shape == (offline.n_bins, 0, len(METRIC_NAMES))
+        # not vacuous: the same window with the real namespace has pods
+        assert fetch_metrics(url, "ts", offline.start, offline.n_bins, metrics=["cpu_percent"])[0]
+        with pytest.raises(PrometheusQueryError):  # a 4xx is a query bug, not an outage to retry
+            query_range(url, "sum(", offline.start.timestamp(), offline.start.timestamp() + 60, 30)
+
+
+@pytest.mark.slow
+def test_log_file_format(replayed, prepared):
+    lines = replayed["logs"].read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records and all(set(r) == {"labels", "ts_ns", "line"} for r in records)
+    assert all(set(r["labels"]) == {"namespace", "pod"} and isinstance(r["ts_ns"], int) for r in records)
+    assert [r["ts_ns"] for r in records] == sorted(r["ts_ns"] for r in records)
+    tt, ob = prepared.load(TT_ID), prepared.load(OB_ID)
+    for sc in (tt, ob):
+        mine = [r for r in records if r["labels"]["namespace"] == sc.namespace]
+        assert mine and {r["labels"]["pod"] for r in mine} <= set(sc.pods)
+        lo = int(sc.start.timestamp()) * 10**9
+        assert all(lo <= r["ts_ns"] < lo + sc.n_bins * 30 * 10**9 for r in mine)
+    # OnlineBoutique: one line per counted template occurrence, carrying the template and level
+    ob_lines = [r for r in records if r["labels"]["namespace"] == ob.namespace]
+    assert len(ob_lines) == int(ob.logs["count"].sum())
+    first = ob.logs.iloc[0]
+    body = {"message": first["template"]} | ({} if first["level"] == "UNKNOWN" else {"severity": first["level"]})
+    assert any(json.loads(r["line"]) == body for r in ob_lines)
+    # TrainTicket: raw lines, deduplicated
+    tt_lines = [r for r in records if r["labels"]["namespace"] == tt.namespace]
+    assert tt_lines and all(r["line"] for r in tt_lines)
