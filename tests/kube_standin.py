@@ -419,6 +419,8 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                 continue
             if request.namespace is not None and namespace != request.namespace:
                 continue
+            if request.name and name != request.name:  # a GET of one object must not list its siblings
+                continue
             if fields.get("metadata.name", name) != name or fields.get("metadata.namespace", namespace) != namespace:
                 continue
             out.append(copy.deepcopy(obj.raw))

@@ -125,6 +125,11 @@ def test_example_applies_and_lists_with_printer_columns(kubectl: Kubectl) -> Non
     assert meta["generation"] == 1 and meta["uid"] and meta["creationTimestamp"] and int(meta["resourceVersion"]) > 0
     assert obj["spec"]["faultTime"] == "2023-01-29T09:21:39Z"
 
+    one = kubectl("get", "rcai", NAME, "-n", "ts")  # a table GET of one name shows that one only
+    assert len(one.stdout.splitlines()) == 2
+    missing = kubectl("get", "rcai", "no-such-incident", "-n", "ts", check=False)
+    assert missing.returncode != 0 and "NotFound" in missing.stderr + missing.stdout
+
     # Defaults come from the schema: an incident that leaves topK/timeoutSeconds out gets 5/900.
     kubectl.apply(incident("defaults", recent="15m"))
     assert {k: kubectl.get_json("defaults")["spec"].get(k) for k in ("topK", "timeoutSeconds")} == {
