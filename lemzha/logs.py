@@ -192,3 +192,12 @@ def clean_many(messages: Iterable[str]) -> list[str]:
         if item not in templates:
             templates[item] = clean(item)
     return [templates[item] for item in items]
+
+
+def templates_and_levels(raw_lines: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(template, level) of each raw line (docker envelope, JSON or plain): the one path from a raw log line to a
+    Scenario log row, offline and live. Each distinct line and message is processed once."""
+    lines = list(raw_lines)
+    unwrapped = {raw: extract_message(raw) for raw in dict.fromkeys(lines)}
+    messages = [unwrapped[raw][0] for raw in lines]
+    return clean_many(messages), [unwrapped[raw][1] for raw in lines]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from lemzha.binning import BIN_SECONDS, as_utc, bin_indices, epoch_ns, last_sample_per_bin, window_bins
 from lemzha.catalog import CATALOG
-from lemzha.logs import clean_many, extract_message
+from lemzha.logs import templates_and_levels
 from lemzha.scenario import Injection, Label, Scenario, empty_logs
 from lemzha.services import service_of_pod
 from offline.store import DataError
@@ -244,12 +244,7 @@ def read_day_logs(root: Path, day: NezhaDay) -> DayLogs:
     before = len(logs)
     logs = logs.drop_duplicates(subset=["TimeUnixNano", "PodName", "Log"])
     quality.duplicates = before - len(logs)
-    unwrapped = {raw: extract_message(raw) for raw in logs["Log"].unique()}
-    logs["message"] = logs["Log"].map(lambda raw: unwrapped[raw][0])
-    logs["level"] = logs["Log"].map(lambda raw: unwrapped[raw][1])
-    unique_messages = logs["message"].unique().tolist()
-    templates = dict(zip(unique_messages, clean_many(unique_messages), strict=True))
-    logs["template"] = logs["message"].map(templates)
+    logs["template"], logs["level"] = templates_and_levels(logs["Log"])
     logs["service"] = logs["PodName"].map({p: service_of_pod(p) for p in logs["PodName"].unique()})
     logs = logs.loc[logs["template"] != ""]
     table = (

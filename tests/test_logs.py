@@ -536,3 +536,15 @@ def test_far_fewer_templates_than_legacy_on_a_trainticket_day(raw_nezha: Path) -
         f"{total_new} (ratio {total_old / total_new:.1f}, median per service {median:.1f}); clean_many {seconds:.1f}s"
     )
     assert total_old / total_new >= 10
+
+
+def test_templates_and_levels_is_extract_then_clean_per_line():
+    lines = [
+        '{"log": "16:42:22.382 ERROR  t.s.X#1 fail id=42\\n", "stream": "stdout"}',
+        "plain INFO line 123",
+        '{"log": "16:42:22.382 ERROR  t.s.X#1 fail id=42\\n", "stream": "stdout"}',
+    ]
+    templates, levels = logs.templates_and_levels(lines)
+    assert levels == ["ERROR", "INFO", "ERROR"]
+    assert templates == [logs.clean(logs.extract_message(line)[0]) for line in lines]
+    assert templates[0] == templates[2] != templates[1]

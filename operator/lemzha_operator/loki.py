@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lemzha.binning import BIN_SECONDS, as_utc, bin_indices
-from lemzha.logs import clean_many, extract_message
+from lemzha.logs import templates_and_levels
 from lemzha.services import service_of_pod
 
 try:  # requests when the image has it; the stdlib otherwise
@@ -252,12 +252,7 @@ def log_rows(
     frame = frame.loc[(frame["bin"] >= 0) & (frame["bin"] < n_bins)]
     if frame.empty:
         return _empty_rows()
-    unwrapped = {raw: extract_message(raw) for raw in frame["line"].unique()}
-    frame["message"] = frame["line"].map(lambda raw: unwrapped[raw][0])
-    frame["level"] = frame["line"].map(lambda raw: unwrapped[raw][1])
-    messages = frame["message"].unique().tolist()
-    templates = dict(zip(messages, clean_many(messages), strict=True))
-    frame["template"] = frame["message"].map(templates)
+    frame["template"], frame["level"] = templates_and_levels(frame["line"])
     mapping = pod_service or {}
     frame["service"] = frame["pod"].map({p: mapping.get(p) or service_of_pod(p) for p in frame["pod"].unique()})
     frame = frame.loc[frame["template"] != ""]
