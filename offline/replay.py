@@ -22,6 +22,7 @@ scenarios' template rows expanded: `count` lines per row, the i-th at bin start 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from tqdm import tqdm
 from lemzha.binning import BIN_SECONDS, epoch_ns
 from lemzha.catalog import CATALOG, MetricSpec
 from lemzha.fsutil import replace_directory
+from lemzha.services import service_of_pod, workload_of_pod
 from offline import nezha
 from offline.cli import run_cli
 from offline.store import DataError
@@ -166,11 +168,49 @@ def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: b
         yield lines
 
 
+def pod_owners(pod: str) -> tuple[str, str, str]:
+    """(ReplicaSet, its pod-template hash, Deployment) a replayed pod is given: the pod name minus its last "-"
+    part, that name's last part, and `workload_of_pod`, so that the owner chain yields the offline service."""
+    replicaset = pod.rsplit("-", 1)[0]
+    template_hash = replicaset.rsplit("-", 1)[1] if "-" in replicaset else ""
+    return replicaset, template_hash, workload_of_pod(pod)
+
+
+def pod_info_lines(metrics: nezha.DayMetrics, namespace: str, windows) -> Iterator[list[str]]:
+    """kube-state-metrics info families (`kube_pod_owner`, `kube_replicaset_owner`, `kube_pod_labels`), value 1 at
+    every kept sample time of each pod, so the pod's owners and labels exist over any window it has metrics in."""
+    owner, rs_owner, labels = (["# TYPE kube_pod_owner gauge"], ["# TYPE kube_replicaset_owner gauge"],
+                               ["# TYPE kube_pod_labels gauge"])
+    for pod in metrics.pods:
+        series = metrics.series[pod]
+        times_ms = epoch_ns(series.times) // 1_000_000
+        ok = ~np.isnan(series.values).all(axis=1) & _keep(times_ms, windows)
+        stamps = [_fmt_ts(ms) for ms in np.unique(times_ms[ok]).tolist()]
+        if not stamps:
+            continue
+        replicaset, template_hash, deployment = pod_owners(pod)
+        heads = (
+            (owner, [("namespace", namespace), ("pod", pod), ("owner_kind", "ReplicaSet"),
+                     ("owner_name", replicaset), ("owner_is_controller", "true")]),
+            (rs_owner, [("namespace", namespace), ("replicaset", replicaset), ("owner_kind", "Deployment"),
+                        ("owner_name", deployment), ("owner_is_controller", "true")]),
+            (labels, [("namespace", namespace), ("pod", pod), ("label_app", service_of_pod(pod)),
+                      ("label_pod_template_hash", template_hash)]),
+        )
+        for lines, label_pairs in heads:
+            head = f"{lines[0].split()[2]}{{{_fmt_labels(label_pairs)}}} 1 "
+            lines += [head + stamp for stamp in stamps]
+    # several pods may share one ReplicaSet: its series must not repeat a timestamp (promtool rejects it)
+    rs_owner[1:] = sorted(set(rs_owner[1:]), key=lambda line: (line.rsplit(" ", 2)[0], float(line.rsplit(" ", 1)[1])))
+    yield from (owner, rs_owner, labels)
+
+
 def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], path: Path, progress: bool) -> int:
     """One OpenMetrics file for (day metrics, namespace, windows or None) triples; returns the number of samples."""
     families: dict[str, list[str]] = {}
     for metrics, namespace, windows in days:
-        for lines in metric_lines(metrics, namespace, windows, progress):
+        for lines in itertools.chain(metric_lines(metrics, namespace, windows, progress),
+                                     pod_info_lines(metrics, namespace, windows)):
             # a family must be contiguous in OpenMetrics: merge the days under one TYPE line
             families.setdefault(lines[0], []).extend(lines[1:])
     n = 0

@@ -44,3 +44,13 @@ def test_operator_modules_import_no_torch():
             "print([m for m in ('torch', 'sentence_transformers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_ttl_counts_from_finished_at():
+    from lemzha_operator.handlers import ttl_due
+
+    done = {"phase": "Completed", "finishedAt": "2026-01-01T12:00:00Z"}
+    assert not ttl_due({"ttlSecondsAfterFinished": 60}, done, T0 + timedelta(seconds=59))
+    assert ttl_due({"ttlSecondsAfterFinished": 60}, done, T0 + timedelta(seconds=60))
+    assert not ttl_due({}, done, T0 + timedelta(days=9))  # no ttl: kept forever
+    assert not ttl_due({"ttlSecondsAfterFinished": 0}, {"phase": "Analyzing"}, T0)  # never before it finishes

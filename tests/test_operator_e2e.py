@@ -87,7 +87,7 @@ def cluster(replayed, quick_bundle, tmp_path_factory) -> Iterator[Env]:
         assert "rcaincidents" in env.kubectl("api-resources", "--api-group=lemzha.io").stdout
         proc_env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url,
                     "LEMZHA_LOKI_URL": loki.url, "LEMZHA_BUNDLE": str(quick_bundle),
-                    "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
+                    "LEMZHA_TEMPLATE_CACHE": str(root / "templates"), "LEMZHA_TTL_CHECK_SECONDS": "1",
                     "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO),
                                                    os.environ.get("PYTHONPATH", "")])}
         with env.log.open("w") as log:
@@ -136,7 +136,7 @@ def _live_scenario(env: Env, status: dict, namespace: str, incident_id: str):
     """The Scenario rebuilt with the operator's own fetchers over the window frozen in status."""
     window = window_from_status(status)
     assert window is not None
-    fetch_metrics, fetch_logs = make_sources(env.settings())
+    fetch_metrics, fetch_logs, _ = make_sources(env.settings())
     pods, values, names = fetch_metrics(namespace, window.start, window.n_bins)
     from lemzha.services import service_of_pod
 
@@ -211,3 +211,20 @@ def test_bad_spec_is_rejected_with_the_cel_message(cluster: Env, tmp_path) -> No
     assert "give the window in exactly one form: faultTime, from/to, or recent" in out.stderr
     # nothing was stored (listed by name: the stand-in answers a GET of a missing name with the whole list)
     assert "bad-window" not in cluster.kubectl("get", "rcai", "-n", "ts", "-o", "name").stdout
+
+
+def test_finished_incident_is_deleted_after_its_ttl(cluster: Env, tmp_path) -> None:
+    manifest = tmp_path / "ttl.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "lemzha.io/v1alpha1", "kind": "RCAIncident",
+        "metadata": {"name": "short-lived", "namespace": "ts"},
+        "spec": {"faultTime": "2023-01-29T09:21:39Z", "ttlSecondsAfterFinished": 5},
+    }))
+    cluster.kubectl("apply", "--validate=false", "-f", str(manifest))
+    cluster.kubectl("wait", "--for=jsonpath={.status.phase}=Completed", "rcai/short-lived", "-n", "ts",
+                    "--timeout=120s", timeout=130)
+    assert cluster.kubectl("get", "rcai", "short-lived", "-n", "ts", "-o", "json").stdout  # still there at first
+    deadline = time.monotonic() + 60
+    while "short-lived" in cluster.kubectl("get", "rcai", "-n", "ts", "-o", "name").stdout:
+        assert time.monotonic() < deadline, f"not deleted after its ttl:\n{cluster.operator_log()}"
+        time.sleep(0.5)

@@ -43,10 +43,12 @@ def sources(scenario, metrics_error=None, logs_error=None, empty=False):
     return fetch_metrics, fetch_logs, calls
 
 
-def run(case, spec, status=None, now_offset=timedelta(days=1), created_offset=timedelta(0), **kw):
+def run(case, spec, status=None, now_offset=timedelta(days=1), created_offset=timedelta(0), store=None,
+        pod_info=None, **kw):
     fm, fl, calls = sources(case, **kw)
     now = case.label.injection_time + now_offset
-    outcome = step(case.id, spec, status or {}, case.namespace, now, now - created_offset, fm, fl, Baro())
+    outcome = step(case.id, spec, status or {}, case.namespace, now, now - created_offset, fm, fl, Baro(),
+                   fetch_pod_info=pod_info, store=store)
     return outcome, calls
 
 
@@ -104,3 +106,19 @@ def test_frozen_window_is_reused_on_retry(case):
     first, _ = run(case, spec_for(case), now_offset=timedelta(minutes=5))
     again, _ = run(case, {"recent": "15m"}, status=first.status)  # the spec is ignored once a window is frozen
     assert again.status["resolvedWindow"] == first.status["resolvedWindow"]
+
+
+def test_a_retry_reuses_the_fetched_scenario(case, tmp_path):
+    store = tmp_path / "incident-uid"
+    first, calls = run(case, spec_for(case), store=store)
+    assert first.phase == "Completed" and calls["metrics"] == 1 and (store / "scenario.json").is_file()
+    down = SourceUnavailable("PrometheusUnavailable", "refused")
+    again, calls = run(case, spec_for(case), status=first.status, store=store, metrics_error=down)
+    assert again.phase == "Completed" and calls["metrics"] == 0
+    assert again.status["rootCauses"] == first.status["rootCauses"]
+    assert "reused" in again.conditions[0]["message"]
+
+
+def test_pod_selector_without_kube_state_metrics_fails_with_a_reason(case):
+    outcome, _ = run(case, spec_for(case, podSelector={"matchLabels": {"app": "ts-basic-service"}}))
+    assert outcome.phase == "Failed" and "kube_pod_labels" in outcome.conditions[0]["message"]

@@ -13,11 +13,16 @@ import pytest
 import requests
 
 from lemzha.catalog import CATALOG, METRIC_NAMES
+from lemzha.services import service_of_pod
+from lemzha_operator import prometheus
 from lemzha_operator.prometheus import (
+    PodInfo,
     PrometheusQueryError,
     PrometheusUnavailable,
     fetch_metrics,
+    fetch_pod_info,
     metrics_fetcher,
+    pod_info_fetcher,
     query_range,
 )
 from offline import replay
@@ -124,6 +129,66 @@ def test_pipeline_adapter_turns_an_outage_into_source_unavailable():
     with pytest.raises(SourceUnavailable) as err:
         metrics_fetcher("http://127.0.0.1:1")("ts", datetime(2023, 1, 29, tzinfo=UTC), 4)
     assert err.value.reason == "PrometheusUnavailable"
+
+
+def test_pod_info_outage_is_unavailable_and_source_unavailable_in_the_adapter():
+    from lemzha_operator.pipeline import SourceUnavailable
+
+    with pytest.raises(PrometheusUnavailable):
+        fetch_pod_info("http://127.0.0.1:1", "ts", datetime(2023, 1, 29, tzinfo=UTC), 4)
+    with pytest.raises(SourceUnavailable) as err:
+        pod_info_fetcher("http://127.0.0.1:1")("ts", datetime(2023, 1, 29, tzinfo=UTC), 4)
+    assert err.value.reason == "PrometheusUnavailable"
+
+
+def test_pod_info_resolves_the_top_controller(monkeypatch):
+    """Deployment through its ReplicaSet; a StatefulSet or a ReplicaSet without a Deployment is the direct owner;
+    an owner-less pod (kube-state-metrics' "<none>") has none. Queries escape the namespace and cover the window."""
+    answers = {
+        "kube_pod_owner": [
+            {"metric": {"pod": "web-7d4b9c8f6-xk2pq", "owner_kind": "ReplicaSet", "owner_name": "web-7d4b9c8f6"}},
+            {"metric": {"pod": "db-0", "owner_kind": "StatefulSet", "owner_name": "db"}},
+            {"metric": {"pod": "lone-5c6d7f8b9-abcde", "owner_kind": "ReplicaSet", "owner_name": "lone-5c6d7f8b9"}},
+            {"metric": {"pod": "bare", "owner_kind": "<none>", "owner_name": "<none>"}},
+        ],
+        "kube_replicaset_owner": [
+            {"metric": {"replicaset": "web-7d4b9c8f6", "owner_kind": "Deployment", "owner_name": "web"}}],
+        "kube_pod_labels": [
+            {"metric": {"namespace": "n", "pod": "web-7d4b9c8f6-xk2pq", "label_app": "web", "label_a_b_c": "1"}}],
+    }
+    seen = []
+
+    def fake(prom, query, time_s, timeout=30.0):
+        seen.append((query, time_s))
+        return next(v for k, v in answers.items() if f"{k}{{" in query)
+
+    monkeypatch.setattr(prometheus, "query_instant", fake)
+    start = datetime(2023, 1, 29, tzinfo=UTC)
+    info = fetch_pod_info("http://unused", 'n"x', start, 4)
+    owners = {"web-7d4b9c8f6-xk2pq": "web", "db-0": "db", "lone-5c6d7f8b9-abcde": "lone-5c6d7f8b9"}
+    assert info == PodInfo(owners=owners, labels={"web-7d4b9c8f6-xk2pq": {"app": "web", "a_b_c": "1"}})
+    assert len(seen) == 3
+    for query, time_s in seen:
+        assert 'namespace="n\\"x"' in query and "[119999ms]" in query
+        assert time_s == pytest.approx(start.timestamp() + 120 - 0.001, abs=1e-6)
+
+
+def test_info_series_for_every_replayed_pod(tmp_path):
+    day = _edge_day(EDGE_OFFSETS_MS)
+    om = tmp_path / "edge.om.txt"
+    replay.write_openmetrics([(day, "edge", None)], om, progress=False)
+    text = om.read_text().splitlines()
+    for pod in day.pods:
+        rs = pod.rsplit("-", 1)[0]
+        stamps = {replay._fmt_ts(ms) for ms in (replay.epoch_ns(day.series[pod].times) // 1_000_000).tolist()}
+        owner = [line for line in text if line.startswith(f'kube_pod_owner{{namespace="edge",pod="{pod}",')]
+        assert owner and all(f'owner_kind="ReplicaSet",owner_name="{rs}",owner_is_controller="true"}} 1 ' in line
+                             for line in owner)
+        assert {line.rsplit(" ", 1)[1] for line in owner} == stamps  # every sample time of the pod, once each
+        labels = [line for line in text if line.startswith(f'kube_pod_labels{{namespace="edge",pod="{pod}",')]
+        assert len(labels) == len(stamps) and f'label_app="{service_of_pod(pod)}"' in labels[0]
+        assert any(line.startswith(f'kube_replicaset_owner{{namespace="edge",replicaset="{rs}",owner_kind="Deployment"')
+                   for line in text)
 
 
 def test_start_must_be_aligned():
@@ -242,6 +307,22 @@ def test_hostile_namespace_cannot_inject(replayed, prepared):
         assert fetch_metrics(url, "ts", offline.start, offline.n_bins, metrics=["cpu_percent"])[0]
         with pytest.raises(PrometheusQueryError):  # a 4xx is a query bug, not an outage to retry
             query_range(url, "sum(", offline.start.timestamp(), offline.start.timestamp() + 60, 30)
+
+
+@pytest.mark.slow
+@requires_prometheus
+def test_pod_info_of_the_replayed_scenario(replayed, prepared):
+    offline = prepared.load(TT_ID)
+    with prometheus_server(replayed["data"]) as url:
+        info = fetch_pod_info(url, offline.namespace, offline.start, offline.n_bins)
+        hostile = fetch_pod_info(url, 'ts"} or vector(1) or {x="', offline.start, offline.n_bins)
+    assert set(info.owners) == set(offline.pods) == set(info.labels)
+    for pod in offline.pods:
+        owner = info.owners[pod]
+        assert service_of_pod(pod, owner) == service_of_pod(pod) == offline.pod_service[pod], pod
+        assert info.labels[pod]["app"] == service_of_pod(pod)
+        assert info.labels[pod]["pod_template_hash"]
+    assert hostile == PodInfo()
 
 
 @pytest.mark.slow

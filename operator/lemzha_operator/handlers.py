@@ -5,6 +5,7 @@ Run with `kopf run -m lemzha_operator.handlers --all-namespaces` (or `-n NS`). T
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import kopf
@@ -13,6 +14,17 @@ from lemzha_operator.pipeline import Outcome, step
 from lemzha_operator.settings import GROUP, PLURAL, VERSION, Settings
 
 FINAL_PHASES = ("Completed", "Failed")
+TTL_CHECK_SECONDS = float(os.environ.get("LEMZHA_TTL_CHECK_SECONDS", "30"))
+
+
+def ttl_due(spec: dict, status: dict, now: datetime) -> bool:
+    """A finished incident whose ttlSecondsAfterFinished has passed since status.finishedAt."""
+    ttl = spec.get("ttlSecondsAfterFinished")
+    finished = status.get("finishedAt")
+    if ttl is None or status.get("phase") not in FINAL_PHASES or not finished:
+        return False
+    done = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
+    return (now - done).total_seconds() >= float(ttl)
 
 
 def merge_conditions(previous: list[dict], new: list[dict], generation: int, now: datetime) -> list[dict]:
@@ -56,7 +68,28 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     config = Settings.from_env()
     memo.config = config
     memo.ranker = make_ranker(config)
-    memo.fetch_metrics, memo.fetch_logs = make_sources(config)
+    memo.fetch_metrics, memo.fetch_logs, memo.fetch_pod_info = make_sources(config)
+    memo.objects = _custom_objects_api()
+
+
+def _custom_objects_api():
+    """The Kubernetes client for deleting expired incidents: in-cluster config first, then the kubeconfig."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.CustomObjectsApi()
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TTL_CHECK_SECONDS,
+            when=lambda spec, status, **_: spec.get("ttlSecondsAfterFinished") is not None
+            and status.get("phase") in FINAL_PHASES)
+def expire_incident(spec, status, name, namespace, memo: kopf.Memo, logger, **_) -> None:
+    if ttl_due(dict(spec), dict(status), datetime.now(UTC)):
+        logger.info("%s: ttlSecondsAfterFinished passed, deleting", name)
+        memo.objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -68,8 +101,11 @@ def analyze_incident(body, spec, status, meta, namespace, patch, memo: kopf.Memo
     created = datetime.fromisoformat(meta.get("creationTimestamp", now.isoformat()).replace("Z", "+00:00"))
     target = spec.get("targetNamespace") or namespace
     outcome = step(f"{namespace}/{meta['name']}", dict(spec), dict(status), target, now, created,
-                   memo.fetch_metrics, memo.fetch_logs, memo.ranker)
+                   memo.fetch_metrics, memo.fetch_logs, memo.ranker, fetch_pod_info=memo.fetch_pod_info,
+                   store=memo.config.cache_dir / "incidents" / str(meta.get("uid", meta["name"])))
     patch.status.update(status_patch(outcome, dict(status), int(meta.get("generation", 1)), now))
+    if outcome.phase in FINAL_PHASES:
+        patch.status["finishedAt"] = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     if outcome.phase == "Completed":
         top = outcome.status["rootCauses"][0]["service"] if outcome.status.get("rootCauses") else "none"
         kopf.info(body, reason="Completed", message=f"top cause: {top}")

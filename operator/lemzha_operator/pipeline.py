@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,14 @@ import pandas as pd
 from lemzha.catalog import catalog_order
 from lemzha.ranking import Ranker
 from lemzha.scenario import Scenario
+from lemzha.scenario_io import load_scenario, save_scenario
 from lemzha.services import service_of_pod
 from lemzha_operator.analysis import analyze
 from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, seconds_until_complete
 
 MetricsFetcher = Callable[[str, datetime, int], tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]]
 LogsFetcher = Callable[[str, datetime, int, dict[str, str]], pd.DataFrame]
+PodInfoFetcher = Callable[[str, datetime, int], object]  # -> PodInfo(owners: pod->controller, labels: pod->labels)
 
 
 class DataUnavailable(RuntimeError):
@@ -102,8 +105,14 @@ def step(
     fetch_metrics: MetricsFetcher,
     fetch_logs: LogsFetcher | None,
     ranker: Ranker,
+    fetch_pod_info: PodInfoFetcher | None = None,
+    store: Path | None = None,
 ) -> Outcome:
-    """One attempt at an incident. Never raises for data or spec problems: the outcome says what happened."""
+    """One attempt at an incident. Never raises for data or spec problems: the outcome says what happened.
+
+    `store` is this incident's directory (keyed by its uid, so a re-created incident never sees old data): the
+    fetched scenario is kept there, so a retry after fetching (a crash, a failed status write) ranks what it has
+    instead of querying Prometheus and Loki again."""
     timeout = float(spec.get("timeoutSeconds", 900))
     top_k = int(spec.get("topK", 5))
     try:
@@ -122,10 +131,21 @@ def step(
         return Outcome("Pending", frozen, [condition("DataFetched", False, "WaitingForWindow",
                                                      f"window ends at {window.end.isoformat()}")],
                        retry_after=min(wait, 300.0))
+    stored = store
+    if stored is not None and (stored / "scenario.json").is_file():
+        scenario = load_scenario(stored, with_label=False)
+        conditions = [condition("DataFetched", True, "DataFetched", "reused the data fetched by an earlier attempt")]
+        return _ranked(scenario, frozen, conditions, ranker, top_k)
     try:
         pods, values, names = fetch_metrics(namespace, window.start, window.n_bins)
+        owners: dict[str, str] = {}
+        if fetch_pod_info is not None or spec.get("podSelector"):
+            info = fetch_pod_info(namespace, window.start, window.n_bins) if fetch_pod_info else None
+            owners = dict(getattr(info, "owners", {}) or {})
+            pods, values = _selected(pods, values, spec.get("podSelector"), getattr(info, "labels", {}) or {})
         if not pods or not np.isfinite(values).any():
-            raise DataUnavailable(f"no pod metrics in namespace {namespace!r} for the window")
+            raise DataUnavailable(f"no pod metrics in namespace {namespace!r} for the window"
+                                  + (" and podSelector" if spec.get("podSelector") else ""))
     except SourceUnavailable as err:
         if timed_out:
             return _timeout(frozen, timeout, str(err))
@@ -135,9 +155,10 @@ def step(
                        [condition("Ready", False, "DataUnavailable", str(err))], permanent=True)
     conditions = []
     logs = None
+    pod_service = {p: service_of_pod(p, owners.get(p)) for p in pods}
     if fetch_logs is not None:
         try:
-            logs = fetch_logs(namespace, window.start, window.n_bins, {p: service_of_pod(p) for p in pods})
+            logs = fetch_logs(namespace, window.start, window.n_bins, pod_service)
         except SourceUnavailable as err:
             # metrics alone still rank; say so instead of failing the incident
             conditions.append(condition("Degraded", True, err.reason, f"ranked without logs: {err}"))
@@ -145,14 +166,35 @@ def step(
             if logs is not None and logs.attrs.get("truncated"):
                 conditions.append(condition("Degraded", True, "LogsTruncated", "Loki returned more lines than the "
                                             "client's cap; log counts are incomplete"))
-    scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs)
+    scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs, owners)
+    if stored is not None:
+        save_scenario(scenario, stored)
     conditions.append(condition("DataFetched", True, "DataFetched",
                                 f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"))
+    return _ranked(scenario, frozen, conditions, ranker, top_k)
+
+
+def _ranked(scenario: Scenario, frozen: dict, conditions: list[dict], ranker: Ranker, top_k: int) -> Outcome:
     result = analyze(scenario, ranker, top_k)
     top = result["rootCauses"][0] if result["rootCauses"] else None
     summary = f"top cause {top['service']} ({top['score']:.2f})" if top else "no services"
     conditions += [condition("Analyzed", True, "Ranked", summary), condition("Ready", True, "Completed", summary)]
     return Outcome("Completed", {**frozen, **result}, conditions)
+
+
+def _selected(pods: tuple[str, ...], values: np.ndarray, selector: dict | None,
+              labels: dict[str, dict[str, str]]) -> tuple[tuple[str, ...], np.ndarray]:
+    """Keep the pods the selector matches, from kube_pod_labels over the window (pods of a past window may be gone,
+    so the cluster's current pods cannot answer this)."""
+    if not selector:
+        return pods, values
+    if not labels:
+        raise DataUnavailable("spec.podSelector needs kube_pod_labels (kube-state-metrics) in Prometheus")
+    from lemzha_operator.selector import select_pods
+
+    chosen = select_pods({p: labels.get(p, {}) for p in pods}, selector)
+    keep = [i for i, p in enumerate(pods) if p in chosen]
+    return tuple(pods[i] for i in keep), values[:, keep, :]
 
 
 def _timeout(frozen: dict, timeout: float, detail: str = "") -> Outcome:

@@ -9,13 +9,14 @@ custom_query_range rounds start and end to whole seconds.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import requests
 
 from lemzha.binning import BIN_SECONDS, as_utc
-from lemzha.catalog import METRIC_NAMES, catalog_order, spec
+from lemzha.catalog import METRIC_NAMES, _escape, catalog_order, spec
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -37,12 +38,12 @@ def _endpoint(prom) -> tuple[str, requests.Session, dict, tuple | None]:
     return prom.url.rstrip("/"), session, dict(getattr(prom, "headers", None) or {}), getattr(prom, "auth", None)
 
 
-def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, timeout: float = 30.0) -> list[dict]:
-    """POST /api/v1/query_range with float-second times (millisecond precision kept); returns data.result."""
+def _post(prom, path: str, body: dict, timeout: float) -> list[dict]:
+    """POST an API query; returns data.result. Outages are PrometheusUnavailable, rejections PrometheusQueryError."""
     url, session, headers, auth = _endpoint(prom)
-    body = {"query": query, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": f"{step_s:g}"}
+    query = body["query"]
     try:
-        resp = session.post(f"{url}/api/v1/query_range", data=body, headers=headers, auth=auth, timeout=timeout)
+        resp = session.post(f"{url}{path}", data=body, headers=headers, auth=auth, timeout=timeout)
     except requests.RequestException as err:
         raise PrometheusUnavailable(f"Prometheus at {url} unreachable: {err}") from err
     if resp.status_code >= 500:
@@ -56,6 +57,17 @@ def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, t
     if payload.get("status") != "success":
         raise PrometheusQueryError(f"Prometheus query {query!r} failed: {payload.get('error')}")
     return payload["data"]["result"]
+
+
+def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, timeout: float = 30.0) -> list[dict]:
+    """POST /api/v1/query_range with float-second times (millisecond precision kept); returns data.result."""
+    body = {"query": query, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": f"{step_s:g}"}
+    return _post(prom, "/api/v1/query_range", body, timeout)
+
+
+def query_instant(prom, query: str, time_s: float, timeout: float = 30.0) -> list[dict]:
+    """POST /api/v1/query at a float-second time (millisecond precision kept); returns data.result."""
+    return _post(prom, "/api/v1/query", {"query": query, "time": f"{time_s:.3f}"}, timeout)
 
 
 def fetch_metrics(
@@ -105,6 +117,79 @@ def metrics_fetcher(prom, metrics: Sequence[str] = METRIC_NAMES) -> Callable[[st
     def fetch(namespace: str, start: datetime, n_bins: int) -> tuple:
         try:
             return fetch_metrics(prom, namespace, start, n_bins, metrics)
+        except PrometheusUnavailable as err:
+            raise SourceUnavailable("PrometheusUnavailable", str(err)) from err
+
+    return fetch
+
+
+# -- pod owners and labels (kube-state-metrics) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PodInfo:
+    """Per pod of one window: `owners` the top controller's name (the Deployment owning the pod's ReplicaSet, else
+    the pod's direct controller: StatefulSet, DaemonSet, ReplicaSet, Job), `labels` its Kubernetes labels as
+    kube-state-metrics exports them (keys sanitised, `label_` prefix stripped). Pods without series are absent."""
+
+    owners: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def fetch_pod_info(prom, namespace: str, start: datetime, n_bins: int, bin_seconds: int = BIN_SECONDS) -> PodInfo:
+    """Owners and labels of the pods of `namespace` seen anywhere in the window [start, start + n_bins bins).
+
+    Instant queries at the window end minus 1 ms with `max_over_time` over the whole window: the pods of a past
+    window may be gone now. Missing kube-state-metrics series give empty dicts, not an error.
+    """
+    if n_bins <= 0:
+        raise ValueError(f"n_bins must be positive, not {n_bins}")
+    start_s = as_utc(start).timestamp()
+    at = start_s + n_bins * bin_seconds - 0.001
+    # one ms short of the window, as the catalog's 29999ms bins: Prometheus 2 includes the range's lower end
+    window = f"[{n_bins * bin_seconds * 1000 - 1}ms]"
+    ns = f'namespace="{_escape(namespace)}"'
+    controller = f'{ns},owner_is_controller="true"'
+    pod_owner = query_instant(
+        prom, f"max by (pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{{{controller}}}{window}))", at)
+    rs_owner = query_instant(
+        prom, f"max by (replicaset, owner_kind, owner_name) "
+              f"(max_over_time(kube_replicaset_owner{{{controller}}}{window}))", at)
+    pod_labels = query_instant(prom, f"max_over_time(kube_pod_labels{{{ns}}}{window})", at)
+
+    deployments: dict[str, str] = {}
+    for s in sorted(rs_owner, key=_series_key):  # sorted: a changed owner resolves the same way every time
+        m = s["metric"]
+        if m.get("replicaset") and m.get("owner_kind") == "Deployment" and m.get("owner_name"):
+            deployments.setdefault(m["replicaset"], m["owner_name"])
+    owners: dict[str, str] = {}
+    for s in sorted(pod_owner, key=_series_key):
+        m = s["metric"]
+        pod, kind, name = m.get("pod"), m.get("owner_kind"), m.get("owner_name")
+        if not pod or not name or name == "<none>":
+            continue
+        top = deployments.get(name, name) if kind == "ReplicaSet" else name
+        owners.setdefault(pod, top)
+    labels: dict[str, dict[str, str]] = {}
+    for s in sorted(pod_labels, key=_series_key):
+        m = s["metric"]
+        if m.get("pod"):
+            # a pod relabelled within the window has several series: later (sorted) ones add to the earlier ones
+            found = labels.setdefault(m["pod"], {})
+            found.update({k.removeprefix("label_"): v for k, v in m.items() if k.startswith("label_")})
+    return PodInfo(owners, labels)
+
+
+def _series_key(series: dict) -> tuple:
+    return tuple(sorted(series["metric"].items()))
+
+
+def pod_info_fetcher(prom) -> Callable[[str, datetime, int], PodInfo]:
+    """`fetch_pod_info` bound to `prom`; PrometheusUnavailable becomes `SourceUnavailable("PrometheusUnavailable",
+    ...)` as in `metrics_fetcher`, so an outage is retried instead of failing the incident."""
+    from lemzha_operator.pipeline import SourceUnavailable
+
+    def fetch(namespace: str, start: datetime, n_bins: int) -> PodInfo:
+        try:
+            return fetch_pod_info(prom, namespace, start, n_bins)
         except PrometheusUnavailable as err:
             raise SourceUnavailable("PrometheusUnavailable", str(err)) from err
 

@@ -9,8 +9,8 @@ import pandas as pd
 from lemzha.baselines import Baro
 from lemzha.ranking import Ranker
 from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, log_rows, selector
-from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, SourceUnavailable
-from lemzha_operator.prometheus import metrics_fetcher
+from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable
+from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
 
 
@@ -54,5 +54,6 @@ def logs_fetcher(settings: Settings) -> LogsFetcher:
     return fetch
 
 
-def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None]:
-    return metrics_fetcher(_prometheus(settings)), (logs_fetcher(settings) if settings.loki_url else None)
+def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None, PodInfoFetcher]:
+    prom = _prometheus(settings)
+    return (metrics_fetcher(prom), logs_fetcher(settings) if settings.loki_url else None, pod_info_fetcher(prom))
