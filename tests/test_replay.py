@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from lemzha.catalog import CATALOG, METRIC_NAMES
-from lemzha.services import service_of_pod
+from lemzha.services import service_of_pod, workload_of_pod
 from lemzha_operator import prometheus
 from lemzha_operator.prometheus import (
     PodInfo,
@@ -319,6 +319,7 @@ def test_pod_info_of_the_replayed_scenario(replayed, prepared):
     assert set(info.owners) == set(offline.pods) == set(info.labels)
     for pod in offline.pods:
         owner = info.owners[pod]
+        assert owner == workload_of_pod(pod), pod  # the Deployment, through the ReplicaSet, not the ReplicaSet
         assert service_of_pod(pod, owner) == service_of_pod(pod) == offline.pod_service[pod], pod
         assert info.labels[pod]["app"] == service_of_pod(pod)
         assert info.labels[pod]["pod_template_hash"]

@@ -60,14 +60,16 @@ def login(**kwargs):
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
-    from lemzha_operator.sources import make_ranker, make_sources
+    from lemzha_operator.sources import make_ranker, make_sources, model_status
 
     settings.watching.server_timeout = 300  # watch streams can go silent (kopf #1276): reconnect regularly
     settings.watching.client_timeout = 330
     settings.watching.inactivity_timeout = 600
     config = Settings.from_env()
+    settings.execution.max_workers = config.concurrency  # incidents analysed at once
     memo.config = config
     memo.ranker = make_ranker(config)
+    memo.model = model_status(memo.ranker)
     memo.fetch_metrics, memo.fetch_logs, memo.fetch_pod_info = make_sources(config)
     memo.objects = _custom_objects_api()
 
@@ -84,10 +86,11 @@ def _custom_objects_api():
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TTL_CHECK_SECONDS,
-            when=lambda spec, status, **_: spec.get("ttlSecondsAfterFinished") is not None
-            and status.get("phase") in FINAL_PHASES)
-def expire_incident(spec, status, name, namespace, memo: kopf.Memo, logger, **_) -> None:
-    if ttl_due(dict(spec), dict(status), datetime.now(UTC)):
+            when=lambda spec, **_: spec.get("ttlSecondsAfterFinished") is not None)
+def expire_incident(spec, name, namespace, memo: kopf.Memo, logger, **_) -> None:
+    # read the status fresh: the timer's cached body may predate the handler's own status write
+    current = memo.objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    if ttl_due(dict(spec), current.get("status") or {}, datetime.now(UTC)):
         logger.info("%s: ttlSecondsAfterFinished passed, deleting", name)
         memo.objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
@@ -104,6 +107,8 @@ def analyze_incident(body, spec, status, meta, namespace, patch, memo: kopf.Memo
                    memo.fetch_metrics, memo.fetch_logs, memo.ranker, fetch_pod_info=memo.fetch_pod_info,
                    store=memo.config.cache_dir / "incidents" / str(meta.get("uid", meta["name"])))
     patch.status.update(status_patch(outcome, dict(status), int(meta.get("generation", 1)), now))
+    if outcome.phase == "Completed":
+        patch.status["model"] = memo.model
     if outcome.phase in FINAL_PHASES:
         patch.status["finishedAt"] = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     if outcome.phase == "Completed":

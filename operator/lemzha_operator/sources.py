@@ -14,6 +14,14 @@ from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
 
 
+def model_status(ranker: Ranker) -> dict:
+    """status.model: which bundle ranked (its directory name and the sha256 of its bundle.json)."""
+    bundle = getattr(ranker, "bundle", None)
+    if bundle is None:
+        return {"bundle": "none", "sha": ""}
+    return {"bundle": bundle.directory.name, "sha": bundle.sha}
+
+
 def make_ranker(settings: Settings) -> Ranker:
     """The bundle's model (torch-free); without a bundle, the BARO baseline (status.method says which)."""
     if settings.bundle_dir is None:
