@@ -54,3 +54,15 @@ def test_ttl_counts_from_finished_at():
     assert ttl_due({"ttlSecondsAfterFinished": 60}, done, T0 + timedelta(seconds=60))
     assert not ttl_due({}, done, T0 + timedelta(days=9))  # no ttl: kept forever
     assert not ttl_due({"ttlSecondsAfterFinished": 0}, {"phase": "Analyzing"}, T0)  # never before it finishes
+
+
+def test_expired_incidents_skips_running_kept_and_already_deleting():
+    from lemzha_operator.handlers import expired_incidents
+
+    def obj(name, ttl=None, phase="Completed", deleting=False):
+        meta = {"name": name, "namespace": "ts", **({"deletionTimestamp": "x"} if deleting else {})}
+        spec = {} if ttl is None else {"ttlSecondsAfterFinished": ttl}
+        return {"metadata": meta, "spec": spec, "status": {"phase": phase, "finishedAt": "2026-01-01T12:00:00Z"}}
+
+    items = [obj("old", 10), obj("kept"), obj("running", 0, phase="Analyzing"), obj("gone", 0, deleting=True)]
+    assert expired_incidents(items, T0 + timedelta(minutes=1)) == [("ts", "old")]

@@ -5,6 +5,7 @@ Run with `kopf run -m lemzha_operator.handlers --all-namespaces` (or `-n NS`). T
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime
 
@@ -59,7 +60,7 @@ def login(**kwargs):
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
     from lemzha_operator.sources import make_ranker, make_sources, model_status
 
     settings.watching.server_timeout = 300  # watch streams can go silent (kopf #1276): reconnect regularly
@@ -72,6 +73,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     memo.model = model_status(memo.ranker)
     memo.fetch_metrics, memo.fetch_logs, memo.fetch_pod_info = make_sources(config)
     memo.objects = _custom_objects_api()
+    memo.janitor = asyncio.get_running_loop().create_task(janitor(memo, logger))
 
 
 def _custom_objects_api():
@@ -85,14 +87,32 @@ def _custom_objects_api():
     return kubernetes.client.CustomObjectsApi()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TTL_CHECK_SECONDS,
-            when=lambda spec, **_: spec.get("ttlSecondsAfterFinished") is not None)
-def expire_incident(spec, name, namespace, memo: kopf.Memo, logger, **_) -> None:
-    # read the status fresh: the timer's cached body may predate the handler's own status write
-    current = memo.objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    if ttl_due(dict(spec), current.get("status") or {}, datetime.now(UTC)):
-        logger.info("%s: ttlSecondsAfterFinished passed, deleting", name)
-        memo.objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+def expired_incidents(items: list[dict], now: datetime) -> list[tuple[str, str]]:
+    """(namespace, name) of listed incidents whose ttlSecondsAfterFinished has passed."""
+    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in items
+            if not o["metadata"].get("deletionTimestamp") and ttl_due(o.get("spec", {}), o.get("status", {}), now)]
+
+
+async def janitor(memo: kopf.Memo, logger) -> None:
+    """Deletes finished incidents past their TTL. A plain loop, not a kopf timer: timers put a finalizer on every
+    incident, and finalizers can outlive their timers (kopf #1305), leaving incidents that never go away."""
+    while True:
+        await asyncio.sleep(TTL_CHECK_SECONDS)
+        try:
+            listed = await asyncio.to_thread(memo.objects.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            for namespace, name in expired_incidents(listed.get("items", []), datetime.now(UTC)):
+                logger.info("%s/%s: ttlSecondsAfterFinished passed, deleting", namespace, name)
+                await asyncio.to_thread(memo.objects.delete_namespaced_custom_object, GROUP, VERSION, namespace,
+                                        PLURAL, name)
+        except Exception as err:  # an API hiccup must not end cleanup for good
+            logger.warning("TTL cleanup failed, retrying: %s", err)
+
+
+@kopf.on.cleanup()
+async def stop_janitor(memo: kopf.Memo, **_) -> None:
+    task = getattr(memo, "janitor", None)
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
