@@ -52,3 +52,19 @@ def quick_bundle(prepared) -> Path:
             if old != root and old.stat().st_mtime < time.time() - 86400:
                 shutil.rmtree(old, ignore_errors=True)
     return bundle
+
+
+@pytest.fixture(scope="session")
+def replayed(prepared, tmp_path_factory) -> dict[str, Path]:
+    """One backfill of a TrainTicket and an OnlineBoutique fault (nezha/20230129_05, nezha/20220822_03) into a
+    Prometheus data dir, with the Loki stand-in's log file, as `python -m offline.replay` writes them."""
+    from offline import replay
+    from tests.prometheus_server import PROMTOOL
+
+    if not PROMTOOL.is_file():
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    root = tmp_path_factory.mktemp("replay")
+    argv = ["--ids", "nezha/20230129_05,nezha/20220822_03", "--prom-data", str(root / "data"),
+            "--logs", str(root / "logs.jsonl"), "--no-progress", "--cache-dir", str(prepared.directory.parent.parent)]
+    assert replay.main(argv) == 0
+    return {"data": root / "data", "logs": root / "logs.jsonl"}

@@ -23,10 +23,9 @@ import yaml
 from lemzha_operator.pipeline import build_scenario, window_from_status
 from lemzha_operator.settings import Settings
 from lemzha_operator.sources import make_sources
-from offline import replay
 from tests.kube_standin import KubeStandin
 from tests.loki_standin import LokiStandIn
-from tests.prometheus_server import PROMTOOL, prometheus_server, requires_prometheus
+from tests.prometheus_server import prometheus_server, requires_prometheus
 
 REPO = Path(__file__).resolve().parent.parent
 KUBECTL = Path("/usr/bin/kubectl")
@@ -63,16 +62,6 @@ class Env:
                         cache_dir=self.cache / "templates")
 
 
-@pytest.fixture(scope="module")
-def replayed(prepared, tmp_path_factory) -> dict[str, Path]:
-    """One backfill of both scenarios, with the log file (as `python -m offline.replay` writes them)."""
-    if not PROMTOOL.is_file():
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    root = tmp_path_factory.mktemp("e2e-replay")
-    argv = ["--ids", f"{TT_ID},{OB_ID}", "--prom-data", str(root / "data"), "--logs", str(root / "logs.jsonl"),
-            "--no-progress", "--cache-dir", str(prepared.directory.parent.parent)]
-    assert replay.main(argv) == 0
-    return {"data": root / "data", "logs": root / "logs.jsonl"}
 
 
 @pytest.fixture(scope="module")

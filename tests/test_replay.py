@@ -26,22 +26,12 @@ from lemzha_operator.prometheus import (
     query_range,
 )
 from offline import replay
-from tests.prometheus_server import PROMTOOL, prometheus_server, requires_prometheus
+from tests.prometheus_server import prometheus_server, requires_prometheus
 
 TT_ID = "nezha/20230129_05"
 OB_ID = "nezha/20220822_03"
 
 
-@pytest.fixture(scope="module")
-def replayed(prepared, tmp_path_factory) -> dict:
-    """One backfill of a TrainTicket and an OnlineBoutique scenario, with the log file."""
-    if not PROMTOOL.is_file():
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    root = tmp_path_factory.mktemp("replay")
-    argv = ["--ids", f"{TT_ID},{OB_ID}", "--prom-data", str(root / "data"), "--logs", str(root / "logs.jsonl"),
-            "--no-progress", "--cache-dir", str(prepared.directory.parent.parent)]
-    assert replay.main(argv) == 0
-    return {"data": root / "data", "logs": root / "logs.jsonl"}
 
 
 # -- pure units (fast) -----------------------------------------------------------------------------------------------
