@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from lemzha.services import K8S_NAME_ALPHABET
+
 LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL", "UNKNOWN")
 
 _LEVEL_ALIASES = {
@@ -102,7 +104,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _LONG_HEX = re.compile(r"(?<![\w>])[0-9a-f]{24,}(?![\w<])")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?::\d{2,5})?")
 # Kubernetes name suffixes use an alphabet without vowels, so words such as "-station-food-" are not pod hashes.
-_K8S = "bcdfghjklmnpqrstvwxz2456789"
+_K8S = K8S_NAME_ALPHABET
 _POD_SUFFIX = re.compile(rf"(?<=[a-z0-9])-[{_K8S}]{{6,10}}-[{_K8S}]{{5}}(?![\w<])")
 # Span ids and other hex ids: >= 8 hex characters with at least one digit and one letter.
 _HEX_ID = re.compile(r"(?<![0-9a-z>])(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}(?![0-9a-z<])")

@@ -6,7 +6,8 @@ import re
 
 # Kubernetes generates name suffixes from this alphabet (no vowels, no 0/1/3), which is what lets us tell a
 # generated hash from a word of the workload's name.
-_SAFE = "bcdfghjklmnpqrstvwxz2456789"
+K8S_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_SAFE = K8S_NAME_ALPHABET
 _POD_SUFFIX = re.compile(rf"-[{_SAFE}]{{5}}$")
 _REPLICASET_HASH = re.compile(rf"-[{_SAFE}]{{6,10}}$")
 _ORDINAL = re.compile(r"-\d+$")

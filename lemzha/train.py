@@ -20,7 +20,7 @@ from lemzha.features import CADVISOR_METRICS, Crop, Prepared, crop, prepare
 from lemzha.inference import LogitsFn
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
-from lemzha.text import DIM, TextEmbedder, service_name_text
+from lemzha.text import TextEmbedder, service_name_text
 
 # The transformer's padding-mask fast path warns about nested tensors on every eval call.
 warnings.filterwarnings("ignore", message=".*nested tensors.*")
@@ -254,5 +254,3 @@ class ModelRanker:
         probs = service_probabilities(self.model, prep, onset, self.params.crop_bins, self.options)
         return Ranking.from_scores(dict(zip(prep.services, probs.tolist(), strict=True)))
 
-
-__all__ = ["DIM", "InputOptions", "ModelRanker", "PreparedCache", "TrainParams", "train_model"]
