@@ -18,7 +18,7 @@ import yaml
 from tests.kube_standin import CRD_DIR, KubeStandin
 
 CRD_PATH = CRD_DIR / "rcaincident.yaml"
-EXAMPLE = CRD_DIR / "example-incident.yaml"
+EXAMPLE = CRD_DIR.parent / "charts" / "lemzha" / "examples" / "incident-trainticket.yaml"
 NAME = "nezha-20230129-05"
 
 

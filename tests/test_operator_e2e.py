@@ -140,7 +140,7 @@ def _live_scenario(env: Env, status: dict, namespace: str, incident_id: str):
 def test_incident_completes_like_offline(cluster: Env, prepared, quick_bundle, tmp_path,
                                          scenario_id: str, namespace: str, name: str) -> None:
     if scenario_id == TT_ID:
-        cluster.kubectl("apply", "--validate=false", "-f", str(REPO / "crds" / "example-incident.yaml"))
+        cluster.kubectl("apply", "--validate=false", "-f", str(REPO / "charts" / "lemzha" / "examples" / "incident-trainticket.yaml"))
     else:
         manifest = tmp_path / "ob.yaml"
         manifest.write_text(_ob_incident(prepared))

@@ -23,6 +23,12 @@ class Settings:
     namespace_label: str = "namespace"
     pod_label: str = "pod"
     concurrency: int = 2
+    metrics_port: int = 8000  # prometheus_client's /metrics; 0 turns it off
+    query_timeout: float = 30.0  # seconds per Prometheus or Loki request (also sent to Prometheus as `timeout`)
+    loki_max_lines: int = 200_000  # log pagination stops here; recorded in status.dataCoverage
+    retry_base: float = 5.0  # first retry delay after a source outage; doubles per attempt
+    retry_max: float = 300.0  # the backoff's ceiling
+    watch_stale_seconds: float = 120.0  # the health probe fails when the watch lags a listed change this long
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -43,5 +49,29 @@ class Settings:
             ca_bundle=path("LEMZHA_CA_BUNDLE"),
             namespace_label=env.get("LEMZHA_LOKI_NAMESPACE_LABEL", "namespace"),
             pod_label=env.get("LEMZHA_LOKI_POD_LABEL", "pod"),
-            concurrency=int(env.get("LEMZHA_CONCURRENCY", "2")),
+            concurrency=_number(env, "LEMZHA_CONCURRENCY", 2, int, minimum=1),
+            metrics_port=_number(env, "LEMZHA_METRICS_PORT", 8000, int, minimum=0),
+            query_timeout=_number(env, "LEMZHA_QUERY_TIMEOUT_SECONDS", 30.0, float, minimum=0.1),
+            loki_max_lines=_number(env, "LEMZHA_LOKI_MAX_LINES", 200_000, int, minimum=1),
+            retry_base=_number(env, "LEMZHA_RETRY_BASE_SECONDS", 5.0, float, minimum=0.1),
+            retry_max=_number(env, "LEMZHA_RETRY_MAX_SECONDS", 300.0, float, minimum=0.1),
+            watch_stale_seconds=_number(env, "LEMZHA_WATCH_STALE_SECONDS", 120.0, float, minimum=1),
         )
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retry number `attempt` (0-based) after a source outage: exponential, capped."""
+        return min(self.retry_max, self.retry_base * 2.0 ** max(0, min(attempt, 30)))
+
+
+def _number(env: dict[str, str], name: str, default, kind, minimum):
+    """A numeric setting; a bad value stops startup with a message naming the variable."""
+    text = env.get(name)
+    if text in (None, ""):
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={text!r} must be at least {minimum}")
+    return value
