@@ -208,3 +208,151 @@ def catalog_order(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         raise ValueError(f"metrics not in the catalog: {unknown}")
     wanted = set(names)
     return tuple(n for n in METRIC_NAMES if n in wanted)
+
+
+# -- traces (issue #8) ---------------------------------------------------------------------------------------------
+# Trace-derived series live in Prometheus already when the cluster runs the OpenTelemetry collector's `spanmetrics`
+# and `servicegraph` connectors (or Tempo's metrics-generator) with a Prometheus exporter. The names below are what
+# those connectors export with `namespace: traces.span.metrics` (spanmetrics) and the servicegraph defaults.
+#
+# Offline (Nezha) the same quantities are derived from the raw spans by `offline/traces.py`:
+# - Nezha spans have no span kind: a span is a *server* span when it has no parent (ParentID "root") or when its
+#   parent is in another pod; the caller of that request is the parent's pod. Services come from pods by the one
+#   pod -> service rule (`lemzha.services`). Live, `service_name` must carry that same service name (the Deployment
+#   name, e.g. OTEL_SERVICE_NAME from the pod's `app` label).
+# - A span counts in the bin holding its *start* time (`lemzha.binning`); its duration is end - start.
+# - Nezha has no status codes, so there is no error feature: every span is STATUS_CODE_UNSET and the live queries
+#   do not select on status_code (failed requests still count as calls).
+# - Per bin the model gets the service features and edge features listed in TRACE_FEATURES. Quantiles and means are
+#   computed from the bucket counts with `lemzha.histogram.histogram_quantile`, the function Prometheus applies
+#   live, so offline and live agree on the same buckets.
+#
+# Live, every expression is evaluated on the pod metrics' grid (bin end - 1 ms, a 29,999 ms range, one bin on
+# Prometheus 2.x); `increase()` of a counter over that range is the count inside the bin.
+
+SPAN_BUCKETS_MS: tuple[float, ...] = (2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10_000, 15_000)
+"""The spanmetrics connector's default explicit buckets, in milliseconds (`le` of the span duration histogram)."""
+SERVICE_GRAPH_BUCKETS_S: tuple[float, ...] = tuple(b / 1000 for b in SPAN_BUCKETS_MS)
+"""The servicegraph connector's default `latency_histogram_buckets`, in seconds: the same bounds as the spans'."""
+BUCKET_NS: tuple[int, ...] = tuple(int(b) * 1_000_000 for b in SPAN_BUCKETS_MS)
+"""The shared bounds in integer nanoseconds: offline a duration d (ns) falls in the first bucket with d <= bound."""
+BUCKET_COLUMNS: tuple[str, ...] = (*(f"le_{int(b)}ms" for b in SPAN_BUCKETS_MS), "le_inf")
+"""Scenario columns of the cumulative bucket counts (`le` semantics), the last one +Inf (= all calls)."""
+
+TRACE_NAMESPACE_LABEL = "k8s_namespace_name"
+"""Label selecting the namespace on span metrics: the spanmetrics dimension `k8s.namespace.name` (a resource
+attribute set by the k8sattributes processor), as the Prometheus exporter names it. A parameter of every trace
+query (`namespace_label=`)."""
+EDGE_NAMESPACE_LABEL = "server_k8s_namespace_name"
+"""Namespace label on service-graph series: the servicegraph dimension `k8s.namespace.name`, which the connector
+prefixes with `server_` for the callee's side. Edges into the namespace are selected (the client may be anywhere)."""
+
+
+@dataclass(frozen=True)
+class TraceSeries:
+    """A Prometheus series family written by the OTel connectors (and by `offline.replay`)."""
+
+    name: str  # the family name; histograms have _bucket{le}, _sum and _count series
+    kind: str  # "counter" or "histogram"
+    unit: str
+    labels: tuple[str, ...]  # labels the connector sets, besides the namespace label
+    buckets: tuple[float, ...] = ()  # finite `le` bounds, in `unit`
+    doc: str = ""
+
+
+SPAN_CALLS = TraceSeries(
+    "traces_span_metrics_calls_total", "counter", "1",
+    ("service_name", "span_name", "span_kind", "status_code"),
+    doc="Spans per service, operation, kind and status; server spans (span_kind=SPAN_KIND_SERVER) are the calls.",
+)
+SPAN_DURATION = TraceSeries(
+    "traces_span_metrics_duration_milliseconds", "histogram", "ms",
+    ("service_name", "span_name", "span_kind", "status_code"), SPAN_BUCKETS_MS,
+    doc="Span durations (end - start) in milliseconds.",
+)
+GRAPH_REQUESTS = TraceSeries(
+    "traces_service_graph_request_total", "counter", "1", ("client", "server", "connection_type"),
+    doc="Requests from the client service to the server service.",
+)
+GRAPH_SERVER_SECONDS = TraceSeries(
+    "traces_service_graph_request_server_seconds", "histogram", "s", ("client", "server", "connection_type"),
+    SERVICE_GRAPH_BUCKETS_S,
+    doc="Request durations as seen by the server (its server span), in seconds.",
+)
+TRACE_SERIES: tuple[TraceSeries, ...] = (SPAN_CALLS, SPAN_DURATION, GRAPH_REQUESTS, GRAPH_SERVER_SECONDS)
+
+SERVER_SPAN_KIND = "SPAN_KIND_SERVER"
+
+
+def _span_selector(namespace: str, namespace_label: str) -> str:
+    return f'{namespace_label}="{_escape(namespace)}",span_kind="{SERVER_SPAN_KIND}"'
+
+
+def _edge_selector(namespace: str, namespace_label: str) -> str:
+    return f'{namespace_label}="{_escape(namespace)}"'
+
+
+@dataclass(frozen=True)
+class TraceFeature:
+    """One per-bin trace feature the model gets, with its live PromQL.
+
+    `level` "service" rows are keyed by `service_name`, "edge" rows by (`client`, `server`). `kind` is "count" (the
+    number of calls in the bin), "mean" (sum / count of the duration histogram; NaN without calls) or "quantile"
+    (`histogram_quantile` over the bucket increases; NaN without calls).
+    """
+
+    name: str
+    level: str
+    kind: str
+    unit: str
+    quantile: float | None = None
+    doc: str = ""
+
+    def promql(self, namespace: str, namespace_label: str | None = None) -> str:
+        if self.level == "service":
+            label = namespace_label or TRACE_NAMESPACE_LABEL
+            sel, by = _span_selector(namespace, label), "service_name"
+            count, hist = SPAN_CALLS.name, SPAN_DURATION.name
+        else:
+            label = namespace_label or EDGE_NAMESPACE_LABEL
+            sel, by = _edge_selector(namespace, label), "client, server"
+            count, hist = GRAPH_REQUESTS.name, GRAPH_SERVER_SECONDS.name
+        if self.kind == "count":
+            return f"sum by ({by}) (increase({count}{{{sel}}}[{BIN_RANGE}]))"
+        if self.kind == "mean":
+            return (f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{BIN_RANGE}])) / "
+                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{BIN_RANGE}]))")
+        return (f"histogram_quantile({self.quantile!r}, "
+                f"sum by ({by}, le) (increase({hist}_bucket{{{sel}}}[{BIN_RANGE}])))")
+
+
+TRACE_FEATURES: tuple[TraceFeature, ...] = (
+    TraceFeature("trace_calls", "service", "count", "calls/bin", doc="Server spans of the service started in the bin."),
+    TraceFeature("trace_latency_mean_ms", "service", "mean", "ms", doc="Mean server-span duration."),
+    *(TraceFeature(f"trace_latency_p{q}_ms", "service", "quantile", "ms", q / 100,
+                   doc=f"P{q} of server-span durations from the span-metrics buckets.") for q in (50, 95, 99)),
+    TraceFeature("edge_requests", "edge", "count", "requests/bin", doc="Requests client -> server started in the bin."),
+    TraceFeature("edge_latency_p95_s", "edge", "quantile", "s", 0.95,
+                 doc="P95 of the server-side duration of those requests, from the service-graph buckets."),
+)
+TRACE_FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in TRACE_FEATURES)
+SERVICE_TRACE_FEATURES: tuple[str, ...] = tuple(f.name for f in TRACE_FEATURES if f.level == "service")
+EDGE_TRACE_FEATURES: tuple[str, ...] = tuple(f.name for f in TRACE_FEATURES if f.level == "edge")
+
+
+def trace_feature(name: str) -> TraceFeature:
+    for feature in TRACE_FEATURES:
+        if feature.name == name:
+            return feature
+    raise KeyError(f"unknown trace feature {name!r}; the catalog has {', '.join(TRACE_FEATURE_NAMES)}")
+
+
+def service_bucket_promql(namespace: str, namespace_label: str = TRACE_NAMESPACE_LABEL) -> str:
+    """Per (service_name, le): the bin's increase of the span-duration buckets (what the quantiles are made of)."""
+    sel = _span_selector(namespace, namespace_label)
+    return f"sum by (service_name, le) (increase({SPAN_DURATION.name}_bucket{{{sel}}}[{BIN_RANGE}]))"
+
+
+def edge_bucket_promql(namespace: str, namespace_label: str = EDGE_NAMESPACE_LABEL) -> str:
+    sel = _edge_selector(namespace, namespace_label)
+    return f"sum by (client, server, le) (increase({GRAPH_SERVER_SECONDS.name}_bucket{{{sel}}}[{BIN_RANGE}]))"

@@ -40,3 +40,34 @@ def test_catalog_order_sorts_and_rejects_unknown():
 def test_every_metric_has_unit_type_and_doc():
     for m in CATALOG:
         assert m.unit and m.doc and m.replay.series
+
+
+def test_trace_section_names_buckets_and_promql():
+    from lemzha.catalog import (
+        BUCKET_COLUMNS,
+        BUCKET_NS,
+        SERVICE_GRAPH_BUCKETS_S,
+        SPAN_BUCKETS_MS,
+        TRACE_FEATURES,
+        TRACE_SERIES,
+        trace_feature,
+    )
+
+    names = {s.name for s in TRACE_SERIES}
+    assert names == {"traces_span_metrics_calls_total", "traces_span_metrics_duration_milliseconds",
+                     "traces_service_graph_request_total", "traces_service_graph_request_server_seconds"}
+    assert SPAN_BUCKETS_MS[0] == 2 and SPAN_BUCKETS_MS[-1] == 15_000 and len(BUCKET_COLUMNS) == len(BUCKET_NS) + 1
+    assert [b * 1000 for b in SERVICE_GRAPH_BUCKETS_S] == [float(b) for b in SPAN_BUCKETS_MS]
+    assert all(f.doc and f.unit for f in TRACE_FEATURES)
+    calls = trace_feature("trace_calls").promql('we"ird')
+    assert calls == ('sum by (service_name) (increase(traces_span_metrics_calls_total{k8s_namespace_name="we\\"ird",'
+                     'span_kind="SPAN_KIND_SERVER"}[29999ms]))')
+    p95 = trace_feature("trace_latency_p95_ms").promql("ts", namespace_label="namespace")
+    assert p95.startswith("histogram_quantile(0.95, sum by (service_name, le) (increase("
+                          'traces_span_metrics_duration_milliseconds_bucket{namespace="ts"')
+    edge = trace_feature("edge_latency_p95_s").promql("ts")
+    assert "traces_service_graph_request_server_seconds_bucket{server_k8s_namespace_name=\"ts\"}" in edge
+    assert "sum by (client, server, le)" in edge
+    assert "/" in trace_feature("trace_latency_mean_ms").promql("ts")
+    with pytest.raises(KeyError):
+        trace_feature("nope")
