@@ -139,6 +139,8 @@ class TextEmbedder:
         self.encoder = encoder or SentenceTransformerEncoder(batch_size, progress)
         self._sha = sha
         self._vectors: dict[str, np.ndarray] | None = None
+        self.hits = 0  # texts answered from the cache, since this embedder was made (the operator exports these)
+        self.misses = 0  # texts that had to be encoded
 
     @property
     def sha(self) -> str:
@@ -188,6 +190,8 @@ class TextEmbedder:
         vectors = self._load_cache()
         keys = [text_key(t) for t in texts]
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in vectors))
+        self.misses += len(missing)
+        self.hits += len(set(keys)) - len(missing)
         if missing:
             encoded = self.encoder.encode(missing)
             for text, vector in zip(missing, encoded, strict=True):

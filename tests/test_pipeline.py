@@ -44,11 +44,11 @@ def sources(scenario, metrics_error=None, logs_error=None, empty=False):
 
 
 def run(case, spec, status=None, now_offset=timedelta(days=1), created_offset=timedelta(0), store=None,
-        pod_info=None, **kw):
+        pod_info=None, attempt=0, backoff=lambda a: 30.0, **kw):
     fm, fl, calls = sources(case, **kw)
     now = case.label.injection_time + now_offset
     outcome = step(case.id, spec, status or {}, case.namespace, now, now - created_offset, fm, fl, Baro(),
-                   fetch_pod_info=pod_info, store=store)
+                   fetch_pod_info=pod_info, store=store, attempt=attempt, backoff=backoff)
     return outcome, calls
 
 
@@ -58,8 +58,12 @@ def test_completed_incident_ranks_like_the_offline_ranker(case):
     offline = Baro().rank(case.without_label())
     assert [c["service"] for c in outcome.status["rootCauses"]] == list(offline.top(3))
     assert outcome.status["onset"]["source"] == "given"
-    assert {c["type"] for c in outcome.conditions} == {"DataFetched", "Analyzed", "Ready"}
+    kinds = {c["type"]: c for c in outcome.conditions}
+    assert set(kinds) == {"DataFetched", "Degraded", "Analyzed", "Ready"}
+    assert kinds["Degraded"]["status"] == "False" and outcome.status["method"] == "baro"
+    assert outcome.status["dataCoverage"]["logs"] == "complete"
     assert calls == {"metrics": 1, "logs": 1}
+    assert {"metrics", "logs", "scenario", "rank"} <= set(outcome.timings) and outcome.source_errors == []
 
 
 def test_live_scenario_equals_the_offline_one(case):
@@ -85,16 +89,62 @@ def test_window_in_the_future_waits_then_times_out(case):
     assert outcome.conditions[0]["reason"] == "WaitingForWindow"
     outcome, _ = run(case, spec_for(case, timeoutSeconds=60), now_offset=timedelta(minutes=5),
                      created_offset=timedelta(minutes=2))
-    assert outcome.phase == "Failed" and outcome.conditions[0]["reason"] == "Timeout"
+    assert outcome.phase == "Failed" and outcome.conditions[0]["reason"] == "DataUnavailable"
+    assert "timeoutSeconds=60" in outcome.conditions[0]["message"]
 
 
-def test_prometheus_down_retries_and_loki_down_degrades(case):
-    outcome, _ = run(case, spec_for(case), metrics_error=SourceUnavailable("PrometheusUnavailable", "refused"))
-    assert outcome.phase == "Analyzing" and outcome.retry_after == 30
-    assert outcome.conditions[0]["reason"] == "PrometheusUnavailable"
+def test_prometheus_down_retries_with_backoff_then_fails_at_the_timeout(case):
+    down = SourceUnavailable("PrometheusUnavailable", "refused", kind="timeout")
+    delays = [run(case, spec_for(case), metrics_error=down, attempt=a, backoff=lambda a: 2.0 ** a)[0].retry_after
+              for a in range(4)]
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    outcome, _ = run(case, spec_for(case), metrics_error=down)
+    assert outcome.phase == "Analyzing" and not outcome.permanent
+    kinds = {c["type"]: c for c in outcome.conditions}
+    assert kinds["Degraded"]["status"] == "True" and kinds["Degraded"]["reason"] == "PrometheusUnavailable"
+    assert kinds["DataFetched"]["status"] == "False" and outcome.source_errors == [("prometheus", "timeout")]
+    # the next try never lands far past the deadline
+    late, _ = run(case, spec_for(case, timeoutSeconds=100), metrics_error=down, created_offset=timedelta(seconds=95),
+                  backoff=lambda a: 300.0)
+    assert late.phase == "Analyzing" and late.retry_after == 6.0
+    failed, _ = run(case, spec_for(case, timeoutSeconds=100), metrics_error=down,
+                    created_offset=timedelta(seconds=101))
+    assert failed.phase == "Failed" and failed.permanent
+    assert failed.conditions[0]["reason"] == "DataUnavailable" and "refused" in failed.conditions[0]["message"]
+
+
+def test_loki_down_gives_a_metrics_only_answer_that_says_so(case):
     outcome, _ = run(case, spec_for(case), logs_error=SourceUnavailable("LokiUnavailable", "refused"))
+    assert outcome.phase == "Completed" and outcome.status["method"] == "baro (metrics only)"
+    degraded = {c["type"]: c for c in outcome.conditions}["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "LokiUnavailable"
+    assert outcome.status["dataCoverage"]["logs"] == "unavailable" and outcome.status["dataCoverage"]["logLines"] == 0
+    assert outcome.source_errors == [("loki", "unreachable")]
+
+
+def test_truncated_logs_and_prometheus_warnings_are_surfaced(case):
+    fm, fl, _ = sources(case)
+
+    def truncated_logs(*args):
+        logs = fl(*args)
+        logs.attrs["truncated"] = True
+        return logs
+
+    def warned_metrics(*args):
+        from lemzha_operator.prometheus import FetchedMetrics
+
+        return FetchedMetrics(*fm(*args), warnings=("partial response: store s3 unreachable",))
+
+    now = case.label.injection_time + timedelta(days=1)
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, warned_metrics, truncated_logs, Baro(),
+                   log_cap=1000)
     assert outcome.phase == "Completed"
-    assert any(c["type"] == "Degraded" and c["reason"] == "LokiUnavailable" for c in outcome.conditions)
+    coverage = outcome.status["dataCoverage"]
+    assert coverage["logs"] == "truncated" and coverage["logLinesCap"] == 1000
+    assert coverage["warnings"] == ["partial response: store s3 unreachable"]
+    degraded = {c["type"]: c for c in outcome.conditions}["Degraded"]
+    assert degraded["reason"] == "LogsTruncated" and "(1000)" in degraded["message"]
+    assert "s3 unreachable" in degraded["message"]
 
 
 def test_no_data_fails_with_a_reason(case):
@@ -111,12 +161,22 @@ def test_frozen_window_is_reused_on_retry(case):
 def test_a_retry_reuses_the_fetched_scenario(case, tmp_path):
     store = tmp_path / "incident-uid"
     first, calls = run(case, spec_for(case), store=store)
-    assert first.phase == "Completed" and calls["metrics"] == 1 and (store / "scenario.json").is_file()
+    assert first.phase == "Completed" and calls["metrics"] == 1 and (store / "scenario" / "scenario.json").is_file()
     down = SourceUnavailable("PrometheusUnavailable", "refused")
-    again, calls = run(case, spec_for(case), status=first.status, store=store, metrics_error=down)
+    again, calls = run(case, spec_for(case), status={}, store=store, metrics_error=down)  # status lost in a crash
     assert again.phase == "Completed" and calls["metrics"] == 0
     assert again.status["rootCauses"] == first.status["rootCauses"]
+    assert again.status["dataCoverage"] == first.status["dataCoverage"]
     assert "reused" in again.conditions[0]["message"]
+
+
+def test_a_retry_keeps_the_notes_of_a_degraded_fetch(case, tmp_path):
+    store = tmp_path / "incident-uid"
+    first, _ = run(case, spec_for(case), store=store, logs_error=SourceUnavailable("LokiUnavailable", "refused"))
+    again, calls = run(case, spec_for(case), store=store)
+    assert calls == {"metrics": 0, "logs": 0}
+    assert again.status["method"] == first.status["method"] == "baro (metrics only)"
+    assert {c["type"]: c for c in again.conditions}["Degraded"]["reason"] == "LokiUnavailable"
 
 
 def test_pod_selector_without_kube_state_metrics_fails_with_a_reason(case):

@@ -1,21 +1,30 @@
 """kopf handlers: thin wrappers that run `pipeline.step` and write its outcome into the resource.
 
-Run with `kopf run -m lemzha_operator.handlers --all-namespaces` (or `-n NS`). The process imports no torch.
+Run with `kopf run -m lemzha_operator.handlers --all-namespaces` (or `-n NS`), plus
+`--liveness=http://0.0.0.0:8080/healthz` for the probes. The process imports no torch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import threading
+import time
 from datetime import UTC, datetime
 
 import kopf
 
+from lemzha_operator import selfmetrics
+from lemzha_operator.events import event_body, post_once
+from lemzha_operator.health import WatchMonitor
 from lemzha_operator.pipeline import Outcome, step
-from lemzha_operator.settings import GROUP, PLURAL, VERSION, Settings
+from lemzha_operator.settings import GROUP, PLURAL, VERSION, Settings, peering_priority, watched_namespaces
 
 FINAL_PHASES = ("Completed", "Failed")
 TTL_CHECK_SECONDS = float(os.environ.get("LEMZHA_TTL_CHECK_SECONDS", "30"))
+KIND = "RCAIncident"
+log = logging.getLogger("lemzha.operator")
 
 
 def ttl_due(spec: dict, status: dict, now: datetime) -> bool:
@@ -43,14 +52,37 @@ def merge_conditions(previous: list[dict], new: list[dict], generation: int, now
     return [merged[t] for t in sorted(merged)]
 
 
-def status_patch(outcome: Outcome, previous: dict, generation: int, now: datetime) -> dict:
+def status_patch(outcome: Outcome, previous: dict, generation: int, now: datetime,
+                 extra_conditions: list[dict] | None = None) -> dict:
     """The status fields to write for an outcome."""
     return {
         **outcome.status,
         "phase": outcome.phase,
         "observedGeneration": generation,
-        "conditions": merge_conditions(previous.get("conditions", []), outcome.conditions, generation, now),
+        "conditions": merge_conditions(previous.get("conditions", []), [*outcome.conditions, *(extra_conditions or [])],
+                                       generation, now),
     }
+
+
+class InFlight:
+    """Counts attempts running at once (the bound is kopf's executor size = LEMZHA_CONCURRENCY)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> int:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            selfmetrics.IN_PROGRESS.set(self.now)
+            return self.now
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+            selfmetrics.IN_PROGRESS.set(self.now)
 
 
 @kopf.on.login()
@@ -63,28 +95,46 @@ def login(**kwargs):
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_) -> None:
     from lemzha_operator.sources import make_ranker, make_sources, model_status
 
-    settings.watching.server_timeout = 300  # watch streams can go silent (kopf #1276): reconnect regularly
+    # watch streams can go silent (kopf #1276): bounded requests, and reconnect regularly
+    settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 600
+    settings.networking.connect_timeout = 30
+    settings.networking.request_timeout = 120
+    # Events come from events.post_once (named, so never twice); kopf's own would repeat on every retry
+    settings.posting.enabled = False
+    if os.environ.get("POD_NAME"):  # several replicas with peering: each needs its own priority (kopf #734)
+        settings.peering.priority = peering_priority(os.environ["POD_NAME"])
     config = Settings.from_env()
     settings.execution.max_workers = config.concurrency  # incidents analysed at once
     memo.config = config
-    memo.ranker = make_ranker(config)
+    memo.ranker, memo.model_problem = make_ranker(config)
+    if memo.model_problem is not None:
+        logger.warning("model not loaded (%s): %s", memo.model_problem.reason, memo.model_problem.message)
     memo.model = model_status(memo.ranker)
     memo.fetch_metrics, memo.fetch_logs, memo.fetch_pod_info = make_sources(config)
-    memo.objects = _custom_objects_api()
+    memo.objects, memo.core = _kubernetes_apis(config.concurrency)
+    memo.monitor = WatchMonitor(config.watch_stale_seconds)
+    memo.in_flight = InFlight()
+    selfmetrics.watch_templates(lambda: getattr(memo.ranker, "embedder", None))
+    selfmetrics.serve(config.metrics_port)
     memo.janitor = asyncio.get_running_loop().create_task(janitor(memo, logger))
 
 
-def _custom_objects_api():
-    """The Kubernetes client for deleting expired incidents: in-cluster config first, then the kubeconfig."""
+def _kubernetes_apis(concurrency: int):
+    """(CustomObjectsApi, CoreV1Api) for the TTL janitor, the watch probe and Events: in-cluster config first,
+    then the kubeconfig."""
     import kubernetes
 
+    config = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=config)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.CustomObjectsApi()
+        kubernetes.config.load_kube_config(client_configuration=config)
+    config.connection_pool_maxsize = max(4, concurrency + 2)  # one per worker thread, plus janitor and probe
+    client = kubernetes.client.ApiClient(config)
+    return kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)
 
 
 def expired_incidents(items: list[dict], now: datetime) -> list[tuple[str, str]]:
@@ -115,25 +165,83 @@ async def stop_janitor(memo: kopf.Memo, **_) -> None:
         task.cancel()
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def watched(event: dict, meta, memo: kopf.Memo, **_) -> None:
+    """Every watch event: the watch-health probe compares these with a LIST."""
+    monitor = getattr(memo, "monitor", None)
+    if monitor is not None and meta.get("uid"):
+        monitor.delivered(meta["uid"], str(meta.get("resourceVersion", "")), deleted=event.get("type") == "DELETED")
+
+
+def _list_incidents(memo: kopf.Memo) -> list[dict]:
+    namespaces = watched_namespaces()
+    if not namespaces:
+        return memo.objects.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", [])
+    return [item for ns in namespaces
+            for item in memo.objects.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])]
+
+
+@kopf.on.probe(id="watch")
+async def watch_alive(memo: kopf.Memo, **_) -> dict:
+    """Fails kopf's /healthz (HTTP 500) when the watch has not delivered a change a LIST shows for
+    LEMZHA_WATCH_STALE_SECONDS: a silent, dead watch (kopf #1276). A LIST that fails also fails the probe."""
+    items = await asyncio.to_thread(_list_incidents, memo)
+    listed = [(o["metadata"]["uid"], str(o["metadata"].get("resourceVersion", ""))) for o in items]
+    stale = memo.monitor.check(listed, time.monotonic())
+    selfmetrics.WATCH_STALE.set(len(stale))
+    if stale:
+        raise kopf.PermanentError(f"the watch has not delivered {len(stale)} listed incident change(s) for "
+                                  f"{memo.monitor.stale_after:.0f} s")
+    return {"incidents": len(listed), "stale": 0}
+
+
+def _stamp(now: datetime) -> str:
+    return now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _post(memo: kopf.Memo, meta, reason: str, message: str, event_type: str = "Normal") -> None:
+    try:
+        post_once(memo.core, event_body(dict(meta), KIND, reason, message, event_type))
+    except Exception as err:  # an Event is a courtesy: never fail the analysis over it
+        log.warning("%s/%s: could not post Event %s: %s", meta.get("namespace"), meta.get("name"), reason, err)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
-def analyze_incident(body, spec, status, meta, namespace, patch, memo: kopf.Memo, logger, **_) -> None:
+def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logger, retry: int = 0, **_) -> None:
     if status.get("phase") in FINAL_PHASES:
         return
     now = datetime.now(UTC)
     created = datetime.fromisoformat(meta.get("creationTimestamp", now.isoformat()).replace("Z", "+00:00"))
     target = spec.get("targetNamespace") or namespace
-    outcome = step(f"{namespace}/{meta['name']}", dict(spec), dict(status), target, now, created,
-                   memo.fetch_metrics, memo.fetch_logs, memo.ranker, fetch_pod_info=memo.fetch_pod_info,
-                   store=memo.config.cache_dir / "incidents" / str(meta.get("uid", meta["name"])))
-    patch.status.update(status_patch(outcome, dict(status), int(meta.get("generation", 1)), now))
+    config: Settings = memo.config
+    with memo.in_flight as running:
+        log.info("%s/%s: attempt %d started, %d in flight", namespace, meta["name"], retry, running)
+        outcome = step(f"{namespace}/{meta['name']}", dict(spec), dict(status), target, now, created,
+                       memo.fetch_metrics, memo.fetch_logs, memo.ranker, fetch_pod_info=memo.fetch_pod_info,
+                       store=config.cache_dir / "incidents" / str(meta.get("uid", meta["name"])),
+                       attempt=retry, backoff=config.backoff,
+                       log_cap=config.loki_max_lines if memo.fetch_logs is not None else None)
+    selfmetrics.record_attempt(outcome.timings, outcome.source_errors)
+    problem = memo.model_problem
+    extra = [problem.condition()] if problem is not None else [
+        {"type": "ModelLoaded", "status": "True", "reason": "BundleLoaded", "message": "ranking with the bundle"}]
+    patch.status.update(status_patch(outcome, dict(status), int(meta.get("generation", 1)), now, extra))
     if outcome.phase == "Completed":
         patch.status["model"] = memo.model
     if outcome.phase in FINAL_PHASES:
-        patch.status["finishedAt"] = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        patch.status["finishedAt"] = _stamp(now)
+        selfmetrics.record_final(outcome.phase, outcome.status.get("method", ""))
+    degraded = next((c for c in outcome.conditions if c["type"] == "Degraded" and c["status"] == "True"), None)
+    if degraded is not None:
+        _post(memo, meta, degraded["reason"], degraded["message"], "Warning")
     if outcome.phase == "Completed":
         top = outcome.status["rootCauses"][0]["service"] if outcome.status.get("rootCauses") else "none"
-        kopf.info(body, reason="Completed", message=f"top cause: {top}")
+        _post(memo, meta, "Completed", f"top cause: {top}")
+        log.info("%s/%s: Completed, top cause %s", namespace, meta["name"], top)
+    elif outcome.phase == "Failed":
+        _post(memo, meta, "Failed", outcome.conditions[-1]["message"], "Warning")
+        log.info("%s/%s: Failed: %s", namespace, meta["name"], outcome.conditions[-1]["message"])
     elif outcome.retry_after is not None:
         logger.info("%s: %s, retrying in %.0f s", meta["name"], outcome.phase, outcome.retry_after)
         raise kopf.TemporaryError(outcome.conditions[-1]["message"], delay=outcome.retry_after)

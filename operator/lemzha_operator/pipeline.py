@@ -6,7 +6,11 @@ Partial progress (the resolved window) is kept in status, so a retry never re-re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,11 +36,22 @@ class DataUnavailable(RuntimeError):
 
 
 class SourceUnavailable(RuntimeError):
-    """A source could not be reached; `reason` is the condition reason (PrometheusUnavailable, LokiUnavailable)."""
+    """A source could not be reached; `reason` is the condition reason (PrometheusUnavailable, LokiUnavailable),
+    `kind` what went wrong, for the self-metrics (unreachable, timeout, server_error, bad_answer, rejected)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, kind: str = "unreachable") -> None:
         super().__init__(message)
         self.reason = reason
+        self.kind = kind
+
+    @property
+    def source(self) -> str:
+        return self.reason.removesuffix("Unavailable").removesuffix("QueryError").lower()
+
+
+LOGS_COMPLETE, LOGS_TRUNCATED, LOGS_UNAVAILABLE, LOGS_DISABLED = "complete", "truncated", "unavailable", "disabled"
+FETCH_FILE = "fetch.json"  # beside the stored scenario: the sources' coverage notes and Degraded condition
+MAX_WARNINGS = 5  # Prometheus warnings kept in status (bounded like the evidence)
 
 
 @dataclass
@@ -48,6 +63,23 @@ class Outcome:
     conditions: list[dict] = field(default_factory=list)  # {type, status, reason, message}
     retry_after: float | None = None  # seconds; None = final for this attempt
     permanent: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage of this attempt
+    source_errors: list[tuple[str, str]] = field(default_factory=list)  # (source, kind) met in this attempt
+
+
+class Stopwatch:
+    """Seconds per pipeline stage, for the self-metrics and the latency benchmark."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 def condition(kind: str, ok: bool, reason: str, message: str) -> dict:
@@ -107,12 +139,17 @@ def step(
     ranker: Ranker,
     fetch_pod_info: PodInfoFetcher | None = None,
     store: Path | None = None,
+    attempt: int = 0,
+    backoff: Callable[[int], float] = lambda attempt: 30.0,
+    log_cap: int | None = None,
 ) -> Outcome:
     """One attempt at an incident. Never raises for data or spec problems: the outcome says what happened.
 
     `store` is this incident's directory (keyed by its uid, so a re-created incident never sees old data): the
     fetched scenario is kept there, so a retry after fetching (a crash, a failed status write) ranks what it has
-    instead of querying Prometheus and Loki again."""
+    instead of querying Prometheus and Loki again. `attempt` counts earlier attempts; `backoff(attempt)` is the
+    delay before the next one after a source outage. `log_cap` is the log client's line cap, for dataCoverage."""
+    clock = Stopwatch()
     timeout = float(spec.get("timeoutSeconds", 900))
     top_k = int(spec.get("topK", 5))
     try:
@@ -123,63 +160,113 @@ def step(
     frozen = {"resolvedWindow": window.to_status()}
     if window.onset is not None:
         frozen["onset"] = {"time": window.onset.isoformat(), "source": "given"}
-    timed_out = (now - created).total_seconds() > timeout
+    waited = (now - created).total_seconds()
+    timed_out = waited > timeout
     wait = seconds_until_complete(window, now)
     if wait > 0:
         if timed_out:
-            return _timeout(frozen, timeout)
+            return _timeout(frozen, timeout, f"the window ends at {window.end.isoformat()}")
         return Outcome("Pending", frozen, [condition("DataFetched", False, "WaitingForWindow",
                                                      f"window ends at {window.end.isoformat()}")],
                        retry_after=min(wait, 300.0))
-    stored = store
-    if stored is not None and (stored / "scenario.json").is_file():
-        scenario = load_scenario(stored, with_label=False)
-        conditions = [condition("DataFetched", True, "DataFetched", "reused the data fetched by an earlier attempt")]
-        return _ranked(scenario, frozen, conditions, ranker, top_k)
+    if store is not None and (store / "scenario" / "scenario.json").is_file():
+        scenario = load_scenario(store / "scenario", with_label=False)
+        fetched_before = json.loads((store / FETCH_FILE).read_text())
+        conditions = [condition("DataFetched", True, "DataFetched", "reused the data fetched by an earlier attempt"),
+                      *fetched_before["conditions"]]
+        return _ranked(scenario, frozen, conditions, ranker, top_k, clock, fetched_before["coverage"], [])
+    warnings: list[str] = []
     try:
-        pods, values, names = fetch_metrics(namespace, window.start, window.n_bins)
+        with clock.stage("metrics"):
+            fetched = fetch_metrics(namespace, window.start, window.n_bins)
+        pods, values, names = fetched[:3]
+        warnings = list(getattr(fetched, "warnings", ()))
         owners: dict[str, str] = {}
         if fetch_pod_info is not None or spec.get("podSelector"):
-            info = fetch_pod_info(namespace, window.start, window.n_bins) if fetch_pod_info else None
+            with clock.stage("pod_info"):
+                info = fetch_pod_info(namespace, window.start, window.n_bins) if fetch_pod_info else None
             owners = dict(getattr(info, "owners", {}) or {})
             pods, values = _selected(pods, values, spec.get("podSelector"), getattr(info, "labels", {}) or {})
         if not pods or not np.isfinite(values).any():
             raise DataUnavailable(f"no pod metrics in namespace {namespace!r} for the window"
                                   + (" and podSelector" if spec.get("podSelector") else ""))
     except SourceUnavailable as err:
+        errors = [(err.source, err.kind)]
         if timed_out:
-            return _timeout(frozen, timeout, str(err))
-        return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err))], retry_after=30)
+            failed = _timeout(frozen, timeout, str(err))
+            failed.source_errors, failed.timings = errors, clock.timings
+            return failed
+        # retry with backoff, but never sleep far past the deadline: the incident must fail on time
+        delay = max(1.0, min(backoff(attempt), timeout - waited + 1.0))
+        return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err)),
+                                             condition("Degraded", True, err.reason,
+                                                       f"{err}; retrying in {delay:.0f} s")],
+                       retry_after=delay, timings=clock.timings, source_errors=errors)
     except DataUnavailable as err:
         return Outcome("Failed", {**frozen, "message": str(err)},
-                       [condition("Ready", False, "DataUnavailable", str(err))], permanent=True)
-    conditions = []
+                       [condition("Ready", False, "DataUnavailable", str(err))], permanent=True,
+                       timings=clock.timings)
+    degraded: list[tuple[str, str]] = []  # (reason, message)
+    errors: list[tuple[str, str]] = []
     logs = None
+    coverage: dict = {"logs": LOGS_DISABLED}
     pod_service = {p: service_of_pod(p, owners.get(p)) for p in pods}
     if fetch_logs is not None:
         try:
-            logs = fetch_logs(namespace, window.start, window.n_bins, pod_service)
+            with clock.stage("logs"):
+                logs = fetch_logs(namespace, window.start, window.n_bins, pod_service)
         except SourceUnavailable as err:
             # metrics alone still rank; say so instead of failing the incident
-            conditions.append(condition("Degraded", True, err.reason, f"ranked without logs: {err}"))
+            degraded.append((err.reason, f"ranked without logs: {err}"))
+            errors.append((err.source, err.kind))
+            coverage["logs"] = LOGS_UNAVAILABLE
         else:
+            coverage["logs"] = LOGS_COMPLETE
             if logs is not None and logs.attrs.get("truncated"):
-                conditions.append(condition("Degraded", True, "LogsTruncated", "Loki returned more lines than the "
-                                            "client's cap; log counts are incomplete"))
-    scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs, owners)
-    if stored is not None:
-        save_scenario(scenario, stored)
-    conditions.append(condition("DataFetched", True, "DataFetched",
-                                f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"))
-    return _ranked(scenario, frozen, conditions, ranker, top_k)
+                coverage["logs"] = LOGS_TRUNCATED
+                degraded.append(("LogsTruncated", "Loki returned more lines than the cap"
+                                 + (f" ({log_cap})" if log_cap else "") + "; log counts are incomplete"))
+    if log_cap is not None and fetch_logs is not None:
+        coverage["logLinesCap"] = int(log_cap)
+    if warnings:
+        coverage["warnings"] = [w[:256] for w in warnings[:MAX_WARNINGS]]
+        degraded.append(("PrometheusWarnings", "Prometheus answered with warnings (results may be partial): "
+                         + "; ".join(warnings[:MAX_WARNINGS])))
+    if degraded:
+        health = condition("Degraded", True, degraded[0][0], "; ".join(m for _, m in degraded))
+    else:
+        health = condition("Degraded", False, "AllSourcesAnswered", "every configured source answered")
+    with clock.stage("scenario"):
+        scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs, owners)
+        if store is not None:  # what the sources said first, then the data: a scenario never lacks its notes
+            store.mkdir(parents=True, exist_ok=True)
+            tmp = store / f".{FETCH_FILE}.tmp"
+            tmp.write_text(json.dumps({"coverage": coverage, "conditions": [health]}))
+            os.replace(tmp, store / FETCH_FILE)
+            save_scenario(scenario, store / "scenario")
+    conditions = [condition("DataFetched", True, "DataFetched",
+                            f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"), health]
+    return _ranked(scenario, frozen, conditions, ranker, top_k, clock, coverage, errors)
 
 
-def _ranked(scenario: Scenario, frozen: dict, conditions: list[dict], ranker: Ranker, top_k: int) -> Outcome:
-    result = analyze(scenario, ranker, top_k)
+def method_name(ranker: Ranker, logs: str) -> str:
+    """status.method: the ranker's name, with notes when it is a fallback or ranked without logs."""
+    notes = list(getattr(ranker, "notes", ()))
+    if logs == LOGS_UNAVAILABLE:
+        notes.append("metrics only")
+    return ranker.name + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _ranked(scenario: Scenario, frozen: dict, conditions: list[dict], ranker: Ranker, top_k: int, clock: Stopwatch,
+            coverage: dict, errors: list[tuple[str, str]]) -> Outcome:
+    with clock.stage("rank"):
+        result = analyze(scenario, ranker, top_k)
+    result["dataCoverage"] = {**coverage, **result["dataCoverage"]}
+    result["method"] = method_name(ranker, result["dataCoverage"].get("logs", LOGS_DISABLED))
     top = result["rootCauses"][0] if result["rootCauses"] else None
     summary = f"top cause {top['service']} ({top['score']:.2f})" if top else "no services"
     conditions += [condition("Analyzed", True, "Ranked", summary), condition("Ready", True, "Completed", summary)]
-    return Outcome("Completed", {**frozen, **result}, conditions)
+    return Outcome("Completed", {**frozen, **result}, conditions, timings=clock.timings, source_errors=errors)
 
 
 def _selected(pods: tuple[str, ...], values: np.ndarray, selector: dict | None,
@@ -197,7 +284,7 @@ def _selected(pods: tuple[str, ...], values: np.ndarray, selector: dict | None,
     return tuple(pods[i] for i in keep), values[:, keep, :]
 
 
-def _timeout(frozen: dict, timeout: float, detail: str = "") -> Outcome:
-    message = f"gave up after timeoutSeconds={timeout:.0f}" + (f": {detail}" if detail else "")
-    return Outcome("Failed", {**frozen, "message": message}, [condition("Ready", False, "Timeout", message)],
+def _timeout(frozen: dict, timeout: float, detail: str) -> Outcome:
+    message = f"no data within timeoutSeconds={timeout:.0f}: {detail}"
+    return Outcome("Failed", {**frozen, "message": message}, [condition("Ready", False, "DataUnavailable", message)],
                    permanent=True)

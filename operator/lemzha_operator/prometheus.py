@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 import requests
@@ -20,7 +21,21 @@ from lemzha.catalog import METRIC_NAMES, _escape, catalog_order, spec
 
 
 class PrometheusUnavailable(RuntimeError):
-    """Prometheus could not be reached or answered with a server error (retry later)."""
+    """Prometheus could not be reached or answered with a server error (retry later). `kind`: unreachable,
+    timeout, server_error or bad_answer."""
+
+    def __init__(self, message: str, kind: str = "unreachable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class FetchedMetrics(NamedTuple):
+    """One window's pod metrics; `warnings` are Prometheus' own (e.g. partial responses), surfaced in status."""
+
+    pods: tuple[str, ...]
+    values: np.ndarray
+    names: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 class PrometheusQueryError(ValueError):
@@ -38,36 +53,46 @@ def _endpoint(prom) -> tuple[str, requests.Session, dict, tuple | None]:
     return prom.url.rstrip("/"), session, dict(getattr(prom, "headers", None) or {}), getattr(prom, "auth", None)
 
 
-def _post(prom, path: str, body: dict, timeout: float) -> list[dict]:
-    """POST an API query; returns data.result. Outages are PrometheusUnavailable, rejections PrometheusQueryError."""
+def _post(prom, path: str, body: dict, timeout: float, warnings: list[str] | None = None) -> list[dict]:
+    """POST an API query; returns data.result and adds the answer's `warnings` to `warnings`. Outages are
+    PrometheusUnavailable, rejections PrometheusQueryError. `timeout` bounds the client and is sent to Prometheus,
+    which then stops evaluating too (a 503 "query timed out")."""
     url, session, headers, auth = _endpoint(prom)
     query = body["query"]
+    body = {**body, "timeout": f"{timeout:g}s"}
     try:
         resp = session.post(f"{url}{path}", data=body, headers=headers, auth=auth, timeout=timeout)
+    except requests.Timeout as err:
+        raise PrometheusUnavailable(f"Prometheus at {url} did not answer within {timeout:g} s", "timeout") from err
     except requests.RequestException as err:
         raise PrometheusUnavailable(f"Prometheus at {url} unreachable: {err}") from err
     if resp.status_code >= 500:
-        raise PrometheusUnavailable(f"Prometheus at {url} answered {resp.status_code}: {resp.text[:200]}")
+        kind = "timeout" if "timed out" in resp.text or "timeout" in resp.text else "server_error"
+        raise PrometheusUnavailable(f"Prometheus at {url} answered {resp.status_code}: {resp.text[:200]}", kind)
     if resp.status_code >= 400:
         raise PrometheusQueryError(f"Prometheus rejected {query!r}: {resp.status_code} {resp.text[:200]}")
     try:
         payload = resp.json()
     except ValueError as err:
-        raise PrometheusUnavailable(f"Prometheus at {url} answered non-JSON: {resp.text[:200]}") from err
+        raise PrometheusUnavailable(f"Prometheus at {url} answered non-JSON: {resp.text[:200]}", "bad_answer") from err
     if payload.get("status") != "success":
         raise PrometheusQueryError(f"Prometheus query {query!r} failed: {payload.get('error')}")
+    if warnings is not None:
+        warnings.extend(str(w) for w in payload.get("warnings") or [] if str(w) not in warnings)
     return payload["data"]["result"]
 
 
-def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, timeout: float = 30.0) -> list[dict]:
+def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, timeout: float = 30.0,
+                warnings: list[str] | None = None) -> list[dict]:
     """POST /api/v1/query_range with float-second times (millisecond precision kept); returns data.result."""
     body = {"query": query, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": f"{step_s:g}"}
-    return _post(prom, "/api/v1/query_range", body, timeout)
+    return _post(prom, "/api/v1/query_range", body, timeout, warnings)
 
 
-def query_instant(prom, query: str, time_s: float, timeout: float = 30.0) -> list[dict]:
+def query_instant(prom, query: str, time_s: float, timeout: float = 30.0,
+                  warnings: list[str] | None = None) -> list[dict]:
     """POST /api/v1/query at a float-second time (millisecond precision kept); returns data.result."""
-    return _post(prom, "/api/v1/query", {"query": query, "time": f"{time_s:.3f}"}, timeout)
+    return _post(prom, "/api/v1/query", {"query": query, "time": f"{time_s:.3f}"}, timeout, warnings)
 
 
 def fetch_metrics(
@@ -77,8 +102,10 @@ def fetch_metrics(
     n_bins: int,
     metrics: Sequence[str] = METRIC_NAMES,
     bin_seconds: int = BIN_SECONDS,
-) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
-    """(pods sorted, values (T, P, M) float32 with NaN = missing, metric names in catalog order) for one window.
+    timeout: float = 30.0,
+) -> FetchedMetrics:
+    """(pods sorted, values (T, P, M) float32 with NaN = missing, metric names in catalog order, Prometheus'
+    warnings) for one window.
 
     `prom` is a `prometheus_api_client.PrometheusConnect` (its session, headers and TLS settings are reused) or a
     base URL. `start` must be aligned to `bin_seconds`. Pods are those with at least one value in any metric.
@@ -92,8 +119,9 @@ def fetch_metrics(
     first = start_s + bin_seconds - 0.001  # end of bin 0 minus 1 ms
     last = first + (n_bins - 1) * bin_seconds
     per_metric: list[dict[str, list]] = []
+    warnings: list[str] = []
     for name in names:
-        result = query_range(prom, spec(name).promql(namespace), first, last, bin_seconds)
+        result = query_range(prom, spec(name).promql(namespace), first, last, bin_seconds, timeout, warnings)
         per_metric.append({s["metric"].get("pod", ""): s["values"] for s in result if s["metric"].get("pod")})
     pods = tuple(sorted({pod for found in per_metric for pod in found}))
     index = {pod: p for p, pod in enumerate(pods)}
@@ -106,19 +134,20 @@ def fetch_metrics(
                 if 0 <= k < n_bins:
                     values[k, index[pod], m] = float(text)
     values[~np.isfinite(values)] = np.nan  # a NaN/Inf sample is missing data, the Scenario convention
-    return pods, values, names
+    return FetchedMetrics(pods, values, names, tuple(warnings))
 
 
-def metrics_fetcher(prom, metrics: Sequence[str] = METRIC_NAMES) -> Callable[[str, datetime, int], tuple]:
+def metrics_fetcher(prom, metrics: Sequence[str] = METRIC_NAMES,
+                    timeout: float = 30.0) -> Callable[[str, datetime, int], FetchedMetrics]:
     """`fetch_metrics` bound to `prom`, in the shape `pipeline.step` takes: PrometheusUnavailable becomes
     `SourceUnavailable("PrometheusUnavailable", ...)`, so the pipeline retries instead of failing the incident."""
     from lemzha_operator.pipeline import SourceUnavailable
 
-    def fetch(namespace: str, start: datetime, n_bins: int) -> tuple:
+    def fetch(namespace: str, start: datetime, n_bins: int) -> FetchedMetrics:
         try:
-            return fetch_metrics(prom, namespace, start, n_bins, metrics)
+            return fetch_metrics(prom, namespace, start, n_bins, metrics, timeout=timeout)
         except PrometheusUnavailable as err:
-            raise SourceUnavailable("PrometheusUnavailable", str(err)) from err
+            raise SourceUnavailable("PrometheusUnavailable", str(err), err.kind) from err
 
     return fetch
 
@@ -134,7 +163,8 @@ class PodInfo:
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def fetch_pod_info(prom, namespace: str, start: datetime, n_bins: int, bin_seconds: int = BIN_SECONDS) -> PodInfo:
+def fetch_pod_info(prom, namespace: str, start: datetime, n_bins: int, bin_seconds: int = BIN_SECONDS,
+                   timeout: float = 30.0) -> PodInfo:
     """Owners and labels of the pods of `namespace` seen anywhere in the window [start, start + n_bins bins).
 
     Instant queries at the window end minus 1 ms with `max_over_time` over the whole window: the pods of a past
@@ -149,11 +179,12 @@ def fetch_pod_info(prom, namespace: str, start: datetime, n_bins: int, bin_secon
     ns = f'namespace="{_escape(namespace)}"'
     controller = f'{ns},owner_is_controller="true"'
     pod_owner = query_instant(
-        prom, f"max by (pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{{{controller}}}{window}))", at)
+        prom, f"max by (pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{{{controller}}}{window}))", at,
+        timeout)
     rs_owner = query_instant(
         prom, f"max by (replicaset, owner_kind, owner_name) "
-              f"(max_over_time(kube_replicaset_owner{{{controller}}}{window}))", at)
-    pod_labels = query_instant(prom, f"max_over_time(kube_pod_labels{{{ns}}}{window})", at)
+              f"(max_over_time(kube_replicaset_owner{{{controller}}}{window}))", at, timeout)
+    pod_labels = query_instant(prom, f"max_over_time(kube_pod_labels{{{ns}}}{window})", at, timeout)
 
     deployments: dict[str, str] = {}
     for s in sorted(rs_owner, key=_series_key):  # sorted: a changed owner resolves the same way every time
@@ -182,15 +213,15 @@ def _series_key(series: dict) -> tuple:
     return tuple(sorted(series["metric"].items()))
 
 
-def pod_info_fetcher(prom) -> Callable[[str, datetime, int], PodInfo]:
+def pod_info_fetcher(prom, timeout: float = 30.0) -> Callable[[str, datetime, int], PodInfo]:
     """`fetch_pod_info` bound to `prom`; PrometheusUnavailable becomes `SourceUnavailable("PrometheusUnavailable",
     ...)` as in `metrics_fetcher`, so an outage is retried instead of failing the incident."""
     from lemzha_operator.pipeline import SourceUnavailable
 
     def fetch(namespace: str, start: datetime, n_bins: int) -> PodInfo:
         try:
-            return fetch_pod_info(prom, namespace, start, n_bins)
+            return fetch_pod_info(prom, namespace, start, n_bins, timeout=timeout)
         except PrometheusUnavailable as err:
-            raise SourceUnavailable("PrometheusUnavailable", str(err)) from err
+            raise SourceUnavailable("PrometheusUnavailable", str(err), err.kind) from err
 
     return fetch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,16 @@ def _number(env: dict[str, str], name: str, default, kind, minimum):
     if value < minimum:
         raise ValueError(f"{name}={text!r} must be at least {minimum}")
     return value
+
+
+def peering_priority(pod_name: str) -> int:
+    """A kopf peering priority derived from the pod's name: distinct replicas get distinct priorities, because
+    replicas of equal priority all pause (kopf #734). A hash, so the same pod keeps its priority on restart."""
+    return 1 + int.from_bytes(hashlib.sha256(pod_name.encode()).digest()[:4], "big") % (2**31 - 2)
+
+
+def watched_namespaces(env: dict[str, str] | None = None) -> tuple[str, ...]:
+    """LEMZHA_WATCH_NAMESPACES (comma-separated; empty = all): the namespaces given to `kopf run -n`, which kopf
+    does not expose to handlers; the watch-health probe lists only these."""
+    text = (os.environ if env is None else env).get("LEMZHA_WATCH_NAMESPACES", "")
+    return tuple(sorted({n.strip() for n in text.split(",") if n.strip()}))

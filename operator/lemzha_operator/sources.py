@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pandas as pd
 
 from lemzha.baselines import Baro
-from lemzha.ranking import Ranker
+from lemzha.ranking import Ranker, Ranking
+from lemzha.scenario import Scenario
 from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, log_rows, selector
 from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable
 from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
@@ -22,13 +24,46 @@ def model_status(ranker: Ranker) -> dict:
     return {"bundle": bundle.directory.name, "sha": bundle.sha}
 
 
-def make_ranker(settings: Settings) -> Ranker:
-    """The bundle's model (torch-free); without a bundle, the BARO baseline (status.method says which)."""
+class Fallback:
+    """A baseline standing in for the model: ranks like `inner`; status.method reads e.g. "baro (fallback)"."""
+
+    notes = ("fallback",)
+
+    def __init__(self, inner: Ranker) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def rank(self, scenario: Scenario) -> Ranking:
+        return self.inner.rank(scenario)
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    """Why the model is not ranking: the reason and message of the ModelLoaded=False condition."""
+
+    reason: str
+    message: str
+
+    def condition(self) -> dict:
+        return {"type": "ModelLoaded", "status": "False", "reason": self.reason, "message": self.message[:1024]}
+
+
+def make_ranker(settings: Settings) -> tuple[Ranker, ModelProblem | None]:
+    """The bundle's model (torch-free). Without a bundle, or with one that fails its checks (missing files, a bad
+    checksum, another metric catalog), the BARO baseline ranks instead: the operator must never crash over its
+    model, and every incident then says so (status.method, condition ModelLoaded=False)."""
     if settings.bundle_dir is None:
-        return Baro()
+        return Fallback(Baro()), ModelProblem("NoBundle", "LEMZHA_BUNDLE is not set: ranking with the BARO baseline")
+    from lemzha.bundle import BundleError
     from lemzha.onnx_ranker import OnnxRanker
 
-    return OnnxRanker(settings.bundle_dir, cache_dir=settings.cache_dir)
+    try:
+        return OnnxRanker(settings.bundle_dir, cache_dir=settings.cache_dir), None
+    except BundleError as err:
+        return Fallback(Baro()), ModelProblem("BundleInvalid", f"{err}; ranking with the BARO baseline")
+    except Exception as err:  # e.g. an ONNX file onnxruntime cannot load: same fallback, named
+        return Fallback(Baro()), ModelProblem("BundleInvalid", f"bundle {settings.bundle_dir} failed to load "
+                                              f"({type(err).__name__}: {err}); ranking with the BARO baseline")
 
 
 def _prometheus(settings: Settings):
@@ -44,16 +79,18 @@ def _prometheus(settings: Settings):
 
 
 def logs_fetcher(settings: Settings) -> LogsFetcher:
-    client = LokiClient(settings.loki_url, token_file=settings.loki_token_file, ca_bundle=settings.ca_bundle)
+    client = LokiClient(settings.loki_url, token_file=settings.loki_token_file, ca_bundle=settings.ca_bundle,
+                        timeout=settings.query_timeout, max_entries=settings.loki_max_lines)
 
     def fetch(namespace: str, start: datetime, n_bins: int, pod_service: dict[str, str]) -> pd.DataFrame:
         end = start + timedelta(seconds=30 * n_bins)
         try:
             result = client.fetch(selector(namespace, namespace_label=settings.namespace_label), start, end)
         except LokiUnavailable as err:
-            raise SourceUnavailable("LokiUnavailable", str(err)) from err
+            raise SourceUnavailable("LokiUnavailable", str(err), "timeout" if "timed out" in str(err)
+                                    else "unreachable") from err
         except LokiError as err:  # a query Loki refuses will not succeed on retry: rank without logs, say why
-            raise SourceUnavailable("LokiQueryError", str(err)) from err
+            raise SourceUnavailable("LokiQueryError", str(err), "rejected") from err
         rows = log_rows(result.entries, start, n_bins, settings.pod_label, pod_service,
                         services=set(pod_service.values()))
         rows.attrs["truncated"] = result.truncated
@@ -64,4 +101,6 @@ def logs_fetcher(settings: Settings) -> LogsFetcher:
 
 def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None, PodInfoFetcher]:
     prom = _prometheus(settings)
-    return (metrics_fetcher(prom), logs_fetcher(settings) if settings.loki_url else None, pod_info_fetcher(prom))
+    return (metrics_fetcher(prom, timeout=settings.query_timeout),
+            logs_fetcher(settings) if settings.loki_url else None,
+            pod_info_fetcher(prom, timeout=settings.query_timeout))
