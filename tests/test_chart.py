@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,28 @@ def test_example_incidents_match_the_crd():
             broken["spec"]["recent"] = "15m"  # a second window form: the CRD's CEL rule must refuse it
             with pytest.raises(Invalid):
                 validate(crd, broken, None)
+
+
+def test_notes_tell_how_to_apply_the_example(tmp_path):
+    """helm template skips NOTES.txt, so a copy of the chart renders it as an ordinary template."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = chart / "templates" / "NOTES.txt"
+    (chart / "templates" / "_notes.tpl").write_text('{{- define "notes" -}}' + notes.read_text() + "{{- end -}}")
+    notes.unlink()
+    (chart / "templates" / "notes.yaml").write_text('notes: {{ include "notes" . | quote }}')
+
+    def text(values: dict[str, Any]) -> str:
+        (tmp_path / "v.yaml").write_text(yaml.safe_dump(values))
+        out = helm("template", RELEASE, str(chart), "-n", NAMESPACE, "-f", str(tmp_path / "v.yaml"),
+                   "--show-only", "templates/notes.yaml").stdout
+        return yaml.safe_load(out)["notes"]
+
+    shown = text(DEFAULTS)
+    (applied,) = re.findall(r"kubectl apply -f (\S+)", shown)
+    assert (ROOT / applied).is_file(), f"NOTES.txt applies {applied}, which does not exist"
+    assert "does not watch namespace ts" in shown, "the example's namespace is not watched by default: say so"
+    assert "does not watch" not in text({**DEFAULTS, "watch": {"namespaces": ["ts"]}})
 
 
 # -- what the chart promises -----------------------------------------------------------------------------------------
