@@ -77,3 +77,24 @@ def cumulative_counts(values, bounds) -> np.ndarray:
     values = np.asarray(values)
     per_bucket = np.bincount(np.searchsorted(np.asarray(bounds), values, side="left"), minlength=len(bounds) + 1)
     return np.cumsum(per_bucket)
+
+
+def trace_features(frame, level: str):
+    """The derived per-bin trace features (catalog `TRACE_FEATURES` of `level`) from a service_metrics or edges
+    frame's counts, sum and cumulative buckets: a dict name -> float64 array (NaN where the bin is not covered or
+    has no call, as Prometheus returns NaN for 0/0 and for an empty histogram)."""
+    from lemzha.catalog import BUCKET_COLUMNS, SERVICE_GRAPH_BUCKETS_S, SPAN_BUCKETS_MS, TRACE_FEATURES
+
+    buckets = frame.loc[:, list(BUCKET_COLUMNS)].to_numpy(dtype=np.float64)
+    bounds = SPAN_BUCKETS_MS if level == "service" else SERVICE_GRAPH_BUCKETS_S
+    out = {}
+    for feature in TRACE_FEATURES:
+        if feature.level != level or feature.kind == "count":
+            continue
+        if feature.kind == "mean":
+            count = buckets[:, -1]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[feature.name] = np.where(count > 0, frame["duration_sum_ms"].to_numpy(np.float64) / count, np.nan)
+        else:
+            out[feature.name] = histogram_quantile(feature.quantile, [float(b) for b in bounds], buckets)
+    return out

@@ -6,6 +6,7 @@ The constructor enforces the invariants, so a Scenario that exists is a valid on
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -13,10 +14,17 @@ import numpy as np
 import pandas as pd
 
 from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin  # noqa: F401 - re-exported for loaders
-from lemzha.catalog import METRIC_NAMES
+from lemzha.catalog import BUCKET_COLUMNS, EDGE_TRACE_FEATURES, METRIC_NAMES, SERVICE_TRACE_FEATURES
+from lemzha.histogram import trace_features
 from lemzha.logs import LEVELS
 
 LOG_COLUMNS = ("service", "bin", "template", "count", "level")
+# Trace series (issue #8). Counts are float64 so that a bin the traces do not cover is NaN (missing, never 0), as in
+# `values`; `covered` says the same explicitly. Buckets are cumulative (`le`), the last one +Inf (= the count).
+SERVICE_METRIC_BASE_COLUMNS = ("bin", "service", "covered", "trace_calls", "duration_sum_ms", *BUCKET_COLUMNS)
+SERVICE_METRIC_COLUMNS = (*SERVICE_METRIC_BASE_COLUMNS, *(f for f in SERVICE_TRACE_FEATURES if f != "trace_calls"))
+EDGE_BASE_COLUMNS = ("bin", "client", "server", "covered", "edge_requests", "duration_sum_ms", *BUCKET_COLUMNS)
+EDGE_COLUMNS = (*EDGE_BASE_COLUMNS, *(f for f in EDGE_TRACE_FEATURES if f != "edge_requests"))
 
 
 class ScenarioError(ValueError):
@@ -90,12 +98,30 @@ def empty_logs() -> pd.DataFrame:
     )
 
 
+def _empty_trace_frame(columns: tuple[str, ...], keys: tuple[str, ...]) -> pd.DataFrame:
+    dtypes = {"bin": "int32", "covered": "bool", **{k: "string" for k in keys}}
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
+
+
+def empty_service_metrics() -> pd.DataFrame:
+    return _empty_trace_frame(SERVICE_METRIC_COLUMNS, ("service",))
+
+
+def empty_edges() -> pd.DataFrame:
+    return _empty_trace_frame(EDGE_COLUMNS, ("client", "server"))
+
+
 @dataclass(frozen=True, eq=False)
 class Scenario:
     """T bins x P pods x M metrics of one namespace, plus per-service log templates per bin.
 
     `values[t, p, m]` is the last real sample of metric m for pod p inside bin t, NaN where there was none.
     `logs` has one row per (service, bin, template, level) with its count.
+    `service_metrics` (optional, from traces) has one row per (bin, traced service): `covered`, `trace_calls`,
+    `duration_sum_ms`, cumulative buckets `le_*`, and the derived features of the catalog (mean, p50/p95/p99 in ms),
+    which the constructor computes from the buckets. `edges` has one row per (bin, client, server): `covered`,
+    `edge_requests`, `duration_sum_ms`, `le_*` and `edge_latency_p95_s`. Uncovered bins are NaN; empty frames mean
+    the scenario has no trace data.
     """
 
     id: str
@@ -110,6 +136,8 @@ class Scenario:
     onset: datetime | None = None
     label: Label | None = None
     bin_seconds: int = BIN_SECONDS
+    service_metrics: pd.DataFrame = field(default_factory=empty_service_metrics)
+    edges: pd.DataFrame = field(default_factory=empty_edges)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", as_utc(self.start))
@@ -120,6 +148,10 @@ class Scenario:
         object.__setattr__(self, "pod_service", dict(self.pod_service))
         object.__setattr__(self, "values", np.asarray(self.values, dtype=np.float32))
         object.__setattr__(self, "logs", _normalise_logs(self.logs))
+        where = f"scenario {self.id!r}"
+        object.__setattr__(self, "service_metrics",
+                           _normalise_traces(self.service_metrics, "service", ("service",), where))
+        object.__setattr__(self, "edges", _normalise_traces(self.edges, "edge", ("client", "server"), where))
         self._validate()
 
     # -- invariants ------------------------------------------------------------------------------------------------
@@ -168,6 +200,7 @@ class Scenario:
             bad_level = sorted(set(logs["level"].unique()) - set(LEVELS))
             if bad_level:
                 raise ScenarioError(f"{where}: unknown log levels {bad_level}")
+        self._validate_traces(where, services)
         if self.label is not None:
             lab = self.label
             if lab.root_cause_service not in services:
@@ -176,6 +209,37 @@ class Scenario:
                 raise ScenarioError(f"{where}: root-cause pods are not all in the scenario")
             if not 0 <= lab.fault_bin < self.n_bins:
                 raise ScenarioError(f"{where}: fault_bin {lab.fault_bin} outside [0, {self.n_bins})")
+
+    def _validate_traces(self, where: str, services: set[str]) -> None:
+        for name, frame, keys in (("service_metrics", self.service_metrics, ("service",)),
+                                  ("edges", self.edges, ("client", "server"))):
+            if len(frame) == 0:
+                continue
+            for key in keys:
+                bad = sorted(set(frame[key].unique()) - services)
+                if bad:
+                    raise ScenarioError(f"{where}: {name} names unknown services {bad[:5]}")
+            if frame["bin"].min() < 0 or frame["bin"].max() >= self.n_bins:
+                raise ScenarioError(f"{where}: {name} bins outside [0, {self.n_bins})")
+            if frame.duplicated(["bin", *keys]).any():
+                raise ScenarioError(f"{where}: {name} has duplicate ({', '.join(('bin', *keys))}) rows")
+            covered = frame["covered"].to_numpy()
+            if frame.groupby("bin")["covered"].nunique().max() > 1:
+                raise ScenarioError(f"{where}: {name} coverage differs between rows of one bin")
+            counts = frame.loc[:, [*BUCKET_COLUMNS, "duration_sum_ms"]].to_numpy(dtype=np.float64)
+            if np.isnan(counts[covered]).any() or not np.isnan(counts[~covered]).all():
+                raise ScenarioError(f"{where}: {name} counts must be NaN exactly where a bin is not covered")
+            real = counts[covered]
+            if (real < 0).any() or (real[:, :-1] != np.round(real[:, :-1])).any():
+                raise ScenarioError(f"{where}: {name} bucket counts must be non-negative integers")
+            if (np.diff(real[:, :-1], axis=1) < 0).any():
+                raise ScenarioError(f"{where}: {name} buckets must be cumulative (non-decreasing in le)")
+        if len(self.service_metrics) and len(self.edges):
+            a = self.service_metrics.groupby("bin")["covered"].first()
+            b = self.edges.groupby("bin")["covered"].first()
+            both = a.index.intersection(b.index)
+            if (a[both] != b[both]).any():
+                raise ScenarioError(f"{where}: service_metrics and edges disagree on which bins are covered")
 
     # -- derived views ---------------------------------------------------------------------------------------------
     @property
@@ -229,6 +293,8 @@ class Scenario:
             values=self.values[start_bin : start_bin + n_bins],
             logs=logs,
             label=label,
+            service_metrics=_crop(self.service_metrics, start_bin, n_bins),
+            edges=_crop(self.edges, start_bin, n_bins),
         )
 
     def without_label(self) -> Scenario:
@@ -236,6 +302,46 @@ class Scenario:
 
     def with_onset(self, onset: datetime | None) -> Scenario:
         return replace(self, onset=onset)
+
+
+def _crop(frame: pd.DataFrame, start_bin: int, n_bins: int) -> pd.DataFrame:
+    out = frame.loc[(frame["bin"] >= start_bin) & (frame["bin"] < start_bin + n_bins)].copy()
+    out["bin"] -= start_bin
+    return out
+
+
+def _normalise_traces(frame: pd.DataFrame | None, level: str, keys: tuple[str, ...], where: str) -> pd.DataFrame:
+    """Typed columns in schema order, rows sorted by (bin, keys), derived features recomputed from the buckets."""
+    if frame is not None and _NORMALISED.get(id(frame)) is frame:
+        return frame  # already normalised by a Scenario (replace(), without_label(), with_onset())
+    columns = SERVICE_METRIC_COLUMNS if level == "service" else EDGE_COLUMNS
+    base = SERVICE_METRIC_BASE_COLUMNS if level == "service" else EDGE_BASE_COLUMNS
+    empty = empty_service_metrics() if level == "service" else empty_edges()
+    if frame is None or len(frame) == 0:
+        return empty
+    missing = [c for c in base if c not in frame.columns]
+    if missing:
+        raise ScenarioError(f"{where}: {'service_metrics' if level == 'service' else 'edges'} lacks columns {missing}")
+    out = frame.loc[:, list(base)].copy()
+    out["bin"] = out["bin"].astype("int32")
+    out["covered"] = out["covered"].astype(bool)
+    for key in keys:
+        out[key] = out[key].astype("string")
+    for col in base[len(keys) + 2 :]:
+        out[col] = out[col].astype("float64")
+    count_col = "trace_calls" if level == "service" else "edge_requests"
+    covered = out["covered"].to_numpy()
+    if not np.array_equal(out[count_col].to_numpy()[covered], out["le_inf"].to_numpy()[covered]):
+        raise ScenarioError(f"{where}: {count_col} must equal the +Inf bucket (le_inf)")
+    out = out.sort_values(["bin", *keys], kind="stable").reset_index(drop=True)
+    for name, value in trace_features(out, level).items():
+        out[name] = value
+    out = out.loc[:, list(columns)]
+    _NORMALISED[id(out)] = out
+    return out
+
+
+_NORMALISED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def _normalise_logs(logs: pd.DataFrame | None) -> pd.DataFrame:

@@ -6,6 +6,8 @@ A scenario is a directory:
 - `metrics.parquet`: long form `bin, pod, metric, value`, real samples only (absent means NaN)
 - `logs.parquet`: `service, bin, template, count, level`
 - `label.json` (optional): the ground truth
+- `service_metrics.parquet`, `edges.parquet` (optional, from traces): see `lemzha.scenario.Scenario`; written only
+  when the scenario has trace rows. Scenarios without them (older ones included) load with empty trace frames.
 Writes go to a temporary sibling directory that is renamed into place, so a reader never sees half a scenario.
 """
 
@@ -63,6 +65,10 @@ def save_scenario(scenario: Scenario, directory: Path | str) -> Path:
         (tmp / "scenario.json").write_text(json.dumps(scenario_to_json(scenario), indent=1))
         metrics_long(scenario).to_parquet(tmp / "metrics.parquet", index=False)
         scenario.logs.to_parquet(tmp / "logs.parquet", index=False)
+        if len(scenario.service_metrics):
+            scenario.service_metrics.to_parquet(tmp / "service_metrics.parquet", index=False)
+        if len(scenario.edges):
+            scenario.edges.to_parquet(tmp / "edges.parquet", index=False)
         if scenario.label is not None:
             (tmp / "label.json").write_text(json.dumps(scenario.label.to_json(), indent=1))
         replace_directory(tmp, target)
@@ -96,6 +102,8 @@ def load_scenario(directory: Path | str, *, with_label: bool = True) -> Scenario
         values[bins, pod_idx, metric_idx] = long["value"].to_numpy(dtype=np.float32)
     logs_path = path / "logs.parquet"
     logs = pd.read_parquet(logs_path) if logs_path.exists() else None
+    traces = {name: pd.read_parquet(path / f"{name}.parquet") if (path / f"{name}.parquet").exists() else None
+              for name in ("service_metrics", "edges")}
     label = None
     if with_label and (path / "label.json").exists():
         label = Label.from_json(json.loads((path / "label.json").read_text()))
@@ -112,6 +120,8 @@ def load_scenario(directory: Path | str, *, with_label: bool = True) -> Scenario
         onset=as_utc(meta["onset"]) if meta.get("onset") else None,
         label=label,
         bin_seconds=int(meta["bin_seconds"]),
+        service_metrics=traces["service_metrics"],
+        edges=traces["edges"],
     )
     if list(scenario.services) != list(meta["services"]):
         raise ScenarioError(f"{meta_path}: services do not match pod_service")

@@ -11,15 +11,25 @@ import hashlib
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from lemzha.scenario import Scenario, ScenarioError
 from lemzha.scenario_io import load_scenario, save_scenario
-from offline import lemzhak, nezha
-from offline.store import REPO_ROOT, DataError, Sources, default_cache_dir, resolve_sources
+from lemzha.services import service_of_pod
+from offline import lemzhak, nezha, traces
+from offline.store import (
+    ARCHIVES,
+    REPO_ROOT,
+    DataError,
+    Sources,
+    default_cache_dir,
+    default_datasets_dir,
+    ensure_extracted,
+    resolve_sources,
+)
 
 # Files whose code decides what a cached scenario contains.
 _SHAPING_CODE = (
@@ -29,7 +39,9 @@ _SHAPING_CODE = (
     "lemzha/scenario.py",
     "lemzha/scenario_io.py",
     "lemzha/services.py",
+    "lemzha/histogram.py",
     "offline/nezha.py",
+    "offline/traces.py",
     "offline/lemzhak.py",
     "offline/dataset.py",
 )
@@ -42,10 +54,21 @@ def _code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(sources: Sources, window: nezha.Window) -> str:
+def traces_root(datasets_dir: Path | None, cache_dir: Path | None, nezha_source: Path | None) -> Path | None:
+    """The Nezha tree holding `rca_data/<day>/trace/`: the user's --source tree when it has trace folders, else the
+    extracted `nezha-traces` archive when the datasets directory has it, else None (scenarios without traces)."""
+    if nezha_source is not None and any((Path(nezha_source) / "rca_data").glob("*/trace")):
+        return Path(nezha_source)
+    if (Path(datasets_dir or default_datasets_dir()) / ARCHIVES["nezha-traces"].filename).is_file():
+        return ensure_extracted("nezha-traces", datasets_dir, cache_dir)
+    return None
+
+
+def cache_key(sources: Sources, window: nezha.Window, traces_dir: Path | None = None) -> str:
     blob = json.dumps(
         {
             "sources": sources.provenance(),
+            "traces": None if traces_dir is None else [str(traces_dir), ARCHIVES["nezha-traces"].sha256],
             "before_s": window.before.total_seconds(),
             "after_s": window.after.total_seconds(),
             "code": _code_digest(),
@@ -91,7 +114,8 @@ def prepare(
     window = window or nezha.Window()
     cache_dir = Path(cache_dir or default_cache_dir())
     sources = resolve_sources(datasets_dir, cache_dir, nezha_source)
-    key = cache_key(sources, window)
+    traces_dir = traces_root(datasets_dir, cache_dir, nezha_source)
+    key = cache_key(sources, window, traces_dir)
     target = cache_dir / "scenarios" / key
     index_path = target / "index.json"
     if index_path.is_file():
@@ -99,7 +123,7 @@ def prepare(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=target.parent))
     try:
-        index = _build(sources, window, tmp, progress)
+        index = _build(sources, window, tmp, progress, traces_dir)
         index["key"] = key
         (tmp / "index.json").write_text(json.dumps(index, indent=1))
         try:
@@ -112,7 +136,7 @@ def prepare(
     return Prepared(target, json.loads(index_path.read_text()))
 
 
-def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool) -> dict:
+def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool, traces_dir: Path | None = None) -> dict:
     entries: list[dict] = []
     days: dict[str, dict] = {}
     total = sum(len(nezha.list_faults(sources.nezha, d)) for d in nezha.DAYS) + 4
@@ -123,6 +147,8 @@ def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool) ->
         metrics = nezha.read_day_metrics(sources.nezha, day)
         raw_logs = nezha.read_day_logs(sources.nezha, day)
         fallback = lemzhak.ob_day_log_table(sources.lemzhak, day.day) if day.app == "onlineboutique" else None
+        metric_services = {service_of_pod(p) for p in metrics.pods}
+        day_traces = None if traces_dir is None else traces.read_day_traces(traces_dir, day, metric_services)
         days[day.day] = {
             "app": day.app,
             "n_faults": len(faults),
@@ -133,10 +159,24 @@ def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool) ->
             "log_rows": raw_logs.quality.rows,
             "log_rows_malformed": raw_logs.quality.malformed,
             "log_rows_duplicate": raw_logs.quality.duplicates,
+            "traces": None if day_traces is None else {
+                **day_traces.quality.to_json(),
+                "covered_bins": len(day_traces.covered_bins),
+                "traced_services": len(day_traces.traced_services),
+                "traced_services_without_metrics": day_traces.quality.unknown_services,
+                "edges": len(day_traces.edge_pairs),
+            },
         }
         for fault in faults:
             built = nezha.build_scenario(fault, faults, metrics, raw_logs, fallback, window)
-            save_scenario(built.scenario, out / built.scenario.id)
+            scenario = built.scenario
+            trace_cov = None
+            if day_traces is not None:
+                service_rows, edge_rows = traces.scenario_traces(day_traces, scenario.start, scenario.n_bins,
+                                                                 set(scenario.services))
+                scenario = replace(scenario, service_metrics=service_rows, edges=edge_rows)
+                trace_cov = round(traces.trace_coverage(day_traces, scenario.start, scenario.n_bins), 3)
+            save_scenario(scenario, out / scenario.id)
             entries.append(
                 {
                     "id": built.scenario.id,
@@ -145,6 +185,7 @@ def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool) ->
                     "log_source": built.log_source,
                     "raw_log_coverage": round(built.raw_log_coverage, 3),
                     "epoch_offset_s": built.epoch_offset_s,
+                    "trace_coverage": trace_cov,
                 }
             )
             bar.update()
@@ -152,11 +193,12 @@ def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool) ->
         save_scenario(scenario, out / scenario.id)
         entries.append(
             {"id": scenario.id, "dataset": "lemma", "day": scenario.label.injection_time.date().isoformat(),
-             "log_source": "lemzha-k", "raw_log_coverage": 0.0, "epoch_offset_s": 0.0}
+             "log_source": "lemzha-k", "raw_log_coverage": 0.0, "epoch_offset_s": 0.0, "trace_coverage": None}
         )
         bar.update()
     bar.close()
-    return {"schema_version": 1, "scenarios": entries, "days": days, "sources": sources.provenance()}
+    return {"schema_version": 1, "scenarios": entries, "days": days,
+            "sources": {**sources.provenance(), "traces": None if traces_dir is None else str(traces_dir)}}
 
 
 def check_loadable(prepared: Prepared) -> None:
