@@ -109,21 +109,40 @@ def test_chart_crds_are_the_top_level_crds():
     assert not differ, f"charts/lemzha/crds/ differs from crds/ in {differ}: cp crds/*.yaml charts/lemzha/crds/"
 
 
+def kubernetes_validate(manifest: Path, version: str) -> tuple[list[str], list[str], int]:
+    """(errors, missing schemas not on NO_BUNDLED_SCHEMA, objects validated) from `kubernetes-validate --strict`."""
+    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(manifest)],
+                            capture_output=True, text=True)
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    errors = [line for line in lines if not line.startswith(("INFO", "WARN"))]
+    if result.returncode != 0 and not errors:
+        errors = [f"exit status {result.returncode}"]
+    missing = [re.search(r"kind (\S+) with api version (\S+) ", line) for line in lines if line.startswith("WARN")]
+    unexpected = [m.group(0) if m else "?" for m in missing if not m or (m[1], m[2]) not in NO_BUNDLED_SCHEMA]
+    return errors, unexpected, sum(line.startswith("INFO") for line in lines)
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_kubernetes_validate_strict(config, version, tmp_path):
     """Every rendered object, CRDs included, against the bundled schemas of `version` in strict mode (unknown fields
     fail). A missing schema fails too, unless its kind is on NO_BUNDLED_SCHEMA (those are checked further down)."""
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(render(config[1], tmp_path, "--include-crds").stdout)
-    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(manifest)],
-                            capture_output=True, text=True)
-    lines = result.stdout.splitlines() + result.stderr.splitlines()
-    errors = [line for line in lines if not line.startswith(("INFO", "WARN"))]
-    missing = [re.search(r"kind (\S+) with api version (\S+) ", line) for line in lines if line.startswith("WARN")]
-    unexpected = [m.group(0) if m else "?" for m in missing if not m or (m[1], m[2]) not in NO_BUNDLED_SCHEMA]
-    assert not errors and result.returncode == 0, f"{config[0]} on Kubernetes {version}:\n" + "\n".join(errors)
+    errors, unexpected, validated = kubernetes_validate(manifest, version)
+    assert not errors, f"{config[0]} on Kubernetes {version}:\n" + "\n".join(errors)
     assert not unexpected, f"no schema for {unexpected}: validate it elsewhere and add it to NO_BUNDLED_SCHEMA"
-    assert sum(line.startswith("INFO") for line in lines) >= 8, result.stdout  # it did validate something
+    assert validated >= 8, f"only {validated} objects validated"
+
+
+def test_kubernetes_validate_catches_unknown_fields_and_kinds(tmp_path):
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "a"}, "automount": True},
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "b"}},
+    ]))
+    errors, unexpected, _ = kubernetes_validate(manifest, K8S_VERSIONS[-1])
+    assert any("automount" in e for e in errors), errors
+    assert any("KopfPeering" in u for u in unexpected), unexpected
 
 
 def servicemonitor_errors(obj: dict[str, Any]) -> list[str]:
