@@ -103,3 +103,82 @@ def test_load_refuses_unknown_schema(tmp_path):
         load_scenario(tmp_path / "t1")
     with pytest.raises(ScenarioError, match="not a scenario"):
         load_scenario(tmp_path / "missing")
+
+
+# -- trace series (issue #8) -----------------------------------------------------------------------------------------
+def _trace_frames(n_bins: int = 4):
+    from lemzha.catalog import BUCKET_COLUMNS
+
+    rows, edges = [], []
+    for b in range(n_bins):
+        covered = b != 1
+        for service, calls in (("a", 3), ("b", 0)):
+            buckets = [0.0] * 5 + [1.0] * 5 + [float(calls)] * (len(BUCKET_COLUMNS) - 10) if calls else [0.0] * len(
+                BUCKET_COLUMNS)
+            row = {"bin": b, "service": service, "covered": covered, "trace_calls": float(calls),
+                   "duration_sum_ms": 30.0 * calls, **dict(zip(BUCKET_COLUMNS, buckets, strict=True))}
+            if not covered:
+                row.update({k: np.nan for k in ("trace_calls", "duration_sum_ms", *BUCKET_COLUMNS)})
+            rows.append(row)
+        edge = {"bin": b, "client": "a", "server": "b", "covered": covered, "edge_requests": 1.0,
+                "duration_sum_ms": 3.0, **dict.fromkeys(BUCKET_COLUMNS, 1.0)}
+        if not covered:
+            edge.update({k: np.nan for k in ("edge_requests", "duration_sum_ms", *BUCKET_COLUMNS)})
+        edges.append(edge)
+    return pd.DataFrame(rows), pd.DataFrame(edges)
+
+
+def test_trace_frames_are_typed_derived_cropped_and_round_trip(tmp_path):
+    sm, ed = _trace_frames()
+    s = make(service_metrics=sm, edges=ed)
+    a = s.service_metrics.loc[(s.service_metrics["service"] == "a") & (s.service_metrics["bin"] == 0)].iloc[0]
+    assert a["trace_latency_mean_ms"] == 30.0
+    assert a["trace_latency_p50_ms"] == pytest.approx(850.0)  # rank 1.5 of 3 in (800, 1000]: 800 + 200 * 0.5 / 2
+    assert np.isnan(s.service_metrics.loc[s.service_metrics["bin"] == 1, "trace_latency_p95_ms"]).all()
+    assert np.isnan(s.service_metrics.loc[s.service_metrics["service"] == "b", "trace_latency_p95_ms"]).all()
+    assert s.edges["edge_latency_p95_s"].dropna().eq(0.002 * 0.95).all()  # one request in (0, 2 ms]
+    w = s.window(1, 2)
+    assert w.service_metrics["bin"].tolist() == [0, 0, 1, 1] and not w.service_metrics["covered"].iloc[0]
+    assert w.edges["bin"].tolist() == [0, 1]
+    save_scenario(s, tmp_path / "s")
+    assert (tmp_path / "s" / "service_metrics.parquet").is_file() and (tmp_path / "s" / "edges.parquet").is_file()
+    back = load_scenario(tmp_path / "s")
+    pd.testing.assert_frame_equal(back.service_metrics, s.service_metrics)
+    pd.testing.assert_frame_equal(back.edges, s.edges)
+    assert s.without_label().service_metrics is s.service_metrics  # normalised once, not per replace()
+
+
+def test_scenario_without_traces_still_saves_and_loads(tmp_path):
+    s = make()
+    assert len(s.service_metrics) == 0 and len(s.edges) == 0
+    save_scenario(s, tmp_path / "s")
+    assert not (tmp_path / "s" / "service_metrics.parquet").exists()
+    back = load_scenario(tmp_path / "s")
+    assert len(back.service_metrics) == 0 and list(back.edges.columns) == list(s.edges.columns)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda sm, ed: sm.assign(service=sm["service"].replace("b", "zz")), "unknown services"),
+        (lambda sm, ed: sm.assign(bin=sm["bin"] + 1), "bins outside"),
+        (lambda sm, ed: pd.concat([sm, sm.iloc[:1]]), "duplicate"),
+        (lambda sm, ed: sm.assign(trace_calls=sm["trace_calls"].fillna(0), duration_sum_ms=0.0,
+                                  **{c: sm[c].fillna(0) for c in sm.columns if c.startswith("le_")}), "NaN exactly"),
+        (lambda sm, ed: sm.assign(le_2ms=sm["le_inf"] + 1), "cumulative"),
+        (lambda sm, ed: sm.assign(trace_calls=sm["trace_calls"] + 1), "le_inf"),
+        (lambda sm, ed: sm.drop(columns=["le_50ms"]), "lacks columns"),
+    ],
+)
+def test_invalid_trace_frames_are_refused(mutate, message):
+    sm, ed = _trace_frames()
+    with pytest.raises(ScenarioError, match=message):
+        make(service_metrics=mutate(sm, ed), edges=ed)
+
+
+def test_edges_must_agree_with_service_coverage():
+    sm, ed = _trace_frames()
+    ed = ed.assign(covered=True, edge_requests=1.0, duration_sum_ms=3.0,
+                   **{c: 1.0 for c in ed.columns if c.startswith("le_")})
+    with pytest.raises(ScenarioError, match="disagree"):
+        make(service_metrics=sm, edges=ed)
