@@ -322,7 +322,7 @@ def test_operator_pod(rendered, config):
     for writable in (variables["LEMZHA_TEMPLATE_CACHE"], "/tmp"):
         assert "emptyDir" in volumes[mounts[writable]], f"{name}: {writable} must be a writable emptyDir"
     assert int(variables["LEMZHA_CONCURRENCY"]) >= 1
-    assert not [k for k in variables if "TELEMETRY" in k.upper()]
+    assert variables["ORT_DISABLE_TELEMETRY"] == "1", "onnxruntime's telemetry must be off (see deployment.yaml)"
 
 
 def test_tokens_and_ca_are_mounted_files_never_env(tmp_path):
@@ -503,3 +503,4 @@ def test_dockerfile_final_stage():
     assert "torch" not in final.lower()
     assert re.search(r"^COPY --from=\S+ /bundle /opt/lemzha/bundle", final, re.M)
     assert re.search(r"^USER 65532", final, re.M), "the image runs as the chart's non-root UID"
+    assert re.search(r"^\s+ORT_DISABLE_TELEMETRY=1", final, re.M), "onnxruntime telemetry must be off in the image"
