@@ -1,8 +1,10 @@
-"""`python -m offline.bench prepare|lodocv|onnx`: wall time and peak memory, printed as figures.
+"""`python -m offline.bench prepare|lodocv|onnx|traces`: wall time and peak memory, printed as figures.
 
 Each measurement runs in a fresh child process so its peak RSS is its own. `prepare` measures a cold build into an
 empty temporary cache (extraction included) and then a warm run on that cache. `onnx` times the bundle's ranker
 against torch on one TrainTicket scenario (46 services) and the RSS of a torch-free process holding the bundle.
+`traces` derives the trace series of all 101 Nezha scenarios cold (`python -m offline.traces` into an empty
+temporary cache: both Nezha archives verified and extracted, every trace CSV read), then warm (archives extracted).
 """
 
 from __future__ import annotations
@@ -47,6 +49,36 @@ def bench_prepare(datasets: Path | None) -> dict:
         warm = measure(base)
     return {"cold_prepare": cold, "warm_prepare": warm,
             "targets": {"cold_prepare_s": 180, "warm_prepare_s": 10, "peak_rss_mib": 4096}}
+
+
+def bench_traces(datasets: Path | None, workers: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="lemzha-bench-") as cache:
+        base = ["offline.traces", "--cache", cache, "--workers", str(workers)]
+        if datasets:
+            base += ["--datasets", str(datasets)]
+        cold = _measure_json(base)
+        warm = _measure_json(base)
+    return {"cold": cold, "warm": warm, "workers": workers, "targets": {"cold_s": 180}}
+
+
+def _measure_json(args: list[str]) -> dict:
+    """`measure`, plus the child's own JSON figures (its stdout)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryFile() as err:
+            child = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO_ROOT, stdout=out, stderr=err)
+            _, status, usage = os.wait4(child.pid, 0)
+            wall = time.perf_counter() - t0
+            if os.waitstatus_to_exitcode(status) != 0:
+                err.seek(0)
+                raise RuntimeError(f"{' '.join(args)} failed:\n{err.read().decode(errors='replace')[-2000:]}")
+        figures = json.loads(Path(out.name).read_text())
+    return {"command": "python -m " + " ".join(args), "wall_s": round(wall, 2),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "extract_s": figures["extract_s"],
+            "derive_s": figures["derive_s"], "scenarios": figures["scenarios"],
+            "per_day": {day: {k: d[k] for k in ("scenarios", "mean_trace_coverage", "fault_bin_covered",
+                                                "trace_files", "trace_files_expected", "spans")}
+                        for day, d in figures["days"].items()}}
 
 
 # A torch-free process: load the bundle, rank once, report its own peak RSS and whether torch got imported.
@@ -177,8 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     ox.add_argument("--scenario", help="scenario id (default: the first TrainTicket fault, 46 services)")
     ox.add_argument("--repeat", type=int, default=20, help="timed calls per warm figure (median)")
     ox.add_argument("--epochs", type=int, default=1, help="training epochs of the default bundle (timing only)")
+    tr = sub.add_parser("traces", help="cold and warm trace derivation of all 101 Nezha scenarios")
+    tr.add_argument("--datasets", type=Path)
+    tr.add_argument("--workers", type=int, default=2, help="processes reading days in parallel (default 2)")
     args = parser.parse_args(argv)
-    if args.what == "prepare":
+    if args.what == "traces":
+        figures = bench_traces(args.datasets, max(1, args.workers))
+    elif args.what == "prepare":
         figures = bench_prepare(args.datasets)
     elif args.what == "onnx":
         figures = bench_onnx(args.bundle, args.scenario, max(1, args.repeat), max(1, args.epochs))

@@ -47,6 +47,7 @@ from lemzha.binning import BIN_SECONDS, as_utc
 from lemzha.catalog import BUCKET_COLUMNS, BUCKET_NS
 from lemzha.scenario import EDGE_BASE_COLUMNS, SERVICE_METRIC_BASE_COLUMNS, empty_edges, empty_service_metrics
 from lemzha.services import service_of_pod
+from offline import nezha
 from offline.nezha import NezhaDay, day_dir
 from offline.store import DataError
 
@@ -303,3 +304,81 @@ def trace_coverage(day: DayTraces, start: datetime, n_bins: int) -> float:
     start_ns = int(pd.Timestamp(as_utc(start)).as_unit("ns").value)
     cov = (day.covered_bins - start_ns) // BIN_NS
     return float(((cov >= 0) & (cov < n_bins)).sum() / n_bins)
+
+
+# -- all scenarios (the benchmark's unit of work) ---------------------------------------------------------------------
+def derive_all(nezha_root: Path, traces_dir: Path, window=None, workers: int = 1) -> dict:
+    """Trace frames of all 101 Nezha scenarios (service_metrics and edges with derived features), from the raw
+    trace files; returns per-day figures. Scenario services come from the metric file names (pods), as in
+    `offline.nezha.build_scenario`. With workers > 1 the days are read in a process pool."""
+    window = window or nezha.Window()
+    days = list(nezha.DAYS)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_derive_day, [nezha_root] * len(days), [traces_dir] * len(days), days,
+                                    [window] * len(days)))
+    else:
+        results = [_derive_day(nezha_root, traces_dir, day, window) for day in days]
+    return {day.day: result for day, result in zip(days, results, strict=True)}
+
+
+def _derive_day(nezha_root: Path, traces_dir: Path, day: NezhaDay, window) -> dict:
+    from lemzha.histogram import trace_features
+
+    pods = [p.name.removesuffix("_metric.csv") for p in (day_dir(nezha_root, day) / "metric").glob("*_metric.csv")]
+    services = {service_of_pod(p) for p in pods}
+    data = read_day_traces(traces_dir, day, services)
+    faults = nezha.list_faults(nezha_root, day)
+    rows = edges = covered = fault_covered = 0
+    for fault in faults:
+        start, n_bins = window.bounds(fault.time)
+        svc, edge = scenario_traces(data, start, n_bins, services)
+        for frame, level in ((svc, "service"), (edge, "edge")):
+            for name, value in trace_features(frame, level).items():
+                frame[name] = value
+        rows += len(svc)
+        edges += len(edge)
+        cov = trace_coverage(data, start, n_bins)
+        covered += cov
+        fault_bin = int((fault.time - start).total_seconds() // BIN_SECONDS)
+        fault_covered += bool(len(svc)) and bool(svc.loc[svc["bin"] == fault_bin, "covered"].any())
+    return {"scenarios": len(faults), "service_rows": rows, "edge_rows": edges,
+            "mean_trace_coverage": round(covered / max(1, len(faults)), 3), "fault_bin_covered": fault_covered,
+            **data.quality.to_json(), "trace_files_missing": len(data.quality.missing),
+            "covered_bins": len(data.covered_bins), "traced_services": len(data.traced_services),
+            "edges": len(data.edge_pairs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m offline.traces [--datasets DIR] [--cache DIR] [--workers N]`: extract the archives if needed and
+    derive the trace frames of all 101 Nezha scenarios; prints timings and per-day figures as JSON."""
+    import argparse
+    import json
+    import time
+
+    from offline.store import ensure_extracted
+
+    parser = argparse.ArgumentParser(prog="python -m offline.traces", description=main.__doc__)
+    parser.add_argument("--datasets", type=Path)
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    nezha_root = ensure_extracted("nezha", args.datasets, args.cache)
+    traces_dir = ensure_extracted("nezha-traces", args.datasets, args.cache)
+    t1 = time.perf_counter()
+    days = derive_all(nezha_root, traces_dir, workers=max(1, args.workers))
+    t2 = time.perf_counter()
+    print(json.dumps({"extract_s": round(t1 - t0, 2), "derive_s": round(t2 - t1, 2),
+                      "scenarios": sum(d["scenarios"] for d in days.values()), "days": days}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from offline.cli import run_cli
+
+    sys.exit(run_cli(main))
