@@ -12,6 +12,14 @@ value back:
 The OpenMetrics file is turned into blocks with `promtool tsdb create-blocks-from openmetrics`; DIR is replaced
 whole. With --ids only samples from 5 minutes before each window to its end are written.
 
+Traces (issue #8; when the traces archive or a --source tree with trace folders is there, unless --no-traces): the
+span-metrics and service-graph series of `lemzha.catalog` (TRACE_SERIES), per traced service and per edge, from the
+day's trace files as `offline.traces` derives them. Each is a cumulative counter (histograms as `_bucket{le}`,
+`_count` and `_sum`) with two samples per covered bin, at the bin start (the total before the bin) and at its end
+minus 1 ms (the total after it), so that `increase(...[29999ms])` evaluated at bin end - 1 ms is exactly the bin's
+count (both samples sit on the range's ends: Prometheus 2.x does not extrapolate) and `histogram_quantile` sees
+the offline buckets. Bins the trace files do not cover get no sample, so live they are absent, as offline (NaN).
+
 Logs (--logs FILE): one JSON object per line, {"labels": {"namespace", "pod"}, "ts_ns": int, "line": str}, sorted
 by ts_ns. TrainTicket lines are the raw log CSV rows (deduplicated on TimeUnixNano, PodName, Log), at the outer
 `Timestamp`, line = the `Log` column. OnlineBoutique raw logs are mostly missing, so its lines are the prepared
@@ -38,10 +46,22 @@ import pandas as pd
 from tqdm import tqdm
 
 from lemzha.binning import BIN_SECONDS, epoch_ns
-from lemzha.catalog import CATALOG, MetricSpec
+from lemzha.catalog import (
+    CATALOG,
+    EDGE_NAMESPACE_LABEL,
+    GRAPH_REQUESTS,
+    GRAPH_SERVER_SECONDS,
+    SERVER_SPAN_KIND,
+    SERVICE_GRAPH_BUCKETS_S,
+    SPAN_BUCKETS_MS,
+    SPAN_CALLS,
+    SPAN_DURATION,
+    TRACE_NAMESPACE_LABEL,
+    MetricSpec,
+)
 from lemzha.fsutil import replace_directory
 from lemzha.services import service_of_pod, workload_of_pod
-from offline import nezha
+from offline import nezha, traces
 from offline.cli import run_cli
 from offline.store import DataError
 
@@ -205,12 +225,92 @@ def pod_info_lines(metrics: nezha.DayMetrics, namespace: str, windows) -> Iterat
     yield from (owner, rs_owner, labels)
 
 
-def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], path: Path, progress: bool) -> int:
-    """One OpenMetrics file for (day metrics, namespace, windows or None) triples; returns the number of samples."""
+# -- traces --------------------------------------------------------------------------------------------------------
+def _fmt_le(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+
+
+def _counter_pairs(bin_starts_ms: np.ndarray, increments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Times and cumulative values: per bin (start, total before) and (end - 1 ms, total after)."""
+    after = np.cumsum(increments, axis=0)
+    before = after - increments
+    times = np.stack([bin_starts_ms, bin_starts_ms + BIN_MS - 1], axis=1).reshape(-1)
+    values = np.stack([before, after], axis=1).reshape(-1, *increments.shape[1:])
+    return times, values
+
+
+def trace_lines(day: traces.DayTraces, namespace: str, windows) -> Iterator[list[str]]:
+    """OpenMetrics families of the span-metrics and service-graph series of one day (see the module doc)."""
+    bins_ns = day.covered_bins
+    starts_ms = bins_ns // 1_000_000
+    starts_ms = starts_ms[_keep_bins(starts_ms, windows)]
+    bins_ns = starts_ms * 1_000_000
+    columns = ["duration_sum_ms", *traces.BUCKET_COLUMNS]
+    calls = [f"# TYPE {SPAN_CALLS.name.removesuffix('_total')} counter"]
+    spans = [f"# TYPE {SPAN_DURATION.name} histogram"]
+    requests = [f"# TYPE {GRAPH_REQUESTS.name.removesuffix('_total')} counter"]
+    graph = [f"# TYPE {GRAPH_SERVER_SECONDS.name} histogram"]
+    if len(bins_ns) == 0:
+        return
+    groups = (
+        (day.services, ["service"], calls, spans, SPAN_CALLS.name, SPAN_DURATION.name, SPAN_BUCKETS_MS, 1.0,
+         lambda key: [(TRACE_NAMESPACE_LABEL, namespace), ("service_name", key[0]), ("span_name", "all"),
+                      ("span_kind", SERVER_SPAN_KIND), ("status_code", "STATUS_CODE_UNSET")],
+         [(s,) for s in day.traced_services]),
+        (day.edges, ["client", "server"], requests, graph, GRAPH_REQUESTS.name, GRAPH_SERVER_SECONDS.name,
+         SERVICE_GRAPH_BUCKETS_S, 1e-3,
+         lambda key: [("client", key[0]), ("client_k8s_namespace_name", namespace), ("server", key[1]),
+                      (EDGE_NAMESPACE_LABEL, namespace)],
+         list(day.edge_pairs)),
+    )
+    for table, keys, count_lines, hist_lines, count_name, hist_name, bounds, sum_factor, labels_of, members in groups:
+        index = pd.MultiIndex.from_frame(table[keys]) if len(table) else None
+        bin_pos = pd.Index(bins_ns)
+        for member in members:
+            increments = np.zeros((len(bins_ns), len(columns)), dtype=np.float64)
+            if index is not None:
+                sel = table.loc[index.isin([member])]
+                pos = bin_pos.get_indexer(sel["bin_time"].to_numpy())
+                ok = pos >= 0
+                increments[pos[ok]] = sel.loc[:, columns].to_numpy(dtype=np.float64)[ok]
+            increments[:, 0] *= sum_factor
+            times, values = _counter_pairs(starts_ms, increments)
+            stamps = [_fmt_ts(int(ms)) for ms in times.tolist()]
+            label_pairs = labels_of(member)
+            head = _fmt_labels(label_pairs)
+            count_lines += [f"{count_name}{{{head}}} {v!r} {t}" for v, t in zip(values[:, -1].tolist(), stamps,
+                                                                                   strict=True)]
+            for i, bound in enumerate([*bounds, None]):
+                le = "+Inf" if bound is None else _fmt_le(bound)
+                bucket_head = f"{hist_name}_bucket{{{_fmt_labels([*label_pairs, ('le', le)])}}} "
+                hist_lines += [f"{bucket_head}{v!r} {t}" for v, t in zip(values[:, 1 + i].tolist(), stamps,
+                                                                         strict=True)]
+            hist_lines += [f"{hist_name}_count{{{head}}} {v!r} {t}" for v, t in zip(values[:, -1].tolist(), stamps,
+                                                                                   strict=True)]
+            hist_lines += [f"{hist_name}_sum{{{head}}} {v!r} {t}" for v, t in zip(values[:, 0].tolist(), stamps,
+                                                                                 strict=True)]
+    yield from (calls, spans, requests, graph)
+
+
+def _keep_bins(starts_ms: np.ndarray, windows) -> np.ndarray:
+    if windows is None:
+        return np.ones(len(starts_ms), dtype=bool)
+    keep = np.zeros(len(starts_ms), dtype=bool)
+    for lo, hi in windows:
+        keep |= (starts_ms >= lo) & (starts_ms < hi)
+    return keep
+
+
+def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], path: Path, progress: bool,
+                      day_traces: list[traces.DayTraces | None] | None = None) -> int:
+    """One OpenMetrics file for (day metrics, namespace, windows or None) triples, and each day's trace series when
+    `day_traces` gives them (same order, None for a day without); returns the number of samples."""
     families: dict[str, list[str]] = {}
-    for metrics, namespace, windows in days:
+    for d, (metrics, namespace, windows) in enumerate(days):
+        trace_day = day_traces[d] if day_traces else None
         for lines in itertools.chain(metric_lines(metrics, namespace, windows, progress),
-                                     pod_info_lines(metrics, namespace, windows)):
+                                     pod_info_lines(metrics, namespace, windows),
+                                     trace_lines(trace_day, namespace, windows) if trace_day is not None else ()):
             # a family must be contiguous in OpenMetrics: merge the days under one TYPE line
             families.setdefault(lines[0], []).extend(lines[1:])
     n = 0
@@ -335,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets-dir", type=Path, help="directory of the dataset archives")
     parser.add_argument("--cache-dir", type=Path, help="cache directory (default .cache)")
     parser.add_argument("--source", type=Path, help="an unpacked Nezha tree to read instead of the archive")
+    parser.add_argument("--no-traces", action="store_true", help="do not write the trace-derived series")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     ids = [s.strip() for s in (args.ids or "").split(",") if s.strip()]
@@ -343,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--ids or --days is empty")
     if days:
         [_day(d) for d in days]  # fail fast on a bad day, before any extraction
-    from offline.dataset import prepare
+    from offline.dataset import prepare, traces_root
     from offline.store import resolve_sources
 
     progress = not args.no_progress
@@ -359,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.prom_data.parent, prefix=".replay-") as scratch:
         om = Path(scratch) / "replay.om.txt"
         day_data = [(nezha.read_day_metrics(nezha_root, t.day), t.day.namespace, t.windows) for t in targets]
-        n = write_openmetrics(day_data, om, progress)
+        traces_dir = None if args.no_traces else traces_root(args.datasets_dir, args.cache_dir, args.source)
+        day_traces = None if traces_dir is None else [traces.read_day_traces(traces_dir, t.day) for t in targets]
+        n = write_openmetrics(day_data, om, progress, day_traces)
         t1 = time.perf_counter()
         backfill(om, args.prom_data)
     t2 = time.perf_counter()
