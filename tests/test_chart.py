@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helm import helm
+from tests.test_live_requirements import CHART_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "lemzha"
@@ -322,7 +323,8 @@ def test_operator_pod(rendered, config):
     for writable in (variables["LEMZHA_TEMPLATE_CACHE"], "/tmp"):
         assert "emptyDir" in volumes[mounts[writable]], f"{name}: {writable} must be a writable emptyDir"
     assert int(variables["LEMZHA_CONCURRENCY"]) >= 1
-    assert variables["ORT_DISABLE_TELEMETRY"] == "1", "onnxruntime's telemetry must be off (see deployment.yaml)"
+    # no telemetry of any kind; test_live_requirements proves these switches keep HOME empty
+    assert {k: variables.get(k) for k in CHART_ENV} == CHART_ENV, "telemetry switches missing (see deployment.yaml)"
 
 
 def test_tokens_and_ca_are_mounted_files_never_env(tmp_path):
@@ -503,4 +505,5 @@ def test_dockerfile_final_stage():
     assert "torch" not in final.lower()
     assert re.search(r"^COPY --from=\S+ /bundle /opt/lemzha/bundle", final, re.M)
     assert re.search(r"^USER 65532", final, re.M), "the image runs as the chart's non-root UID"
-    assert re.search(r"^\s+ORT_DISABLE_TELEMETRY=1", final, re.M), "onnxruntime telemetry must be off in the image"
+    for switch in CHART_ENV:
+        assert re.search(rf"^\s+{switch}=1", final, re.M), f"{switch}=1 missing from the image: no telemetry"
