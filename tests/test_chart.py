@@ -507,3 +507,47 @@ def test_dockerfile_final_stage():
     assert re.search(r"^USER 65532", final, re.M), "the image runs as the chart's non-root UID"
     for switch in CHART_ENV:
         assert re.search(rf"^\s+{switch}=1", final, re.M), f"{switch}=1 missing from the image: no telemetry"
+
+
+# -- the HA init container's script ----------------------------------------------------------------------------------
+def run_ensure_peering(monkeypatch, namespaces: str, outcomes: list[int | None]) -> tuple[list, int | str | None]:
+    """Run files/ensure_peering.py against a fake API whose create calls give `outcomes` (HTTP status or None: ok)."""
+    import runpy
+    import time
+
+    import kubernetes
+    from kubernetes.client.rest import ApiException
+
+    calls: list[tuple] = []
+
+    class FakeApi:
+        def _create(self, *args):
+            calls.append(args)
+            status = outcomes.pop(0) if outcomes else None
+            if status is not None:
+                raise ApiException(status=status, reason="test")
+
+        create_namespaced_custom_object = create_cluster_custom_object = _create
+
+    monkeypatch.setattr(kubernetes.config, "load_incluster_config", lambda: None)
+    monkeypatch.setattr(kubernetes.client, "CustomObjectsApi", FakeApi)
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    monkeypatch.setenv("PEERING_NAME", "rel-lemzha")
+    monkeypatch.setenv("PEERING_NAMESPACES", namespaces)
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(CHART / "files" / "ensure_peering.py"), run_name="__main__")
+    return calls, exited.value.code
+
+
+def test_ensure_peering_creates_one_object_per_watched_namespace(monkeypatch):
+    calls, code = run_ensure_peering(monkeypatch, "ts shop", [404, None, 409])  # CRD not served yet, then ok
+    assert code == 0
+    assert [c[2] for c in calls] == ["ts", "ts", "shop"]
+    assert calls[-1][4] == {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "rel-lemzha"}}
+
+    calls, code = run_ensure_peering(monkeypatch, "", [])
+    assert code == 0 and calls[0][:3] == ("kopf.dev", "v1", "clusterkopfpeerings")
+    assert calls[0][3]["kind"] == "ClusterKopfPeering"
+
+    calls, code = run_ensure_peering(monkeypatch, "ts", [403] * 30)
+    assert code not in (0, None) and len(calls) == 30, "a lasting failure must fail the init container"
