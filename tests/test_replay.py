@@ -193,7 +193,7 @@ def test_start_must_be_aligned():
 def test_live_fetch_equals_offline_scenario(replayed, prepared, scenario_id):
     offline = prepared.load(scenario_id)
     with prometheus_server(replayed["data"]) as url:
-        pods, values, names = fetch_metrics(url, offline.namespace, offline.start, offline.n_bins)
+        pods, values, names = fetch_metrics(url, offline.namespace, offline.start, offline.n_bins)[:3]
     assert set(pods) == set(offline.pods)
     assert names == METRIC_NAMES == offline.metrics
     order = [offline.pods.index(p) for p in pods]
@@ -291,7 +291,7 @@ def test_hostile_namespace_cannot_inject(replayed, prepared):
     offline = prepared.load(TT_ID)
     hostile = 'ts"} or vector(1) or {x="'
     with prometheus_server(replayed["data"]) as url:
-        pods, values, _ = fetch_metrics(url, hostile, offline.start, offline.n_bins)
+        pods, values, _ = fetch_metrics(url, hostile, offline.start, offline.n_bins)[:3]
         assert pods == () and values.shape == (offline.n_bins, 0, len(METRIC_NAMES))
         # not vacuous: the same window with the real namespace has pods
         assert fetch_metrics(url, "ts", offline.start, offline.n_bins, metrics=["cpu_percent"])[0]
