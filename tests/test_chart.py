@@ -128,7 +128,7 @@ def test_kubernetes_validate_strict(config, version, tmp_path):
     """Every rendered object, CRDs included, against the bundled schemas of `version` in strict mode (unknown fields
     fail). A missing schema fails too, unless its kind is on NO_BUNDLED_SCHEMA (those are checked further down)."""
     manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(render(config[1], tmp_path, "--include-crds").stdout)
+    manifest.write_text(render(config[1], tmp_path, "--include-crds", "--kube-version", version).stdout)
     errors, unexpected, validated = kubernetes_validate(manifest, version)
     assert not errors, f"{config[0]} on Kubernetes {version}:\n" + "\n".join(errors)
     assert not unexpected, f"no schema for {unexpected}: validate it elsewhere and add it to NO_BUNDLED_SCHEMA"
