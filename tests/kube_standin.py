@@ -12,6 +12,7 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
   `resourceVersion` instead of replaying every object, honour `timeoutSeconds` and `fieldSelector=metadata.name=`;
 - lists carry apiVersion/kind/resourceVersion; `as=Table` requests get the CRD's printer columns (what
   `kubectl get rcai` shows); `/api/v1` reports `groupVersion: v1`; `/api/v1/namespaces[/<name>]` is answered;
+- `watches_stalled = True` keeps watch streams open but silent (the dead watch of kopf #1276), for health tests;
 - CRDs from `crds/*.yaml` are registered for discovery (`kubectl get rcai`), their defaults applied on create and their
   schema + CEL rules enforced on create and update. Invalid objects get 422 `Status` bodies worded like the API
   server's, so kubectl prints the schema/CEL message. Unknown fields are always rejected with the message the API
@@ -362,6 +363,8 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
     _rv: int = attrs.field(default=1, init=False)
     _log: list[tuple[int, references.resource, dict[str, Any]]] = attrs.field(factory=list, init=False)
     _changed: asyncio.Condition | None = attrs.field(default=None, init=False)
+    # True: open watch streams stay open but deliver nothing, the silent dead watch of kopf #1276
+    watches_stalled: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -640,7 +643,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                     batch, cursor = self._log[cursor:], len(self._log)
                 for _, resource, event in batch:
                     meta = event["object"]["metadata"]
-                    if resource != request.resource:
+                    if self.watches_stalled or resource != request.resource:
                         continue
                     if request.namespace is not None and meta.get("namespace") != request.namespace:
                         continue

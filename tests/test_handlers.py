@@ -66,3 +66,29 @@ def test_expired_incidents_skips_running_kept_and_already_deleting():
 
     items = [obj("old", 10), obj("kept"), obj("running", 0, phase="Analyzing"), obj("gone", 0, deleting=True)]
     assert expired_incidents(items, T0 + timedelta(minutes=1)) == [("ts", "old")]
+
+
+async def test_startup_sets_watch_timeouts_concurrency_and_falls_back_without_a_bundle(tmp_path, monkeypatch):
+    import kopf
+
+    from lemzha_operator import handlers
+    from tests.kube_standin import write_kubeconfig
+
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")))
+    for name, value in {"LEMZHA_PROMETHEUS_URL": "http://127.0.0.1:1", "LEMZHA_BUNDLE": "", "LEMZHA_CONCURRENCY": "3",
+                        "LEMZHA_METRICS_PORT": "0", "LEMZHA_TEMPLATE_CACHE": str(tmp_path / "t"),
+                        "POD_NAME": "lemzha-0"}.items():
+        monkeypatch.setenv(name, value)
+    settings, memo = kopf.OperatorSettings(), kopf.Memo()
+    await handlers.startup(settings=settings, memo=memo, logger=__import__("logging").getLogger("test"))
+    try:
+        # kopf #1276: a watch must not hang forever on a silent connection
+        assert settings.watching.server_timeout and settings.watching.client_timeout > settings.watching.server_timeout
+        assert settings.watching.connect_timeout and settings.networking.request_timeout
+        assert settings.execution.max_workers == 3 and settings.posting.enabled is False
+        from lemzha_operator.settings import peering_priority
+
+        assert settings.peering.priority == peering_priority("lemzha-0")
+        assert memo.model_problem.reason == "NoBundle" and memo.model == {"bundle": "none", "sha": ""}
+    finally:
+        memo.janitor.cancel()

@@ -131,7 +131,8 @@ def _kubernetes_apis(concurrency: int):
     try:
         kubernetes.config.load_incluster_config(client_configuration=config)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
+        # KUBECONFIG read now, not when the client library was imported
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=config)
     config.connection_pool_maxsize = max(4, concurrency + 2)  # one per worker thread, plus janitor and probe
     client = kubernetes.client.ApiClient(config)
     return kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)

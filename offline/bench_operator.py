@@ -1,0 +1,256 @@
+"""`python -m offline.bench operator`: the live operator's latency, memory and throughput, printed as figures.
+
+The run: N TrainTicket faults (46 services, with logs) are replayed into a real Prometheus (`python -m
+offline.replay`) and the Loki stand-in; the kube stand-in plays the API server; the operator runs as `kopf run` with
+a bundle. Incidents are created through the Kubernetes API and polled every 20 ms.
+
+- latency: created -> Completed for each of the N incidents applied ONE AT A TIME, first with an empty template
+  cache and a fresh operator (cold), then again under new names (warm); p50 and p95;
+- stages: mean seconds per pipeline stage, read from the operator's own /metrics histogram for each pass;
+- memory: the operator's RSS after the passes, and a breakdown by what is loaded, measured step by step in a fresh
+  torch-free process;
+- throughput: the N incidents applied AT ONCE at the configured concurrency; incidents per minute from the first
+  create to the last Completed.
+
+It uses the test harness (tests/), so run it from a checkout with the test extra installed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from offline.store import REPO_ROOT
+
+TARGETS = {"p95_warm_s": 1.5, "rss_mib": 350}
+STAGES = ("metrics", "pod_info", "logs", "scenario", "rank")
+
+
+def _trainticket_ids(prepared, n: int) -> list[str]:
+    ids = sorted(i for i in prepared.ids() if i.startswith("nezha/2023"))
+    if n > len(ids):
+        raise ValueError(f"--n {n}: only {len(ids)} TrainTicket faults exist")
+    return ids[:n]
+
+
+def _quick_bundle(cache: Path) -> Path:
+    bundle = cache / "bench-operator-bundle"
+    if not (bundle / "bundle.json").is_file():
+        from offline.export import main as export
+
+        if export(["--quick", "--out", str(bundle)]) != 0:
+            raise RuntimeError("offline.export --quick failed")
+    return bundle
+
+
+def _stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(requests.get(metrics_url, timeout=10).text):
+        for s in family.samples:
+            if s.name in ("lemzha_analysis_stage_seconds_sum", "lemzha_analysis_stage_seconds_count"):
+                pair = totals.setdefault(s.labels["stage"], [0.0, 0.0])
+                pair[0 if s.name.endswith("_sum") else 1] += s.value
+            if s.name == "process_resident_memory_bytes":
+                totals["__rss__"] = [s.value, 1.0]
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def _stage_means(before: dict, after: dict) -> dict[str, float]:
+    means = {}
+    for stage in STAGES:
+        s0, c0 = before.get(stage, (0.0, 0.0))
+        s1, c1 = after.get(stage, (0.0, 0.0))
+        if c1 > c0:
+            means[stage] = round((s1 - s0) / (c1 - c0), 4)
+    return means
+
+
+def _incident(name: str, namespace: str, fault_time) -> dict:
+    return {"apiVersion": "lemzha.io/v1alpha1", "kind": "RCAIncident",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"targetNamespace": namespace, "faultTime": fault_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     "topK": 5}}
+
+
+def _wait_completed(api, names: list[str], namespace: str, timeout: float) -> dict[str, float]:
+    """Monotonic time each incident was first seen Completed (polled every 20 ms)."""
+    from lemzha_operator.settings import GROUP, PLURAL, VERSION
+
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(names):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(names) - len(seen)} incidents not Completed after {timeout:.0f} s")
+        listed = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        now = time.monotonic()
+        for obj in listed:
+            name, phase = obj["metadata"]["name"], obj.get("status", {}).get("phase")
+            if name in names and name not in seen:
+                if phase == "Failed":
+                    raise RuntimeError(f"{name} Failed: {obj['status'].get('message')}")
+                if phase == "Completed":
+                    seen[name] = now
+        time.sleep(0.02)
+    return seen
+
+
+def _sequential(api, cases: list[tuple[str, object]], namespace: str, prefix: str) -> list[float]:
+    from lemzha_operator.settings import GROUP, PLURAL, VERSION
+
+    latencies = []
+    for i, (_, fault_time) in enumerate(cases):
+        name = f"{prefix}-{i:03d}"
+        t0 = time.monotonic()
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _incident(name, namespace, fault_time))
+        latencies.append(_wait_completed(api, [name], namespace, 300)[name] - t0)
+    return latencies
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+    return {"p50_s": round(statistics.median(ordered), 3), "p95_s": round(p95, 3), "max_s": round(ordered[-1], 3)}
+
+
+RSS_STEPS = r"""
+import json, os, sys, tempfile
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+steps = [("python", rss())]
+import kopf, kubernetes, prometheus_client, requests  # noqa: E401
+steps.append(("kopf + kubernetes client", rss()))
+import numpy, pandas, pyarrow  # noqa: E401
+import lemzha_operator.handlers, lemzha_operator.pipeline, lemzha_operator.sources  # noqa: E401
+steps.append(("numpy + pandas + pyarrow + lemzha", rss()))
+from lemzha.onnx_ranker import OnnxRanker
+ranker = OnnxRanker(sys.argv[1], cache_dir=tempfile.mkdtemp(), seed_templates=False)
+steps.append(("onnxruntime + model + MiniLM sessions", rss()))
+from lemzha.bundle import TEMPLATES_FILE, read_templates
+ranker.embedder.seed(*read_templates(ranker.bundle.path(TEMPLATES_FILE)))
+steps.append(("bundle templates in the cache", rss()))
+from lemzha.scenario_io import load_scenario
+ranker.rank(load_scenario(sys.argv[2], with_label=False))
+steps.append(("after ranking one TrainTicket incident", rss()))
+assert "torch" not in sys.modules
+print(json.dumps(steps))
+"""
+
+
+def _rss_breakdown(bundle: Path, scenario_dir: Path) -> list[dict]:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
+    out = subprocess.run([sys.executable, "-c", RSS_STEPS, str(bundle), str(scenario_dir)], capture_output=True,
+                         text=True, env=env, cwd=REPO_ROOT, check=True)
+    steps = json.loads(out.stdout)
+    rows, previous = [], 0.0
+    for what, mib in steps:
+        rows.append({"step": what, "rss_mib": round(mib, 1), "added_mib": round(mib - previous, 1)})
+        previous = mib
+    return rows
+
+
+def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) -> dict:
+    import kubernetes
+    from tqdm import tqdm
+
+    from offline import replay
+    from offline.dataset import prepare
+    from offline.store import default_cache_dir
+    from tests.kube_standin import KubeStandin
+    from tests.loki_standin import LokiStandIn
+    from tests.operator_harness import OperatorProcess
+    from tests.prometheus_server import PROMTOOL, prometheus_server
+
+    if not PROMTOOL.is_file():
+        raise FileNotFoundError("promtool not installed (apt-get install prometheus)")
+    prepared = prepare(progress=progress)
+    ids = _trainticket_ids(prepared, n)
+    cases = [(i, prepared.load(i).label.injection_time) for i in ids]
+    bundle = bundle or _quick_bundle(default_cache_dir())
+    namespace = prepared.load(ids[0]).namespace
+    with tempfile.TemporaryDirectory(prefix="lemzha-bench-operator-") as tmp:
+        root = Path(tmp)
+        argv = ["--ids", ",".join(ids), "--prom-data", str(root / "data"), "--logs", str(root / "logs.jsonl"),
+                "--cache-dir", str(prepared.directory.parent.parent)] + ([] if progress else ["--no-progress"])
+        if replay.main(argv) != 0:
+            raise RuntimeError("offline.replay failed")
+        with prometheus_server(root / "data") as prom_url, LokiStandIn() as loki, \
+                KubeStandin(root / "kubeconfig") as kube:
+            lines = loki.load_jsonl(root / "logs.jsonl")
+            config = kubernetes.client.Configuration()
+            kubernetes.config.load_kube_config(str(kube.kubeconfig), client_configuration=config)
+            api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
+            env = {"KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url, "LEMZHA_LOKI_URL": loki.url,
+                   "LEMZHA_BUNDLE": str(bundle), "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
+                   "LEMZHA_CONCURRENCY": str(concurrency)}
+            with OperatorProcess(env, root / "operator.log", root) as operator:
+                bar = tqdm(total=3, desc="operator bench", disable=not progress)
+                s0 = _stage_totals(operator.metrics_url)
+                cold = _sequential(api, cases, namespace, "cold")
+                bar.update()
+                s1 = _stage_totals(operator.metrics_url)
+                warm = _sequential(api, cases, namespace, "warm")
+                bar.update()
+                s2 = _stage_totals(operator.metrics_url)
+                names = [f"burst-{i:03d}" for i in range(len(cases))]
+                t0 = time.monotonic()
+                for name, (_, fault_time) in zip(names, cases, strict=True):
+                    api.create_namespaced_custom_object("lemzha.io", "v1alpha1", namespace, "rcaincidents",
+                                                        _incident(name, namespace, fault_time))
+                done = _wait_completed(api, names, namespace, 900)
+                burst = max(done.values()) - t0
+                bar.update()
+                bar.close()
+                rss = _stage_totals(operator.metrics_url).get("__rss__", (0.0, 1.0))[0] / 2**20
+    return {
+        "incidents": n, "scenarios": ids, "namespace": namespace, "bundle": str(bundle), "log_lines_loaded": lines,
+        "concurrency": concurrency,
+        "latency_created_to_completed": {"cold_template_cache": _percentiles(cold),
+                                         "warm_template_cache": _percentiles(warm)},
+        "stage_mean_s": {"cold": _stage_means(s0, s1), "warm": _stage_means(s1, s2)},
+        "operator_rss_mib": round(rss, 1),
+        "rss_breakdown": _rss_breakdown(bundle, prepared.directory / ids[0]),
+        "throughput": {"incidents": n, "wall_s": round(burst, 2), "per_minute": round(n / burst * 60, 1)},
+        "targets": TARGETS,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m offline.bench_operator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
+    parser.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
+    parser.add_argument("--bundle", type=Path, help="bundle directory (default: a --quick export, cached)")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.concurrency < 1:
+        raise ValueError("--n and --concurrency must be at least 1")
+    if args.bundle is not None and not (args.bundle / "bundle.json").is_file():
+        raise FileNotFoundError(f"--bundle {args.bundle}: no bundle.json there")
+    figures = run(args.n, args.concurrency, args.bundle, progress=not args.no_progress)
+    text = json.dumps(figures, indent=1)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    from offline.cli import run_cli
+
+    sys.exit(run_cli(main))

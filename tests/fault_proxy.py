@@ -1,0 +1,117 @@
+"""Test helper: an HTTP proxy in front of a real server (Prometheus, or the Loki stand-in) that can break on demand.
+
+Modes (set `proxy.mode`, thread-safe):
+- "pass": forward unchanged;
+- "refuse": close the connection without an answer (the client sees a connection error, as for a dead server);
+- "error": answer 503 with a plain-text body;
+- "slow": wait `delay` seconds, then forward (a client with a shorter timeout gives up);
+- "warn": forward, and add `warnings` to a JSON answer, as Prometheus does for partial responses.
+`fail_after = N` forwards N more requests and then switches to "refuse" (an outage in the middle of an analysis).
+`requests` counts what reached the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.mode = "pass"
+        self.delay = 0.0
+        self.warnings: list[str] = []
+        self.fail_after: int | None = None
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def set(self, mode: str = "pass", delay: float = 0.0, warnings: list[str] | None = None,
+            fail_after: int | None = None) -> None:
+        with self._lock:
+            self.mode, self.delay, self.warnings, self.fail_after = mode, delay, list(warnings or []), fail_after
+
+    def _next_mode(self) -> str:
+        with self._lock:
+            self.requests += 1
+            if self.fail_after is not None:
+                if self.fail_after <= 0:
+                    self.mode, self.fail_after = "refuse", None
+                else:
+                    self.fail_after -= 1
+            return self.mode
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _forward(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                mode = proxy._next_mode()
+                if mode == "refuse":
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # no status line: the client's connection breaks
+                    return
+                if mode == "error":
+                    self._answer(503, b"upstream unavailable (fault proxy)", "text/plain")
+                    return
+                if mode == "slow":
+                    time.sleep(proxy.delay)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
+                try:
+                    resp = requests.request(method, proxy.upstream + self.path, data=body, headers=headers,
+                                            timeout=120)
+                except requests.RequestException as err:
+                    self._answer(502, str(err).encode(), "text/plain")
+                    return
+                content = resp.content
+                if mode == "warn" and "json" in resp.headers.get("Content-Type", ""):
+                    doc = json.loads(content)
+                    doc["warnings"] = [*doc.get("warnings", []), *proxy.warnings]
+                    content = json.dumps(doc).encode()
+                self._answer(resp.status_code, content, resp.headers.get("Content-Type", "application/json"))
+
+            def _answer(self, code: int, content: bytes, content_type: str) -> None:
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(content)))
+                    self.end_headers()
+                    self.wfile.write(content)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
+                    pass
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        return Handler
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
