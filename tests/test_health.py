@@ -35,3 +35,19 @@ def test_a_new_listed_version_restarts_the_clock_and_deletions_are_forgotten():
     assert monitor.check([("a", "2")], now=18) == ["a"]
     monitor.delivered("a", "2", deleted=True)
     assert monitor.check([], now=30) == []
+
+
+def test_a_live_higher_priority_peer_outranks_us():
+    from datetime import UTC, datetime, timedelta
+
+    from lemzha_operator.health import outranked
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    fresh = (now - timedelta(seconds=10)).isoformat()
+    stale = (now - timedelta(seconds=120)).isoformat()
+    me = {"priority": 50, "lastseen": fresh, "lifetime": 60}
+    assert outranked({"me": me}, 50, now) is False  # our own entry
+    assert outranked({"me": me, "other": {"priority": 10, "lastseen": fresh, "lifetime": 60}}, 50, now) is False
+    assert outranked({"me": me, "other": {"priority": 90, "lastseen": fresh, "lifetime": 60}}, 50, now) is True
+    assert outranked({"me": me, "other": {"priority": 90, "lastseen": stale, "lifetime": 60}}, 50, now) is False
+    assert outranked({}, 50, now) is False and outranked(None, 50, now) is False

@@ -8,7 +8,6 @@ and the ranked services equal `python -m offline.rank` with the same bundle.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,12 +24,12 @@ from lemzha_operator.settings import Settings
 from lemzha_operator.sources import make_sources
 from tests.kube_standin import KubeStandin
 from tests.loki_standin import LokiStandIn
+from tests.operator_harness import KUBECTL, REPO, Kubectl, OperatorProcess
 from tests.prometheus_server import prometheus_server, requires_prometheus
 
-REPO = Path(__file__).resolve().parent.parent
-KUBECTL = Path("/usr/bin/kubectl")
 TT_ID, OB_ID = "nezha/20230129_05", "nezha/20220822_03"
 OB_NAME = "nezha-20220822-03"
+EXAMPLE = REPO / "charts" / "lemzha" / "examples" / "incident-trainticket.yaml"
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,28 +39,20 @@ pytestmark = [
 
 
 class Env:
-    """Everything the tests share: the sources' URLs, the kubeconfig, the operator's log file."""
+    """Everything the tests share: the sources' URLs, kubectl, the operator process."""
 
-    def __init__(self, prom_url: str, loki_url: str, kubeconfig: Path, cache: Path, bundle: Path, log: Path) -> None:
+    def __init__(self, prom_url: str, loki_url: str, kubeconfig: Path, cache: Path, bundle: Path) -> None:
         self.prom_url, self.loki_url, self.kubeconfig = prom_url, loki_url, kubeconfig
-        self.cache, self.bundle, self.log = cache, bundle, log
-
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd = [str(KUBECTL), "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.cache / "kubectl"), *args]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({out.returncode}): {out.stderr}\n"
-                                 f"operator log tail:\n{self.operator_log()}")
-        return out
+        self.cache, self.bundle = cache, bundle
+        self.operator: OperatorProcess | None = None
+        self.kubectl = Kubectl(kubeconfig, cache / "kubectl", lambda: self.operator_log())
 
     def operator_log(self, tail: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-tail:] if self.log.is_file() else "(no log)"
+        return self.operator.tail(tail) if self.operator is not None else "(no operator)"
 
     def settings(self) -> Settings:
         return Settings(prometheus_url=self.prom_url, loki_url=self.loki_url, bundle_dir=self.bundle,
                         cache_dir=self.cache / "templates")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -71,29 +62,15 @@ def cluster(replayed, quick_bundle, tmp_path_factory) -> Iterator[Env]:
     with prometheus_server(replayed["data"]) as prom_url, LokiStandIn() as loki, \
             KubeStandin(root / "kubeconfig") as kube:
         loki.load_jsonl(replayed["logs"])
-        env = Env(prom_url, loki.url, kube.kubeconfig, root, quick_bundle, root / "operator.log")
+        env = Env(prom_url, loki.url, kube.kubeconfig, root, quick_bundle)
         # the stand-in registers crds/*.yaml itself; nothing to apply
         assert "rcaincidents" in env.kubectl("api-resources", "--api-group=lemzha.io").stdout
-        proc_env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url,
-                    "LEMZHA_LOKI_URL": loki.url, "LEMZHA_BUNDLE": str(quick_bundle),
-                    "LEMZHA_TEMPLATE_CACHE": str(root / "templates"), "LEMZHA_TTL_CHECK_SECONDS": "1",
-                    "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO),
-                                                   os.environ.get("PYTHONPATH", "")])}
-        with env.log.open("w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
-                                     "-m", "lemzha_operator.handlers"],
-                                    env=proc_env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-            try:
-                time.sleep(1)
-                assert proc.poll() is None, f"operator exited early:\n{env.operator_log()}"
-                yield env
-            finally:
-                proc.terminate()  # by PID: only the process started here
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        env.operator = OperatorProcess({"KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url,
+                                        "LEMZHA_LOKI_URL": loki.url, "LEMZHA_BUNDLE": str(quick_bundle),
+                                        "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
+                                        "LEMZHA_TTL_CHECK_SECONDS": "1"}, root / "operator.log", root)
+        with env.operator:
+            yield env
 
 
 def _ob_incident(prepared) -> str:
@@ -140,7 +117,7 @@ def _live_scenario(env: Env, status: dict, namespace: str, incident_id: str):
 def test_incident_completes_like_offline(cluster: Env, prepared, quick_bundle, tmp_path,
                                          scenario_id: str, namespace: str, name: str) -> None:
     if scenario_id == TT_ID:
-        cluster.kubectl("apply", "--validate=false", "-f", str(REPO / "charts" / "lemzha" / "examples" / "incident-trainticket.yaml"))
+        cluster.kubectl("apply", "--validate=false", "-f", str(EXAMPLE))
     else:
         manifest = tmp_path / "ob.yaml"
         manifest.write_text(_ob_incident(prepared))

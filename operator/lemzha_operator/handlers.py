@@ -17,7 +17,7 @@ import kopf
 
 from lemzha_operator import selfmetrics
 from lemzha_operator.events import event_body, post_once
-from lemzha_operator.health import WatchMonitor
+from lemzha_operator.health import WatchMonitor, outranked
 from lemzha_operator.pipeline import Outcome, step
 from lemzha_operator.settings import GROUP, PLURAL, VERSION, Settings, peering_priority, watched_namespaces
 
@@ -119,7 +119,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     memo.in_flight = InFlight()
     selfmetrics.watch_templates(lambda: getattr(memo.ranker, "embedder", None))
     selfmetrics.serve(config.metrics_port)
-    memo.janitor = asyncio.get_running_loop().create_task(janitor(memo, logger))
+    memo.janitor = asyncio.get_running_loop().create_task(janitor(memo, settings, logger))
 
 
 def _kubernetes_apis(concurrency: int):
@@ -144,17 +144,26 @@ def expired_incidents(items: list[dict], now: datetime) -> list[tuple[str, str]]
             if not o["metadata"].get("deletionTimestamp") and ttl_due(o.get("spec", {}), o.get("status", {}), now)]
 
 
-async def janitor(memo: kopf.Memo, logger) -> None:
+async def janitor(memo: kopf.Memo, settings: kopf.OperatorSettings, logger) -> None:
     """Deletes finished incidents past their TTL. A plain loop, not a kopf timer: timers put a finalizer on every
-    incident, and finalizers can outlive their timers (kopf #1305), leaving incidents that never go away."""
+    incident, and finalizers can outlive their timers (kopf #1305), leaving incidents that never go away. A replica
+    paused by peering stays idle; lists only the watched namespaces (the chart's Roles allow no more)."""
+    from kubernetes.client.exceptions import ApiException
+
     while True:
         await asyncio.sleep(TTL_CHECK_SECONDS)
         try:
-            listed = await asyncio.to_thread(memo.objects.list_cluster_custom_object, GROUP, VERSION, PLURAL)
-            for namespace, name in expired_incidents(listed.get("items", []), datetime.now(UTC)):
+            if await asyncio.to_thread(_paused_by_peer, memo, settings):
+                continue
+            items = await asyncio.to_thread(_list_incidents, memo)
+            for namespace, name in expired_incidents(items, datetime.now(UTC)):
                 logger.info("%s/%s: ttlSecondsAfterFinished passed, deleting", namespace, name)
-                await asyncio.to_thread(memo.objects.delete_namespaced_custom_object, GROUP, VERSION, namespace,
-                                        PLURAL, name)
+                try:
+                    await asyncio.to_thread(memo.objects.delete_namespaced_custom_object, GROUP, VERSION, namespace,
+                                            PLURAL, name)
+                except ApiException as err:
+                    if err.status != 404:  # gone already (deleted by hand): nothing to do
+                        raise
         except Exception as err:  # an API hiccup must not end cleanup for good
             logger.warning("TTL cleanup failed, retrying: %s", err)
 
@@ -182,10 +191,36 @@ def _list_incidents(memo: kopf.Memo) -> list[dict]:
             for item in memo.objects.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])]
 
 
+def _paused_by_peer(memo: kopf.Memo, settings: kopf.OperatorSettings) -> bool:
+    """With kopf peering (HA): does a live replica of higher priority keep this one paused? Reads the peering
+    object(s) kopf keeps: the ClusterKopfPeering, or the KopfPeering of each watched namespace."""
+    from kubernetes.client.exceptions import ApiException
+
+    if settings.peering.standalone or not settings.peering.name:
+        return False
+    now, own = datetime.now(UTC), settings.peering.priority
+    try:
+        if settings.peering.clusterwide:
+            found = [memo.objects.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                            settings.peering.name)]
+        else:
+            found = [memo.objects.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings",
+                                                               settings.peering.name)
+                     for ns in watched_namespaces()]
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return any(outranked(obj.get("status", {}), own, now) for obj in found)
+
+
 @kopf.on.probe(id="watch")
-async def watch_alive(memo: kopf.Memo, **_) -> dict:
+async def watch_alive(memo: kopf.Memo, settings: kopf.OperatorSettings, **_) -> dict:
     """Fails kopf's /healthz (HTTP 500) when the watch has not delivered a change a LIST shows for
-    LEMZHA_WATCH_STALE_SECONDS: a silent, dead watch (kopf #1276). A LIST that fails also fails the probe."""
+    LEMZHA_WATCH_STALE_SECONDS: a silent, dead watch (kopf #1276). A LIST that fails also fails the probe. A
+    replica paused by peering receives nothing by design, so it is not checked (its standby must not be killed)."""
+    if await asyncio.to_thread(_paused_by_peer, memo, settings):
+        return {"paused": True}
     items = await asyncio.to_thread(_list_incidents, memo)
     listed = [(o["metadata"]["uid"], str(o["metadata"].get("resourceVersion", ""))) for o in items]
     stale = memo.monitor.check(listed, time.monotonic())

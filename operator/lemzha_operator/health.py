@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 
 class WatchMonitor:
@@ -35,3 +36,21 @@ class WatchMonitor:
             current = {(uid, rv) for uid, rv in listed if self._seen.get(uid) != rv}
             self._lagging = {key: self._lagging.get(key, now) for key in current}
             return sorted(uid for (uid, _), since in self._lagging.items() if now - since >= self.stale_after)
+
+
+def outranked(peers: dict, own_priority: int, now: datetime) -> bool:
+    """Is a live peer of higher priority in this kopf peering status (`{identity: {priority, lastseen, lifetime}}`)?
+    Then kopf keeps this replica paused: its watch delivers nothing by design, and its janitor must stay idle.
+    Priorities are distinct per replica (derived from the pod name), so our own entry never outranks us."""
+    for peer in (peers or {}).values():
+        if not isinstance(peer, dict) or int(peer.get("priority", 0)) <= own_priority:
+            continue
+        seen = peer.get("lastseen")
+        if not seen:
+            continue
+        last = datetime.fromisoformat(str(seen).replace("Z", "+00:00"))
+        if last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        if now < last + timedelta(seconds=int(peer.get("lifetime", 60))):
+            return True
+    return False
