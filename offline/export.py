@@ -388,7 +388,7 @@ def read_results(path: Path) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m offline.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
@@ -402,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lodocv-results", type=Path, help="an offline.lodocv results.json for the model card")
     parser.add_argument("--torch-state", type=Path, help="also save the trained torch weights here (parity checks)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     out = check_out(args.out)
     config, params, file_hash = load_params(args.params)

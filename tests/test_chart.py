@@ -498,7 +498,14 @@ def test_dockerfile_final_stage():
     assert len(stages) == 2, "two stages: the bundle export, then the image"
     build, final = stages
     assert "python:3.11-slim" in build.splitlines()[0] and "python:3.11-slim" in final.splitlines()[0]
-    assert "offline.export" in build
+    # the export step's command line must parse (flags that do not exist would only fail at `docker build`)
+    command = re.search(r"python -m offline\.export ([^\\\n]*)", build)
+    assert command, "stage 1 runs python -m offline.export"
+    from offline import export
+
+    flags = command.group(1).replace("${EXPORT_ARGS}", "").split()
+    for extra in ([], ["--quick"]):  # as documented: EXPORT_ARGS=--quick for a smoke-test bundle
+        export.build_parser().parse_args([*flags, *extra])  # SystemExit(2) on a flag export does not have
     installs = [line for line in final.splitlines() if "pip install" in line]
     assert installs and all("-r operator/requirements.txt" in line or "--no-deps" in line for line in installs), \
         f"the image may only install operator/requirements.txt and the project without deps: {installs}"
