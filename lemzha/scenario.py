@@ -136,8 +136,8 @@ class Scenario:
     onset: datetime | None = None
     label: Label | None = None
     bin_seconds: int = BIN_SECONDS
-    service_metrics: pd.DataFrame = field(default_factory=empty_service_metrics)
-    edges: pd.DataFrame = field(default_factory=empty_edges)
+    service_metrics: pd.DataFrame | None = None  # None: no trace data (an empty frame after construction)
+    edges: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", as_utc(self.start))
@@ -211,6 +211,7 @@ class Scenario:
                 raise ScenarioError(f"{where}: fault_bin {lab.fault_bin} outside [0, {self.n_bins})")
 
     def _validate_traces(self, where: str, services: set[str]) -> None:
+        known = all(_VALIDATED.get(id(f)) is f for f in (self.service_metrics, self.edges))
         for name, frame, keys in (("service_metrics", self.service_metrics, ("service",)),
                                   ("edges", self.edges, ("client", "server"))):
             if len(frame) == 0:
@@ -221,6 +222,8 @@ class Scenario:
                     raise ScenarioError(f"{where}: {name} names unknown services {bad[:5]}")
             if frame["bin"].min() < 0 or frame["bin"].max() >= self.n_bins:
                 raise ScenarioError(f"{where}: {name} bins outside [0, {self.n_bins})")
+            if _VALIDATED.get(id(frame)) is frame:
+                continue  # its rows passed the checks below in a Scenario already (or are a crop of such rows)
             if frame.duplicated(["bin", *keys]).any():
                 raise ScenarioError(f"{where}: {name} has duplicate ({', '.join(('bin', *keys))}) rows")
             covered = frame["covered"].to_numpy()
@@ -234,7 +237,9 @@ class Scenario:
                 raise ScenarioError(f"{where}: {name} bucket counts must be non-negative integers")
             if (np.diff(real[:, :-1], axis=1) < 0).any():
                 raise ScenarioError(f"{where}: {name} buckets must be cumulative (non-decreasing in le)")
-        if len(self.service_metrics) and len(self.edges):
+        for frame in (self.service_metrics, self.edges):
+            _VALIDATED[id(frame)] = frame
+        if not known and len(self.service_metrics) and len(self.edges):
             a = self.service_metrics.groupby("bin")["covered"].first()
             b = self.edges.groupby("bin")["covered"].first()
             both = a.index.intersection(b.index)
@@ -305,8 +310,16 @@ class Scenario:
 
 
 def _crop(frame: pd.DataFrame, start_bin: int, n_bins: int) -> pd.DataFrame:
-    out = frame.loc[(frame["bin"] >= start_bin) & (frame["bin"] < start_bin + n_bins)].copy()
-    out["bin"] -= start_bin
+    """Rows of bins [start_bin, start_bin + n_bins), renumbered; a crop of a normalised (validated) frame is one."""
+    if len(frame) == 0:
+        return frame
+    lo, hi = np.searchsorted(frame["bin"].to_numpy(), [start_bin, start_bin + n_bins])  # rows are sorted by bin
+    out = frame.iloc[lo:hi].reset_index(drop=True)
+    out["bin"] = (out["bin"].to_numpy() - start_bin).astype(np.int32)
+    if _NORMALISED.get(id(frame)) is frame:
+        _NORMALISED[id(out)] = out
+    if _VALIDATED.get(id(frame)) is frame:
+        _VALIDATED[id(out)] = out
     return out
 
 
@@ -316,9 +329,8 @@ def _normalise_traces(frame: pd.DataFrame | None, level: str, keys: tuple[str, .
         return frame  # already normalised by a Scenario (replace(), without_label(), with_onset())
     columns = SERVICE_METRIC_COLUMNS if level == "service" else EDGE_COLUMNS
     base = SERVICE_METRIC_BASE_COLUMNS if level == "service" else EDGE_BASE_COLUMNS
-    empty = empty_service_metrics() if level == "service" else empty_edges()
     if frame is None or len(frame) == 0:
-        return empty
+        return _empty(level)
     missing = [c for c in base if c not in frame.columns]
     if missing:
         raise ScenarioError(f"{where}: {'service_metrics' if level == 'service' else 'edges'} lacks columns {missing}")
@@ -341,7 +353,19 @@ def _normalise_traces(frame: pd.DataFrame | None, level: str, keys: tuple[str, .
     return out
 
 
+# Frames this module normalised or validated, by id (weakly held): a Scenario built by replace() or window() from a
+# valid one skips the per-row work. Scenario frames are read-only by convention, like `values`.
 _NORMALISED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_VALIDATED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_EMPTY: dict[str, pd.DataFrame] = {}
+
+
+def _empty(level: str) -> pd.DataFrame:
+    """The shared empty frame of a level (a Scenario without traces holds it; never mutated)."""
+    if level not in _EMPTY:
+        _EMPTY[level] = empty_service_metrics() if level == "service" else empty_edges()
+        _NORMALISED[id(_EMPTY[level])] = _EMPTY[level]
+    return _EMPTY[level]
 
 
 def _normalise_logs(logs: pd.DataFrame | None) -> pd.DataFrame:
