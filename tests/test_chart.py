@@ -462,12 +462,15 @@ def test_every_value_is_documented():
         if re.match(r"^\s*[\w./-]+: *\S", line):  # a key with its value on the line (parents are exempt)
             assert text[i - 1].strip().startswith("#") or " # " in line, \
                 f"values.yaml:{i + 1} `{line.strip()}` has no comment"
-    table = (ROOT / "charts" / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
     expected = set(leaves(yaml.safe_load((CHART / "values.yaml").read_text())))
-    assert expected - documented == set(), f"values missing from the charts/README.md table: {expected - documented}"
-    assert documented - expected == set(), f"charts/README.md documents values that do not exist: " \
-                                           f"{documented - expected}"
+    readme = (ROOT / "README.md").read_text()
+    install = readme[readme.index("## Install with Helm"):]
+    install = install[:install.index("\n## ", 1)]
+    for where, text in (("charts/README.md", (ROOT / "charts" / "README.md").read_text()),
+                        ("README.md (Install with Helm)", install)):
+        documented = set(re.findall(r"^\| `([\w.]+)` \|", text, re.M))
+        assert expected - documented == set(), f"values missing from the {where} table: {expected - documented}"
+        assert documented - expected == set(), f"{where} documents values that do not exist: {documented - expected}"
 
 
 # -- the image --------------------------------------------------------------------------------------------------------
