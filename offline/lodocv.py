@@ -6,6 +6,10 @@ Per fold (one Nezha day held out):
   the model is trained on the rest, and the epoch with the best mean inner MRR wins; the test day is never read
 - the model is trained on all training days (LEMMA included unless --no-lemma) with that many epochs, per seed
 Rankers only ever see `scenario.without_label()`.
+
+Unknown onset: `unknown_onset:*` rows show a 24-bin window with no onset (baselines then fall back to their CUSUM
+rule, the model slides its crop); `estimated_onset:*` rows show the same window with the onset set by the estimator
+that `lemzha.detect.select_onset_estimator` chose on the training days' windows of that fold.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA
+from lemzha.detect import OnsetEstimator, select_onset_estimator
 from lemzha.features import Prepared
 from lemzha.fsutil import replace_directory
 from lemzha.scenario import Scenario
@@ -58,6 +64,20 @@ def unknown_onset_window(scenario: Scenario, seed: int) -> Scenario:
     fault_pos = int(rng.integers(length // 6, length - length // 6))
     start = int(np.clip(scenario.label.fault_bin - fault_pos, 0, scenario.n_bins - length))
     return scenario.window(start, length).with_onset(None)
+
+
+def fold_onset_estimator(train: list[Scenario], seed: int = 0) -> OnsetEstimator:
+    """The onset estimator chosen on the training Nezha days' unknown-onset windows (their labels are read here,
+    and only here)."""
+    windows = [unknown_onset_window(s, seed) for s in train if s.id.startswith("nezha/")]
+    return select_onset_estimator([(w.values, w.label.fault_bin) for w in windows])
+
+
+def estimated_onset_window(scenario: Scenario, seed: int, estimator: OnsetEstimator) -> Scenario:
+    """The unknown-onset window with the onset the estimator reads from its metric values alone."""
+    window = unknown_onset_window(scenario, seed)
+    onset = estimator(window.without_label().values)
+    return window.with_onset(window.start + timedelta(seconds=onset * window.bin_seconds))
 
 
 def rank_cases(ranker, cases: list[Scenario], fold: str, seed, name: str, transform=None) -> list[dict]:
@@ -163,14 +183,18 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
     embedder = TextEmbedder(job.embedding_dir)
     caches = {False: PreparedCache(embedder), True: PreparedCache(embedder, neutral_names=True)}
     rows: list[dict] = []
+    estimator = fold_onset_estimator(train)
     for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA()):
         baseline.fit(train)
         rows += rank_cases(baseline, test, fold, None, baseline.name)
         rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
                            transform=lambda s: unknown_onset_window(s, 0))
+        rows += rank_cases(baseline, test, fold, None, f"estimated_onset:{baseline.name}",
+                           transform=lambda s: estimated_onset_window(s, 0, estimator))
     rows += random_rows(test, fold)
     config, params, _ = job.params[fold]
     inner = select_epochs(train, params, config, caches[False], InputOptions())
+    inner["onset_estimator"] = estimator.describe()
     _tick(ticks)
     fold_params = replace(params, epochs=inner["epochs"])
     for variant, options in job.variants.items():
@@ -182,6 +206,9 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
             if variant == "model":
                 rows += rank_cases(ranker, test, fold, seed, "unknown_onset",
                                    transform=lambda s, seed=seed: unknown_onset_window(s, seed))
+                fold_estimator = estimator if seed == 0 else fold_onset_estimator(train, seed)
+                rows += rank_cases(ranker, test, fold, seed, "estimated_onset",
+                                   transform=lambda s, seed=seed, e=fold_estimator: estimated_onset_window(s, seed, e))
             _tick(ticks)
     return rows, inner
 

@@ -259,3 +259,31 @@ def test_cli_rejects_unknown_detector(capsys):
 
     assert run_cli(bench.main, ["--detectors", "moment", "--no-progress"]) == 2
     assert "unknown detector" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lodocv_estimated_onset_uses_training_days_only(prepared, monkeypatch):
+    """lodocv's estimated-onset mode: the estimator is chosen on training-day windows only, and the shown window
+    is the unknown-onset window with an onset in range."""
+    from offline import lodocv
+
+    scenarios = [prepared.load(i) for i in prepared.ids if i.startswith("nezha/20220822") or
+                 i.startswith("nezha/20220823")]
+    train = [s for s in scenarios if lodocv.day_of(s) == "2022-08-22"]
+    test = [s for s in scenarios if lodocv.day_of(s) == "2022-08-23"]
+    test_ids = {s.id for s in test}
+    original = lodocv.unknown_onset_window
+    labelled: list[str] = []
+
+    def spy(scenario, seed):
+        labelled.append(scenario.id)
+        return original(scenario, seed)
+
+    monkeypatch.setattr(lodocv, "unknown_onset_window", spy)
+    estimator = lodocv.fold_onset_estimator(train)
+    assert labelled and not set(labelled) & test_ids
+    for case in test[:5]:
+        shown = lodocv.estimated_onset_window(case, 0, estimator)
+        plain = original(case, 0)
+        assert np.array_equal(shown.values, plain.values, equal_nan=True)
+        assert 1 <= shown.onset_bin <= shown.n_bins - 1

@@ -64,13 +64,14 @@ class BocpdDetector(OnsetMixin):
     alpha0 = 1, beta0 = 1; Student-t predictive) and a constant hazard 1/200 per sample; run lengths are truncated at
     `max_run` samples. A series only advances at its real samples. The series' evidence at bin t is the posterior
     probability that a change happened within its last `recent` samples, P(r_t < recent); the bin's statistic is
-    the mean of the 5 largest over all series, which is a probability already (floored at EPS).
+    the mean of the 5 largest over all series, which is a probability already (floored at EPS). `recent` = 4 samples
+    (4 min, within the 5 min effect) was picked on the design day 2022-08-22 over 2 (ROC-AUC 0.59 against 0.55).
     """
 
     name = "bocpd"
     needs_training = False
 
-    def __init__(self, hazard: float = 1 / 200, max_run: int = 60, recent: int = 2, reference_bins: int = 60) -> None:
+    def __init__(self, hazard: float = 1 / 200, max_run: int = 60, recent: int = 4, reference_bins: int = 60) -> None:
         self.hazard, self.max_run, self.recent, self.reference_bins = hazard, max_run, recent, reference_bins
 
     def fit(self, train: DetectionData | None) -> BocpdDetector:
