@@ -104,11 +104,16 @@ def rca_window(fault: Fault, seed: int = 0) -> tuple[int, int]:
 
 
 def rca_windows(stream: Stream, faults: list[Fault]) -> list[tuple[np.ndarray, int]]:
+    """The RCA windows of a day's faults; bins before the stream's first bin are NaN, as in the scenario."""
     out = []
     for f in faults:
         start, fb = rca_window(f)
         lo = max(0, start)
-        out.append((stream.values[lo : start + RCA_WINDOW_BINS], fb - (lo - start)))
+        values = stream.values[lo : start + RCA_WINDOW_BINS]
+        if lo > start:
+            pad = np.full((lo - start, *values.shape[1:]), np.nan, dtype=values.dtype)
+            values = np.concatenate([pad, values])
+        out.append((values, fb))
     return out
 
 
