@@ -20,11 +20,14 @@ Rules (each one tested in tests/test_traces.py):
   the server spans whose caller is in another service's pod (`edge_requests`).
 - Coverage: each minute file holds the traces whose root started in roughly the 60 s before HH:MM (plus ~10-50 s;
   e.g. 03_53 holds roots from 03:52:19 to 03:53:19; one TrainTicket file, 2023-01-29 08_52, holds 3 minutes). A
-  file's covered interval is [first, last] root start; intervals closer than 5 s are merged, and a bin is covered
-  when it lies inside a merged interval up to 1 s at either end. Bins that are not covered are *missing* (NaN and
-  `covered` False in the scenario), never zero; a covered bin without a call of a traced service is a real 0.
+  file's covered interval is [first, last] root start; intervals closer than 15 s are merged (consecutive files'
+  first roots are ~60 s apart, but with TrainTicket's ~1 root/s the last root of a file can come up to 8.4 s
+  before the next file's first, e.g. 2023-01-29 10_26/10_27; a missing file leaves a gap of 60 s or more, nothing
+  in between), and a bin is covered when it lies inside a merged interval up to 1 s at either end. Bins that are
+  not covered are *missing* (NaN and `covered` False in the scenario), never zero; a covered bin without a call of
+  a traced service is a real 0.
 - Nezha collected traces only around each fault (3 minute files per fault), so a 20 min scenario window has about
-  5 covered bins around its fault (and a few around neighbouring faults), TrainTicket included.
+  5 covered bins around its fault (and some around neighbouring faults), TrainTicket included.
 
 Scenario rows (see `lemzha.scenario`): for a window with at least one covered bin, every bin x every *traced*
 service of the scenario (a service with at least one server span that day), and every bin x every edge seen that
@@ -52,7 +55,7 @@ from offline.nezha import NezhaDay, day_dir
 from offline.store import DataError
 
 BIN_NS = BIN_SECONDS * 1_000_000_000
-MERGE_GAP_NS = 5 * 1_000_000_000  # consecutive files' root intervals closer than this are one interval
+MERGE_GAP_NS = 15 * 1_000_000_000  # consecutive files' root intervals closer than this are one interval
 EDGE_TOLERANCE_NS = 1 * 1_000_000_000  # a bin may stick out of a covered interval by this much at either end
 ROOT = "root"
 _COLUMNS = ("TraceID", "SpanID", "ParentID", "PodName", "StartTimeUnixNano", "EndTimeUnixNano")
