@@ -28,6 +28,7 @@ Usage: `with LokiStandIn() as loki: requests.get(loki.url + "/ready")` (port 0 p
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import threading
@@ -211,11 +212,13 @@ StreamKey = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
 
 # --- store ------------------------------------------------------------------------------------------------------
 class Store:
-    """Streams in memory: sorted label pairs -> {(ts_ns, line): push order}; thread-safe."""
+    """Streams in memory: sorted label pairs -> {(ts_ns, line): push order}; thread-safe. Each stream also keeps a
+    time-sorted index (rebuilt after a push), so a query costs its matches, not the whole store."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._streams: dict[tuple[tuple[str, str], ...], dict[tuple[int, str], int]] = {}
+        self._sorted: dict[tuple[tuple[str, str], ...], list[tuple[int, int, str]]] = {}
 
     def push(self, labels: dict[str, str], entries: Iterable[tuple[int, str]]) -> None:
         key = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
@@ -225,15 +228,25 @@ class Store:
                 # Loki drops an entry whose timestamp and line equal one already in the stream; entries sharing a
                 # timestamp keep their push order
                 stream.setdefault((int(ts), str(line)), len(stream))
+            self._sorted.pop(key, None)
+
+    def _index(self, key: tuple[tuple[str, str], ...]) -> list[tuple[int, int, str]]:
+        index = self._sorted.get(key)
+        if index is None:
+            index = sorted((ts, seq, line) for (ts, line), seq in self._streams[key].items())
+            self._sorted[key] = index
+        return index
 
     def select(self, query: Query, start_ns: int, end_ns: int) -> list[tuple[int, StreamKey, int, str]]:
         """(ts, stream key, push order, line) of the matching entries in [start_ns, end_ns)."""
         with self._lock:
-            streams = [(key, list(values.items())) for key, values in self._streams.items() if query.selects(dict(key))]
-        return [
-            (ts, key, seq, line) for key, values in streams for (ts, line), seq in values
-            if start_ns <= ts < end_ns and query.keeps(line)
-        ]  # fmt: skip
+            chosen = []
+            for key in self._streams:
+                if query.selects(dict(key)):
+                    index = self._index(key)
+                    chosen.append((key, index[bisect.bisect_left(index, (start_ns,)):
+                                              bisect.bisect_left(index, (end_ns,))]))
+        return [(ts, key, seq, line) for key, entries in chosen for ts, seq, line in entries if query.keeps(line)]
 
     def __len__(self) -> int:
         with self._lock:

@@ -548,3 +548,15 @@ def test_templates_and_levels_is_extract_then_clean_per_line():
     assert levels == ["ERROR", "INFO", "ERROR"]
     assert templates == [logs.clean(logs.extract_message(line)[0]) for line in lines]
     assert templates[0] == templates[2] != templates[1]
+
+
+def test_rule_guards_change_nothing(tt_sample: pd.DataFrame, ob_logs: pd.DataFrame) -> None:
+    """The cleaner skips a rule when a substring every match needs is absent: on real lines and on adversarial text
+    the result must equal running every rule."""
+    from lemzha.logs import _clean_text
+
+    messages = [extract_message(raw)[0] for raw in [*tt_sample["Log"].head(20_000), *ob_logs["Log"].head(5_000)]]
+    messages += _random_strings(3000)
+    assert len(messages) > 10_000
+    differ = [m for m in messages if _clean_text(m, guards=True) != _clean_text(m, guards=False)]
+    assert differ == []
