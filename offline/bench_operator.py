@@ -32,7 +32,7 @@ STAGES = ("metrics", "pod_info", "logs", "scenario", "rank")
 
 
 def _trainticket_ids(prepared, n: int) -> list[str]:
-    ids = sorted(i for i in prepared.ids() if i.startswith("nezha/2023"))
+    ids = sorted(i for i in prepared.ids if i.startswith("nezha/2023"))
     if n > len(ids):
         raise ValueError(f"--n {n}: only {len(ids)} TrainTicket faults exist")
     return ids[:n]
@@ -193,7 +193,7 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) ->
             api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
             env = {"KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url, "LEMZHA_LOKI_URL": loki.url,
                    "LEMZHA_BUNDLE": str(bundle), "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
-                   "LEMZHA_CONCURRENCY": str(concurrency)}
+                   "LEMZHA_CONCURRENCY": str(concurrency), "MALLOC_ARENA_MAX": "2"}  # as the chart and image set
             with OperatorProcess(env, root / "operator.log", root) as operator:
                 bar = tqdm(total=3, desc="operator bench", disable=not progress)
                 s0 = _stage_totals(operator.metrics_url)
