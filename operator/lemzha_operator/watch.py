@@ -1,0 +1,314 @@
+"""RCAWatch decisions as plain functions: which window to fetch, did the detector fire, when did it start, which
+incident to open. `evaluate()` runs one evaluation with injected fetch/list/create callables; the kopf layer
+(`watches.py`) only supplies them and writes the status. Everything here runs without a cluster.
+
+One evaluation at clock time `now`:
+1. the window is the `history + scan` bins of 30 s ending at floor(now) (the bin holding `now` is incomplete and not
+   fetched); `history` is what the detector's trailing reference needs, `scan` = minDuration + interval + 2 bins;
+2. `lemzha_operator.prometheus.fetch_metrics` (the incidents' catalog and binning) gives the (T, P, M) values, the
+   detector (`lemzha.detect.make_detector`) a score in (0, 1] per bin;
+3. it fires when a run of bins with score >= threshold, at least minDuration long, *starts* in the scan part (a run
+   that started before it was already seen by an earlier evaluation, as long as evaluations were not skipped); the
+   latest such run counts, and its first bin is the estimated onset (the first crossing of the run);
+4. the incident is named `<watch>-<onset yyyymmdd-hhmmss>`, so evaluating the same time again names the same
+   incident and creating it again is a no-op (409 AlreadyExists); an onset not after the last firing's onset was
+   handled already, and one less than `cooldown` after it is suppressed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin
+
+GROUP, VERSION = "lemzha.io", "v1alpha1"
+WATCH_KIND, WATCH_PLURAL = "RCAWatch", "rcawatches"
+INCIDENT_KIND, INCIDENT_PLURAL = "RCAIncident", "rcaincidents"
+WATCH_LABEL = "lemzha.io/watch"
+DETECTORS = ("robust_z", "bocpd")  # the torch-free zero-shot detectors; the bundle carries no fitted trained ones
+# bins of context before the scanned part: the detector's trailing reference (robust_z 20 bins, bocpd 60) + 4
+HISTORY_BINS = {"robust_z": 24, "bocpd": 64}
+SCAN_MARGIN_BINS = 2
+FINAL_PHASES = ("Completed", "Failed")
+MAX_OPEN = 50  # status.openIncidents is bounded like the CRD says
+NAME_MAX = 63  # incident names stay DNS labels (Event names and labels derive from them)
+_DURATION = re.compile(r"^([0-9]+)(s|m|h)$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `5m`, `1h` -> timedelta (the CRD's pattern); anything else is a ValueError."""
+    found = _DURATION.match(str(text).strip())
+    if not found:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h)")
+    return timedelta(seconds=int(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2)])
+
+
+def stamp(moment: datetime) -> str:
+    return as_utc(moment).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    return as_utc(str(text).replace("Z", "+00:00")) if text else None
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """A watch's spec with the CRD's defaults applied (the schema defaults them too; this covers older objects)."""
+
+    name: str
+    namespace: str
+    uid: str
+    target: str
+    detector: str
+    threshold: float
+    min_duration: timedelta = timedelta(minutes=1)
+    cooldown: timedelta = timedelta(minutes=10)
+    interval: timedelta = timedelta(minutes=1)
+    suspend: bool = False
+    pod_selector: dict | None = None
+
+    @classmethod
+    def from_object(cls, spec: dict, meta: dict) -> WatchSpec:
+        detector = str(spec.get("detector", ""))
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
+        threshold = float(spec.get("threshold", 0))
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold {threshold} is not in (0, 1]")
+        return cls(name=meta["name"], namespace=meta.get("namespace") or "default", uid=str(meta.get("uid", "")),
+                   target=spec.get("targetNamespace") or meta.get("namespace") or "default", detector=detector,
+                   threshold=threshold, min_duration=parse_duration(spec.get("minDuration", "1m")),
+                   cooldown=parse_duration(spec.get("cooldown", "10m")),
+                   interval=parse_duration(spec.get("interval", "1m")), suspend=bool(spec.get("suspend", False)),
+                   pod_selector=dict(spec["podSelector"]) if spec.get("podSelector") else None)
+
+    @property
+    def min_bins(self) -> int:
+        return max(1, math.ceil(self.min_duration.total_seconds() / BIN_SECONDS))
+
+    @property
+    def interval_bins(self) -> int:
+        return max(1, math.ceil(self.interval.total_seconds() / BIN_SECONDS))
+
+    @property
+    def scan_bins(self) -> int:
+        return self.min_bins + self.interval_bins + SCAN_MARGIN_BINS
+
+    @property
+    def history_bins(self) -> int:
+        return HISTORY_BINS[self.detector]
+
+
+def window_for(watch: WatchSpec, now: datetime) -> tuple[datetime, int]:
+    """(start, n_bins) of the window to fetch: history + scan bins ending at floor(now), exclusive."""
+    n_bins = watch.history_bins + watch.scan_bins
+    end = floor_to_bin(now)
+    return end - timedelta(seconds=n_bins * BIN_SECONDS), n_bins
+
+
+def due(watch: WatchSpec, last_evaluation: datetime | None, now: datetime) -> bool:
+    """Evaluate now? Yes when never evaluated, when `interval` has passed since the last evaluation, or when the
+    clock went back (a replay restarted)."""
+    return last_evaluation is None or now >= last_evaluation + watch.interval or now < last_evaluation
+
+
+def score(detector: str, values: np.ndarray) -> np.ndarray:
+    """(T,) scores in (0, 1] of one zero-shot detector (lemzha.detect imports neither torch nor scikit-learn)."""
+    from lemzha.detect import make_detector
+
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
+    if values.size == 0 or values.shape[1] == 0:
+        return np.zeros(values.shape[0])
+    return np.asarray(make_detector(detector).score(values), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """Where the detector fired: the run's first bin (the onset) and its length in bins (up to the window end)."""
+
+    onset_bin: int
+    run_bins: int
+
+
+def find_firing(scores: np.ndarray, threshold: float, min_bins: int, scan_bins: int) -> Firing | None:
+    """The latest run of scores >= threshold at least `min_bins` long that starts within the last `scan_bins` bins
+    (a run is followed back before the scan part only to confirm it did not start there). None if there is none."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    scan_from = max(0, n - scan_bins)
+    alarm = scores >= threshold
+    best: Firing | None = None
+    b = 0
+    while b < n:
+        if not alarm[b]:
+            b += 1
+            continue
+        start = b
+        while b < n and alarm[b]:
+            b += 1
+        length = b - start
+        if start >= scan_from and start > 0 and length >= min_bins:
+            best = Firing(start, length)  # runs come in time order: the last one found is the latest
+    return best
+
+
+def incident_name(watch_name: str, onset: datetime) -> str:
+    """`<watch>-<yyyymmdd-hhmmss>`, at most 63 characters: a long watch name is cut and a hash of the whole name
+    keeps it unique. Deterministic, so the same onset always names the same incident."""
+    suffix = "-" + as_utc(onset).strftime("%Y%m%d-%H%M%S")
+    prefix = watch_name
+    if len(prefix) + len(suffix) > NAME_MAX:
+        digest = hashlib.sha256(watch_name.encode()).hexdigest()[:8]
+        prefix = watch_name[: NAME_MAX - len(suffix) - 9].rstrip("-.") + "-" + digest
+    return prefix + suffix
+
+
+def watch_label(watch_name: str) -> str:
+    """The `lemzha.io/watch` label value: the watch's name, or (over 63 characters) a cut name plus a hash."""
+    if len(watch_name) <= 63:
+        return watch_name
+    digest = hashlib.sha256(watch_name.encode()).hexdigest()[:8]
+    return watch_name[:54].rstrip("-.") + "-" + digest
+
+
+def incident_body(watch: WatchSpec, onset: datetime, score_value: float | None = None) -> dict:
+    """The RCAIncident the watch opens: faultTime = onset, the watch's target and pod selector, owned by the watch
+    (controller, not blocking its deletion), labelled with the watch's name."""
+    spec: dict = {"targetNamespace": watch.target, "faultTime": stamp(onset)}
+    if watch.pod_selector:
+        spec["podSelector"] = watch.pod_selector
+    annotations = {"lemzha.io/detector": watch.detector, "lemzha.io/threshold": f"{watch.threshold:g}"}
+    if score_value is not None:
+        annotations["lemzha.io/score"] = f"{score_value:.4f}"
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": INCIDENT_KIND,
+        "metadata": {
+            "name": incident_name(watch.name, onset),
+            "namespace": watch.namespace,
+            "labels": {WATCH_LABEL: watch_label(watch.name)},
+            "annotations": annotations,
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": WATCH_KIND, "name": watch.name,
+                                 "uid": watch.uid, "controller": True, "blockOwnerDeletion": False}],
+        },
+        "spec": spec,
+    }
+
+
+@dataclass
+class Decision:
+    """What one evaluation decided."""
+
+    action: str  # "open" | "seen" (onset already handled) | "cooldown" | "quiet"
+    onset: datetime | None = None
+    firing: Firing | None = None
+    last_score: float | None = None
+    message: str = ""
+
+
+def decide(watch: WatchSpec, scores: np.ndarray, start: datetime, last_onset: datetime | None) -> Decision:
+    """From one window's scores (bin 0 starting at `start`): open an incident, or why not."""
+    last_score = float(scores[-1]) if len(scores) else None
+    firing = find_firing(scores, watch.threshold, watch.min_bins, watch.scan_bins)
+    if firing is None:
+        return Decision("quiet", last_score=last_score,
+                        message=f"{watch.detector} below {watch.threshold:g} for {watch.min_duration} or more")
+    onset = as_utc(start) + timedelta(seconds=firing.onset_bin * BIN_SECONDS)
+    peak = float(np.max(scores[firing.onset_bin: firing.onset_bin + firing.run_bins]))
+    if last_onset is not None and onset <= last_onset:
+        return Decision("seen", onset, firing, last_score, f"onset {stamp(onset)} already handled")
+    if last_onset is not None and onset - last_onset < watch.cooldown:
+        return Decision("cooldown", onset, firing, last_score,
+                        f"fired at {stamp(onset)} (peak {peak:.3f}), within cooldown {watch.cooldown} of the last "
+                        f"onset {stamp(last_onset)}: no new incident")
+    return Decision("open", onset, firing, last_score,
+                    f"{watch.detector} >= {watch.threshold:g} for {firing.run_bins * BIN_SECONDS} s from "
+                    f"{stamp(onset)} (peak {peak:.3f})")
+
+
+def open_incidents(items: list[dict], watch_uid: str) -> list[str]:
+    """Names of the listed incidents owned by the watch (ownerReference uid) that are not Completed/Failed."""
+    names = []
+    for item in items:
+        meta = item.get("metadata", {})
+        owned = any(ref.get("uid") == watch_uid and ref.get("kind") == WATCH_KIND
+                    for ref in meta.get("ownerReferences") or [])
+        if owned and not meta.get("deletionTimestamp") and item.get("status", {}).get("phase") not in FINAL_PHASES:
+            names.append(meta["name"])
+    return sorted(names)[:MAX_OPEN]
+
+
+def condition(kind: str, ok: bool, reason: str, message: str) -> dict:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message[:1024]}
+
+
+@dataclass
+class Evaluation:
+    """One evaluation's result: the status fields to write (conditions unmerged) and the incident created, if any."""
+
+    status: dict = field(default_factory=dict)
+    conditions: list[dict] = field(default_factory=list)
+    created: str | None = None
+    decision: Decision | None = None
+
+
+Fetch = Callable[[str, datetime, int], object]  # (namespace, start, n_bins) -> FetchedMetrics-like (.values)
+Create = Callable[[dict], bool]  # body -> True created, False already existed
+
+
+def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create: Create,
+             list_owned: Callable[[], list[dict]] | None = None) -> Evaluation:
+    """One evaluation at clock time `now`. Exceptions of `fetch` (a Prometheus outage) propagate: the caller
+    reports them in a condition and tries again at the next tick."""
+    out = Evaluation()
+    if watch.suspend:
+        out.status = {"lastEvaluation": stamp(now)}
+        out.conditions = [condition("Ready", False, "Suspended", "spec.suspend is true: not evaluating")]
+        return out
+    start, n_bins = window_for(watch, now)
+    fetched = fetch(watch.target, start, n_bins)
+    values = np.asarray(fetched.values)
+    scores = score(watch.detector, values)
+    last = status.get("lastFiring") or {}
+    decision = decide(watch, scores, start, parse_time(last.get("onset")))
+    out.decision = decision
+    out.status = {"lastEvaluation": stamp(now),
+                  "lastScore": round(decision.last_score, 6) if decision.last_score is not None else None,
+                  "incidentsOpened": int(status.get("incidentsOpened", 0))}
+    pods = values.shape[1] if values.ndim == 3 else 0
+    ready = condition("Ready", True, "Evaluated", f"{watch.detector} over {pods} pod(s) of {watch.target}, "
+                      f"{n_bins} bins to {stamp(start + timedelta(seconds=n_bins * BIN_SECONDS))}")
+    if pods == 0:
+        ready = condition("Ready", False, "NoData", f"no pod metrics in {watch.target} for the last {n_bins} bins")
+    if decision.action == "open":
+        body = incident_body(watch, decision.onset, float(scores[decision.firing.onset_bin]))
+        created = create(body)
+        name = body["metadata"]["name"]
+        out.created = name if created else None
+        out.status["lastFiring"] = {"onset": stamp(decision.onset), "incident": name, "at": stamp(now)}
+        if created:
+            out.status["incidentsOpened"] += 1
+        firing = condition("Firing", True, "IncidentOpened", f"{decision.message}: opened {name}"
+                           + ("" if created else " (it existed already)"))
+    elif decision.action == "cooldown":
+        firing = condition("Firing", True, "Cooldown", decision.message)
+    elif decision.action == "seen":
+        firing = condition("Firing", True, "AlreadyOpened", decision.message)
+    else:
+        firing = condition("Firing", False, "BelowThreshold", decision.message)
+    out.conditions = [ready, firing]
+    if list_owned is not None:
+        out.status["openIncidents"] = open_incidents(list_owned(), watch.uid)
+    return out
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
