@@ -1,10 +1,11 @@
-"""`python -m offline.bench prepare|lodocv|onnx|traces`: wall time and peak memory, printed as figures.
+"""`python -m offline.bench prepare|lodocv|onnx|traces|operator`: wall time and peak memory, printed as figures.
 
 Each measurement runs in a fresh child process so its peak RSS is its own. `prepare` measures a cold build into an
 empty temporary cache (extraction included) and then a warm run on that cache. `onnx` times the bundle's ranker
 against torch on one TrainTicket scenario (46 services) and the RSS of a torch-free process holding the bundle.
 `traces` derives the trace series of all 101 Nezha scenarios cold (`python -m offline.traces` into an empty
 temporary cache: both Nezha archives verified and extracted, every trace CSV read), then warm (archives extracted).
+`operator` runs the live operator against replayed TrainTicket faults (`offline/bench_operator.py`).
 """
 
 from __future__ import annotations
@@ -212,7 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("traces", help="cold and warm trace derivation of all 101 Nezha scenarios")
     tr.add_argument("--datasets", type=Path)
     tr.add_argument("--workers", type=int, default=2, help="processes reading days in parallel (default 2)")
+    op = sub.add_parser("operator", help="live operator: created->Completed latency, stages, RSS, throughput")
+    op.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
+    op.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
+    op.add_argument("--bundle", type=Path, help="bundle directory (default: a --quick export, cached)")
     args = parser.parse_args(argv)
+    if args.what == "operator":
+        from offline import bench_operator
+
+        argv_op = ["--n", str(args.n), "--concurrency", str(args.concurrency)]
+        return bench_operator.main(argv_op + (["--bundle", str(args.bundle)] if args.bundle else []))
     if args.what == "traces":
         figures = bench_traces(args.datasets, max(1, args.workers))
     elif args.what == "prepare":
