@@ -220,11 +220,11 @@ def test_rca_windows_match_lodocv(prepared, days):
 
     for day in ("2022-08-22", "2023-01-29"):
         stream, faults = days[day]
-        for fault in faults[:5]:
+        windows = bench.rca_windows(stream, faults)
+        for fault, (values, fault_bin) in list(zip(faults, windows, strict=True))[:6]:  # the first starts early
             shown = unknown_onset_window(prepared.load(fault.id), 0)
-            start, fault_bin = bench.rca_window(fault)
             assert shown.label.fault_bin == fault_bin
-            assert np.array_equal(stream.values[start : start + bench.RCA_WINDOW_BINS], shown.values, equal_nan=True)
+            assert np.array_equal(values, shown.values, equal_nan=True)
 
 
 def test_onset_selection_prefers_the_better_candidate():
