@@ -38,16 +38,6 @@ def _trainticket_ids(prepared, n: int) -> list[str]:
     return ids[:n]
 
 
-def _quick_bundle(cache: Path) -> Path:
-    bundle = cache / "bench-operator-bundle"
-    if not (bundle / "bundle.json").is_file():
-        from offline.export import main as export
-
-        if export(["--quick", "--out", str(bundle)]) != 0:
-            raise RuntimeError("offline.export --quick failed")
-    return bundle
-
-
 def _stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
     import requests
     from prometheus_client.parser import text_string_to_metric_families
@@ -166,7 +156,6 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) ->
 
     from offline import replay
     from offline.dataset import prepare
-    from offline.store import default_cache_dir
     from tests.kube_standin import KubeStandin
     from tests.loki_standin import LokiStandIn
     from tests.operator_harness import OperatorProcess
@@ -177,7 +166,10 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) ->
     prepared = prepare(progress=progress)
     ids = _trainticket_ids(prepared, n)
     cases = [(i, prepared.load(i).label.injection_time) for i in ids]
-    bundle = bundle or _quick_bundle(default_cache_dir())
+    if bundle is None:
+        from offline.bundle_cache import quick_bundle
+
+        bundle = quick_bundle(prepared)
     namespace = prepared.load(ids[0]).namespace
     with tempfile.TemporaryDirectory(prefix="lemzha-bench-operator-") as tmp:
         root = Path(tmp)

@@ -29,29 +29,11 @@ def prepared():
 
 @pytest.fixture(scope="session")
 def quick_bundle(prepared) -> Path:
-    """One `offline.export --quick` bundle per version of the code and data, cached in .cache/bundles/<hash>/bundle,
-    with the trained torch weights beside it (torch_state.pt) for parity tests."""
-    import hashlib
+    """One `offline.export --quick` bundle per version of the code and data (offline/bundle_cache.py), with the
+    trained torch weights beside it (torch_state.pt) for parity tests."""
+    from offline.bundle_cache import quick_bundle as cached
 
-    from offline.store import REPO_ROOT, default_cache_dir
-
-    digest = hashlib.sha256(str(prepared.index.get("key")).encode())
-    for path in sorted([*REPO_ROOT.glob("lemzha/*.py"), *REPO_ROOT.glob("offline/params/*.json"),
-                        REPO_ROOT / "offline" / "export.py", REPO_ROOT / "offline" / "params.py"]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    root = default_cache_dir() / "bundles" / digest.hexdigest()[:16]
-    bundle, state = root / "bundle", root / "torch_state.pt"
-    if not ((bundle / "bundle.json").is_file() and state.is_file()):
-        import shutil
-        import time
-
-        from offline.export import main as export
-
-        assert export(["--quick", "--out", str(bundle), "--torch-state", str(state)]) == 0
-        for old in root.parent.iterdir():  # ~90 MB each: drop versions nobody has built for a day
-            if old != root and old.stat().st_mtime < time.time() - 86400:
-                shutil.rmtree(old, ignore_errors=True)
-    return bundle
+    return cached(prepared)
 
 
 @pytest.fixture(scope="session")
