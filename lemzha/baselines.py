@@ -4,6 +4,8 @@
 - `NSigma`: max over bins from onset, metrics and pods of |x - mean_pre| / std_pre.
 - `Baro`: the same with BARO's robust z (`lemzha.evidence.robust_z`).
 - `SimpleRCA`: rank-average of the N-sigma score and the rise in the share of ERROR/FATAL log lines.
+- `SimpleRCATraces`: the same plus SimpleRCA's trace term, the N-sigma score of each service's span P95 latency
+  (issue #8; uncovered bins are missing, a scenario without traces gives every service the same trace rank).
 
 The metric baselines need an onset bin: the scenario's own onset when it has one, otherwise `estimate_onset_bin`,
 which reads only the metric values (never the label). `random_ranking_metrics` gives the analytic expectation of
@@ -210,7 +212,42 @@ class SimpleRCA:
         return Ranking.from_scores(_rank_average(metric, error_share_increase(scenario, onset_bin)))
 
 
-BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, SimpleRCA)
+def trace_p95_scores(scenario: Scenario, onset_bin: int) -> dict[str, float]:
+    """Per traced service, the max N-sigma z of its span P95 latency from onset on, the reference being its covered
+    bins before the onset; 0 for a service without traces or without a covered bin on either side."""
+    scores = dict.fromkeys(scenario.services, 0.0)
+    frame = scenario.service_metrics
+    if frame is None or not len(frame):
+        return scores
+    table = frame.pivot(index="bin", columns="service", values="trace_latency_p95_ms")
+    table = table.reindex(range(scenario.n_bins))
+    z = nsigma_z(table.to_numpy(np.float64), onset_bin)[onset_bin:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # services with no finite z after onset
+        peak = np.nanmax(z, axis=0) if len(z) else np.full(z.shape[1], np.nan)
+    for service, value in zip(table.columns, peak, strict=True):
+        if np.isfinite(value):
+            scores[str(service)] = float(value)
+    return scores
+
+
+class SimpleRCATraces:
+    """SimpleRCA with its trace term: rank-average of the N-sigma metric score, the rise in the ERROR/FATAL log
+    share and the N-sigma score of the service's span P95 latency."""
+
+    name = "simplerca_traces"
+
+    def fit(self, train: Sequence[Scenario]) -> None:
+        """Training-free."""
+
+    def rank(self, scenario: Scenario) -> Ranking:
+        onset_bin = resolve_onset_bin(scenario)
+        metric = service_max(scenario, _pod_max(nsigma_z(scenario.values, onset_bin), onset_bin))
+        return Ranking.from_scores(_rank_average(metric, error_share_increase(scenario, onset_bin),
+                                                 trace_p95_scores(scenario, onset_bin)))
+
+
+BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, SimpleRCA, SimpleRCATraces)
 
 
 # -- random floor --------------------------------------------------------------------------------------------------

@@ -23,6 +23,19 @@ LOG_FEATURES = LOG_SCALARS + 2 * DIM
 CLIP = 10.0
 CADVISOR_METRICS = ("cpu_millicores", "memory_bytes", "network_receive", "network_transmit")
 
+# Traces (issue #8). Per service and per edge, a few series from the scenario's `service_metrics` / `edges`, all
+# log-compressed; NaN where the bin is not covered by traces (or the service had no call, for latencies).
+SERVICE_TRACE_SERIES = ("trace_calls", "trace_latency_mean_ms", "trace_latency_p50_ms", "trace_latency_p95_ms")
+EDGE_TRACE_SERIES = ("edge_requests", "edge_latency_p95_s")
+# Smallest change counted as one unit of deviation, in log space: counts are noisy at low volume, latencies more so.
+_SERVICE_TRACE_FLOOR = np.array([0.1, 0.2, 0.2, 0.2], np.float32)
+_EDGE_TRACE_FLOOR = np.array([0.1, 0.2], np.float32)
+_EDGE_LATENCY_SCALE = 1000.0  # seconds -> ms before the log, so that both levels live on the same scale
+_TRACE_LEVEL_SCALE = 6.0
+# Per series: mean signed deviation after the onset, max |deviation| after it, level after it; then three masks.
+SERVICE_TRACE_FEATURES_N = 3 * len(SERVICE_TRACE_SERIES) + 3
+EDGE_TRACE_FEATURES_N = 3 * len(EDGE_TRACE_SERIES) + 3
+
 # Typical spread of each type's transformed value, so that "level" features are on comparable scales.
 _LEVEL_SCALE = {
     MetricType.PERCENT: 1.0,
@@ -60,6 +73,9 @@ class Prepared:
     log_warn: np.ndarray  # (R,) bool
     template_vectors: np.ndarray  # (U, DIM) embeddings of the scenario's unique templates
     name_vectors: np.ndarray  # (S, DIM)
+    service_traces: np.ndarray | None = None  # (T, S, len(SERVICE_TRACE_SERIES)) log-compressed, NaN = missing
+    edge_pairs: np.ndarray | None = None  # (E, 2) int: client, server service index
+    edge_traces: np.ndarray | None = None  # (T, E, len(EDGE_TRACE_SERIES)) log-compressed, NaN = missing
 
     @property
     def n_bins(self) -> int:
@@ -100,7 +116,75 @@ def prepare(scenario: Scenario, embedder: TextEmbedder) -> Prepared:
         log_warn=warn,
         template_vectors=embedder.embed(templates) if templates else np.zeros((0, DIM), np.float32),
         name_vectors=embedder.embed([service_name_text(s) for s in services]),
+        **trace_arrays(scenario),
     )
+
+
+def trace_arrays(scenario: Scenario) -> dict[str, np.ndarray]:
+    """The scenario's trace frames as dense arrays (NaN where a bin is uncovered or a service has no data)."""
+    T, index = scenario.n_bins, {s: i for i, s in enumerate(scenario.services)}
+    svc = np.full((T, len(index), len(SERVICE_TRACE_SERIES)), np.nan, np.float32)
+    frame = scenario.service_metrics
+    if frame is not None and len(frame):
+        rows = frame["bin"].to_numpy(np.int64)
+        cols = frame["service"].map(index).to_numpy(np.int64)
+        for k, name in enumerate(SERVICE_TRACE_SERIES):
+            svc[rows, cols, k] = np.log1p(frame[name].to_numpy(np.float64))
+    frame = scenario.edges
+    if frame is not None and len(frame):
+        pairs = frame[["client", "server"]].drop_duplicates().sort_values(["client", "server"])
+        keys = list(zip(pairs["client"], pairs["server"], strict=True))
+        pair_index = {k: i for i, k in enumerate(keys)}
+        edge_pairs = np.array([[index[c], index[d]] for c, d in keys], np.int64).reshape(-1, 2)
+        edges = np.full((T, len(keys), len(EDGE_TRACE_SERIES)), np.nan, np.float32)
+        rows = frame["bin"].to_numpy(np.int64)
+        cols = np.array([pair_index[k] for k in zip(frame["client"], frame["server"], strict=True)], np.int64)
+        edges[rows, cols, 0] = np.log1p(frame["edge_requests"].to_numpy(np.float64))
+        edges[rows, cols, 1] = np.log1p(frame["edge_latency_p95_s"].to_numpy(np.float64) * _EDGE_LATENCY_SCALE)
+    else:
+        edge_pairs = np.zeros((0, 2), np.int64)
+        edges = np.zeros((T, 0, len(EDGE_TRACE_SERIES)), np.float32)
+    return {"service_traces": svc, "edge_pairs": edge_pairs, "edge_traces": edges}
+
+
+def _window(series: np.ndarray, start: int, length: int) -> np.ndarray:
+    out = np.full((length, *series.shape[1:]), np.nan, np.float32)
+    lo, hi = max(start, 0), min(start + length, series.shape[0])
+    if hi > lo:
+        out[lo - start : hi - start] = series[lo:hi]
+    return out
+
+
+def trace_summary(window: np.ndarray, onset_pos: int, floor: np.ndarray) -> np.ndarray:
+    """(W, N, K) log series of one crop -> (N, 3K + 3) features normalised by the crop's own pre-onset bins.
+
+    Per series: mean signed and max absolute deviation from the pre-onset median (scaled by the pre-onset IQR,
+    floored), after the onset, and the mean level after the onset. A series with no pre-onset sample has no
+    deviation (0, its mask says why). Masks: any sample before the onset, any after it, and the share of bins after
+    the onset with a count. Missing bins (NaN) never count as 0."""
+    _, N, K = window.shape
+    out = np.zeros((N, 3 * K + 3), np.float32)
+    if N == 0:
+        return out
+    before, after = window[:onset_pos], window[onset_pos:]
+    present_before, present_after = ~np.isnan(before), ~np.isnan(after)
+    with np.errstate(invalid="ignore"):
+        q25, median, q75 = nan_quantiles(before, (0.25, 0.5, 0.75))
+        scale = np.maximum(np.where(np.isnan(q75 - q25), 0.0, q75 - q25), floor)
+        deviation = np.clip((after - median) / scale, -CLIP, CLIP)  # NaN where either side is missing
+        has_dev = ~np.isnan(deviation)
+        n_dev = has_dev.sum(axis=0)
+        mean_dev = np.where(n_dev > 0, np.nansum(deviation, axis=0) / np.maximum(n_dev, 1), 0.0)
+        max_dev = np.where(n_dev > 0, np.nanmax(np.where(has_dev, np.abs(deviation), -1.0), axis=0), 0.0)
+        n_after = present_after.sum(axis=0)
+        level = np.where(n_after > 0, np.nansum(after, axis=0) / np.maximum(n_after, 1), 0.0) / _TRACE_LEVEL_SCALE
+    out[:, :K] = mean_dev
+    out[:, K : 2 * K] = np.maximum(max_dev, 0.0)
+    out[:, 2 * K : 3 * K] = np.clip(level, -CLIP, CLIP)
+    out[:, 3 * K] = present_before[:, :, 0].any(axis=0)
+    out[:, 3 * K + 1] = present_after[:, :, 0].any(axis=0)
+    out[:, 3 * K + 2] = present_after[:, :, 0].mean(axis=0) if len(after) else 0.0
+    return out
 
 
 @dataclass
@@ -113,6 +197,9 @@ class Crop:
     logs: np.ndarray  # (S, LOG_FEATURES) float32
     names: np.ndarray  # (S, DIM)
     pod_service: np.ndarray  # (P,)
+    traces: np.ndarray | None = None  # (S, SERVICE_TRACE_FEATURES_N) float32, when traces are used
+    edge_pairs: np.ndarray | None = None  # (E, 2) int64 client, server
+    edge_traces: np.ndarray | None = None  # (E, EDGE_TRACE_FEATURES_N) float32
 
 
 def crop(
@@ -122,6 +209,7 @@ def crop(
     onset_pos: int,
     metric_keep: np.ndarray | None = None,
     use_logs: bool = True,
+    use_traces: bool = False,
 ) -> Crop:
     """Cut and normalise. Bins outside the scenario are missing (masked), never invented."""
     T, P, _ = prep.metrics.shape
@@ -147,7 +235,22 @@ def crop(
     logs = log_features(prep, start, length, onset_pos) if use_logs else np.zeros(
         (len(prep.services), LOG_FEATURES), np.float32
     )
-    return Crop(features, valid.any(axis=2), onset_pos, logs, prep.name_vectors, prep.pod_service)
+    out = Crop(features, valid.any(axis=2), onset_pos, logs, prep.name_vectors, prep.pod_service)
+    if use_traces:
+        out.traces, out.edge_pairs, out.edge_traces = trace_features(prep, start, length, onset_pos)
+    return out
+
+
+def trace_features(prep: Prepared, start: int, length: int, onset_pos: int) -> tuple[np.ndarray, ...]:
+    """Per service and per edge trace features of one crop (zeros, masks 0, for a scenario without traces)."""
+    S = len(prep.services)
+    if prep.service_traces is None:
+        return (np.zeros((S, SERVICE_TRACE_FEATURES_N), np.float32), np.zeros((0, 2), np.int64),
+                np.zeros((0, EDGE_TRACE_FEATURES_N), np.float32))
+    onset_pos = int(np.clip(onset_pos, 1, length - 1))
+    services = trace_summary(_window(prep.service_traces, start, length), onset_pos, _SERVICE_TRACE_FLOOR)
+    edges = trace_summary(_window(prep.edge_traces, start, length), onset_pos, _EDGE_TRACE_FLOOR)
+    return services, prep.edge_pairs.astype(np.int64), edges
 
 
 def log_features(prep: Prepared, start: int, length: int, onset_pos: int) -> np.ndarray:

@@ -22,9 +22,11 @@ def candidate_onsets(n_bins: int, crop_bins: int) -> list[int]:
     return list(range(low, high, SLIDE_STEP)) or [n_bins // 2]
 
 
-def crops_for(prep: Prepared, onset_bin: int | None, crop_bins: int, use_logs: bool = True) -> list[Crop]:
+def crops_for(prep: Prepared, onset_bin: int | None, crop_bins: int, use_logs: bool = True,
+              use_traces: bool = False) -> list[Crop]:
     onsets = [onset_bin] if onset_bin is not None else candidate_onsets(prep.n_bins, crop_bins)
-    return [crop(prep, o - crop_bins // 2, crop_bins, crop_bins // 2, use_logs=use_logs) for o in onsets]
+    return [crop(prep, o - crop_bins // 2, crop_bins, crop_bins // 2, use_logs=use_logs, use_traces=use_traces)
+            for o in onsets]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -33,10 +35,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def service_probabilities(
-    logits_fn: LogitsFn, prep: Prepared, onset_bin: int | None, crop_bins: int, use_logs: bool = True
+    logits_fn: LogitsFn, prep: Prepared, onset_bin: int | None, crop_bins: int, use_logs: bool = True,
+    use_traces: bool = False,
 ) -> np.ndarray:
     """Probabilities over prep.services; `logits_fn` maps crops to per-service logits."""
-    crops = crops_for(prep, onset_bin, crop_bins, use_logs)
+    crops = crops_for(prep, onset_bin, crop_bins, use_logs, use_traces)
     best = None
     for logits in logits_fn(crops):
         probs = softmax(np.asarray(logits, dtype=np.float64))

@@ -5,6 +5,9 @@
 - frozen MiniLM embeddings of log templates (before/after the onset) and of service names
 - pod -> service fusion by MAX and MEAN over a variable number of pods, plus the service's contrast to the others
 - a cosine-similarity head between the fused service vector and its name embedding, scaled by a temperature
+- optionally (issue #8) a service-level trace encoder, and a graph part: rounds of message passing over the crop's
+  call edges (caller -> callee), each message carrying an edge anomaly term; a service also sees the max over its
+  callees, so that "anomalous, and no callee more anomalous" (the deepest anomalous callee) can be learned
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lemzha.features import LOG_SCALARS, METRIC_FEATURES, N_METRICS
+from lemzha.features import EDGE_TRACE_FEATURES_N, LOG_SCALARS, METRIC_FEATURES, N_METRICS, SERVICE_TRACE_FEATURES_N
 from lemzha.text import DIM
 
 
@@ -90,15 +93,59 @@ def fuse_pods(pod_emb: torch.Tensor, pod_service: torch.Tensor, n_services: int)
     return torch.cat([maximum, mean], dim=1)
 
 
+class TraceEncoder(nn.Module):
+    """Per-service trace features -> (S, d); with `graph`, message passing over the call edges."""
+
+    def __init__(self, cfg: ModelConfig, graph: bool, rounds: int = 2) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.graph = graph
+        self.rounds = rounds if graph else 0
+        self.node = nn.Sequential(nn.Linear(SERVICE_TRACE_FEATURES_N, d), nn.GELU(), nn.Linear(d, d))
+        self.norm = nn.LayerNorm(d)
+        if graph:
+            self.edge = nn.Sequential(nn.Linear(EDGE_TRACE_FEATURES_N, d), nn.GELU(), nn.Linear(d, d))
+            self.from_caller = nn.Linear(d, d)
+            self.from_callee = nn.Linear(d, d)
+            self.update = nn.Sequential(nn.GELU(), nn.Linear(3 * d, d))
+            self.round_norm = nn.LayerNorm(d)
+
+    def forward(self, traces: torch.Tensor, edge_pairs: torch.Tensor, edge_traces: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.node(traces))
+        if not self.graph:
+            return h
+        S = traces.shape[0]
+        ids = torch.arange(S, device=traces.device)[:, None]
+        to_server = (edge_pairs[:, 1][None, :] == ids).to(h.dtype)  # (S, E): edges into each service
+        to_client = (edge_pairs[:, 0][None, :] == ids).to(h.dtype)  # (S, E): edges out of each service
+        n_in = to_server.sum(dim=1, keepdim=True)
+        n_out = to_client.sum(dim=1, keepdim=True)
+        e = self.edge(edge_traces)  # (E, d)
+        for _ in range(self.rounds):
+            caller = to_client.T @ h  # (E, d) the client's state on each edge
+            callee = to_server.T @ h
+            m_in = to_server @ (self.from_caller(caller) + e) / n_in.clamp_min(1.0)
+            out_msg = self.from_callee(callee) + e
+            m_out = to_client @ out_msg / n_out.clamp_min(1.0)
+            # max over callees, written with masks (and a floor row) so that it exports with any E, 0 included
+            masked = out_msg[None, :, :] + (to_client[:, :, None] - 1.0) * 1e4
+            floor = torch.full((S, 1, h.shape[1]), -1e4, dtype=h.dtype, device=h.device)
+            m_max = torch.cat([masked, floor], dim=1).max(dim=1).values * (n_out > 0).to(h.dtype)
+            h = self.round_norm(h + self.update(torch.cat([m_in, m_out, m_max], dim=1)))
+        return h
+
+
 class RCAModel(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, traces: bool = False, graph: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.metric_encoder = MetricEncoder(cfg)
         self.log_encoder = LogEncoder(cfg)
+        self.trace_encoder = TraceEncoder(cfg, graph) if traces else None
         d = cfg.d_model
+        width = 8 * d if traces else 6 * d
         self.fusion = nn.Sequential(
-            nn.Linear(6 * d, cfg.d_fusion), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_fusion, cfg.d_fusion)
+            nn.Linear(width, cfg.d_fusion), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_fusion, cfg.d_fusion)
         )
         self.name_query = nn.Linear(DIM, cfg.d_fusion)  # its bias is the name-independent "root cause" direction
 
@@ -110,17 +157,27 @@ class RCAModel(nn.Module):
         logs: torch.Tensor,
         names: torch.Tensor,
         pod_service: torch.Tensor,
+        traces: torch.Tensor | None = None,
+        edge_pairs: torch.Tensor | None = None,
+        edge_traces: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One scenario crop -> logits over its S services (onset_pos is a scalar here)."""
         pods = self.metric_encoder(metrics, valid, onset_pos.expand(metrics.shape[0]))
-        return self.score(pods, logs, names, pod_service)
+        return self.score(pods, logs, names, pod_service, traces, edge_pairs, edge_traces)
 
     def score(
-        self, pods: torch.Tensor, logs: torch.Tensor, names: torch.Tensor, pod_service: torch.Tensor
+        self, pods: torch.Tensor, logs: torch.Tensor, names: torch.Tensor, pod_service: torch.Tensor,
+        traces: torch.Tensor | None = None, edge_pairs: torch.Tensor | None = None,
+        edge_traces: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Encoded pods of one scenario -> logits over its S services."""
         n_services = names.shape[0]
-        service = torch.cat([fuse_pods(pods, pod_service, n_services), self.log_encoder(logs)], dim=1)  # (S, 3d)
+        parts = [fuse_pods(pods, pod_service, n_services), self.log_encoder(logs)]  # (S, 3d)
+        if self.trace_encoder is not None:
+            if traces is None or edge_pairs is None or edge_traces is None:
+                raise ValueError("this model uses traces: pass traces, edge_pairs and edge_traces")
+            parts.append(self.trace_encoder(traces, edge_pairs, edge_traces))
+        service = torch.cat(parts, dim=1)
         contrast = service - service.mean(dim=0, keepdim=True)
         fused = self.fusion(torch.cat([service, contrast], dim=1))
         query = self.name_query(names)

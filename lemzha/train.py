@@ -51,18 +51,21 @@ class InputOptions:
     use_logs: bool = True
     use_metrics: bool = True
     neutral_names: bool = False
+    use_traces: bool = False  # issue #8: per-service trace features (span calls and latencies)
+    use_graph: bool = False  # with use_traces: message passing over the call edges (edge requests and latency)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def to_tensors(c: Crop, options: InputOptions) -> tuple[torch.Tensor, ...]:
+    """The model's inputs for one crop: 6 tensors, plus traces, edge_pairs and edge_traces with use_traces."""
     metrics = torch.from_numpy(c.metrics).permute(1, 0, 2).contiguous()  # (P, W, F)
     valid = torch.from_numpy(c.pod_valid).T.contiguous()
     if not options.use_metrics:
         metrics = torch.zeros_like(metrics)
         valid = torch.zeros_like(valid)
-    return (
+    base = (
         metrics,
         valid,
         torch.tensor(c.onset_pos, dtype=torch.long),
@@ -70,6 +73,11 @@ def to_tensors(c: Crop, options: InputOptions) -> tuple[torch.Tensor, ...]:
         torch.from_numpy(c.names),
         torch.from_numpy(c.pod_service),
     )
+    if not options.use_traces:
+        return base
+    if c.traces is None:
+        raise ValueError("use_traces needs a crop made with use_traces=True")
+    return (*base, torch.from_numpy(c.traces), torch.from_numpy(c.edge_pairs), torch.from_numpy(c.edge_traces))
 
 
 class PreparedCache:
@@ -97,7 +105,8 @@ def onset_bin_of(scenario: Scenario) -> int:
     return scenario.bin_of(scenario.onset)
 
 
-def _training_crop(prep: Prepared, onset_bin: int, params: TrainParams, rng: np.random.Generator) -> Crop:
+def _training_crop(prep: Prepared, onset_bin: int, params: TrainParams, rng: np.random.Generator,
+                   use_traces: bool = False) -> Crop:
     W = params.crop_bins
     onset_pos = int(rng.integers(W // 4, 3 * W // 4 + 1))
     jitter = int(rng.integers(-params.onset_jitter, params.onset_jitter + 1)) if params.onset_jitter else 0
@@ -105,7 +114,7 @@ def _training_crop(prep: Prepared, onset_bin: int, params: TrainParams, rng: np.
     keep = None
     if rng.random() < params.cadvisor_only_prob:
         keep = np.isin(np.array(METRIC_NAMES), CADVISOR_METRICS)
-    c = crop(prep, start, W, onset_pos, metric_keep=keep)
+    c = crop(prep, start, W, onset_pos, metric_keep=keep, use_traces=use_traces)
     if params.noise_std:
         c.metrics = c.metrics + rng.normal(0, params.noise_std, c.metrics.shape).astype(np.float32) * (
             c.metrics != 0
@@ -122,6 +131,8 @@ def _shuffle_services(c: Crop, target: int, rng: np.random.Generator) -> tuple[C
     perm = rng.permutation(S)  # new position i holds old service perm[i]
     inverse = np.argsort(perm)
     shuffled = replace(c, logs=c.logs[perm], names=c.names[perm], pod_service=inverse[c.pod_service])
+    if c.traces is not None:
+        shuffled = replace(shuffled, traces=c.traces[perm], edge_pairs=inverse[c.edge_pairs])
     return shuffled, int(inverse[target])
 
 
@@ -145,7 +156,7 @@ def train_model(
     options = options or InputOptions()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = RCAModel(config or ModelConfig())
+    model = RCAModel(config or ModelConfig(), traces=options.use_traces, graph=options.use_traces and options.use_graph)
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     total_steps = max(1, params.epochs * int(np.ceil(len(train) / params.batch_size)))
     warmup = max(1, total_steps // 10)
@@ -168,7 +179,8 @@ def train_model(
             crops, targets = [], []
             for i in batch:
                 prep, onset_bin, target = train[i]
-                c, target = _shuffle_services(_training_crop(prep, onset_bin, params, rng), target, rng)
+                c, target = _shuffle_services(
+                    _training_crop(prep, onset_bin, params, rng, options.use_traces), target, rng)
                 if not options.use_logs:
                     c.logs = np.zeros_like(c.logs)
                 crops.append(to_tensors(c, options))
@@ -180,10 +192,10 @@ def train_model(
                 torch.cat([t[2].expand(t[0].shape[0]) for t in crops]),
             )
             loss = 0.0
-            for (_, _, _, logs, names, pod_service), target, own in zip(
+            for tensors, target, own in zip(
                 crops, targets, torch.split(pods, [t[0].shape[0] for t in crops]), strict=True
             ):
-                logits = model.score(own, logs, names, pod_service)
+                logits = model.score(own, *tensors[3:])
                 loss = loss + loss_fn(logits[None], torch.tensor([target])) / len(batch)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
@@ -208,7 +220,7 @@ def torch_logits_fn(model: nn.Module, options: InputOptions) -> LogitsFn:
             torch.cat([t[2].expand(t[0].shape[0]) for t in tensors]),
         )
         split = torch.split(pods, [t[0].shape[0] for t in tensors])
-        return [model.score(own, t[3], t[4], t[5]).numpy() for t, own in zip(tensors, split, strict=True)]
+        return [model.score(own, *t[3:]).numpy() for t, own in zip(tensors, split, strict=True)]
 
     return logits
 
@@ -217,7 +229,7 @@ def service_probabilities(
     model: nn.Module, prep: Prepared, onset_bin: int | None, crop_bins: int, options: InputOptions
 ) -> np.ndarray:
     return inference.service_probabilities(torch_logits_fn(model, options), prep, onset_bin, crop_bins,
-                                           options.use_logs)
+                                           options.use_logs, options.use_traces)
 
 
 class ModelRanker:

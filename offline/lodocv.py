@@ -7,6 +7,10 @@ Per fold (one Nezha day held out):
 - the model is trained on all training days (LEMMA included unless --no-lemma) with that many epochs, per seed
 Rankers only ever see `scenario.without_label()`.
 
+Traces (issue #8): the `traces` variant adds per-service span features, `traces_graph` also message passing over
+the call edges. Each gets its own inner epoch selection, and per fold the `selected` rows are the variant among
+model / traces / traces_graph with the best inner MRR (test days never decide it).
+
 Unknown onset: `unknown_onset:*` rows show a 24-bin window with no onset (baselines then fall back to their CUSUM
 rule, the model slides its crop); `estimated_onset:*` rows show the same window with the onset set by the estimator
 that `lemzha.detect.select_onset_estimator` chose on the training days' windows of that fold.
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA
+from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA, SimpleRCATraces
 from lemzha.detect import OnsetEstimator, select_onset_estimator
 from lemzha.features import Prepared
 from lemzha.fsutil import replace_directory
@@ -46,10 +50,15 @@ from offline.provenance import provenance
 from offline.store import ARCHIVES, DataError, default_cache_dir
 
 UNKNOWN_ONSET_BINS = 24  # 12 min window placed at random around the fault
+TRACE_VARIANTS = {
+    "traces": InputOptions(use_traces=True),
+    "traces_graph": InputOptions(use_traces=True, use_graph=True),
+}
 ABLATIONS = {
     "no_logs": InputOptions(use_logs=False),
     "no_metrics": InputOptions(use_metrics=False),
     "neutral_names": InputOptions(neutral_names=True),
+    **TRACE_VARIANTS,
 }
 
 
@@ -184,7 +193,7 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
     caches = {False: PreparedCache(embedder), True: PreparedCache(embedder, neutral_names=True)}
     rows: list[dict] = []
     estimator = fold_onset_estimator(train)
-    for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA()):
+    for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces()):
         baseline.fit(train)
         rows += rank_cases(baseline, test, fold, None, baseline.name)
         rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
@@ -196,8 +205,17 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
     inner = select_epochs(train, params, config, caches[False], InputOptions())
     inner["onset_estimator"] = estimator.describe()
     _tick(ticks)
-    fold_params = replace(params, epochs=inner["epochs"])
+    # the trace variants get their own epoch count; the decision between them is made on inner MRR alone
+    inner["variants"] = {"model": {"epochs": inner["epochs"], "mrr": inner["mrr"]}}
     for variant, options in job.variants.items():
+        if variant in TRACE_VARIANTS:
+            own = select_epochs(train, params, config, caches[False], options)
+            inner["variants"][variant] = {"epochs": own["epochs"], "mrr": own["mrr"], "curve": own["curve"]}
+            _tick(ticks)
+    inner["selected"] = max(inner["variants"], key=lambda v: inner["variants"][v]["mrr"])
+    for variant, options in job.variants.items():
+        epochs = inner["variants"].get(variant, inner["variants"]["model"])["epochs"]
+        fold_params = replace(params, epochs=epochs)
         for seed in job.seeds:
             ranker = ModelRanker(fold_params, seed, embedder, options, config, name=variant,
                                  cache=caches[options.neutral_names])
@@ -220,7 +238,8 @@ def _tick(ticks) -> None:
 
 def run_folds(job: FoldJob, folds: list[str], workers: int) -> tuple[list[dict], dict[str, dict]]:
     """Folds in parallel processes, with one progress bar over every fit."""
-    total = len(folds) * (1 + len(job.seeds) * len(job.variants))
+    n_inner = 1 + sum(v in TRACE_VARIANTS for v in job.variants)
+    total = len(folds) * (n_inner + len(job.seeds) * len(job.variants))
     rows: list[dict] = []
     inner: dict[str, dict] = {}
     with tqdm(total=total, desc="lodocv", unit="fit") as bar:
@@ -276,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="model seeds (default 3)")
     parser.add_argument("--folds", help="comma-separated test days YYYY-MM-DD (default: all four)")
     parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs: a CI smoke test")
-    parser.add_argument("--ablations", action="store_true", help="also run no_logs, no_metrics, neutral_names")
+    parser.add_argument("--ablations", action="store_true",
+                        help=f"also run every ablation: {', '.join(ABLATIONS)}")
+    parser.add_argument("--variants", help="comma-separated ablations to run besides the model (instead of "
+                                           f"--ablations' full set), e.g. {','.join(TRACE_VARIANTS)}")
     parser.add_argument("--no-lemma", action="store_true", help="train on Nezha only")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per worker (default 1: these small models run fastest single-threaded)")
@@ -323,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     variants = {"model": InputOptions(), **(ABLATIONS if args.ablations else {})}
+    if args.variants:
+        chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+        bad = sorted(set(chosen) - set(ABLATIONS))
+        if bad:
+            raise DataError(f"unknown variant(s) {bad}; choose from {', '.join(ABLATIONS)}")
+        variants = {"model": InputOptions(), **{v: ABLATIONS[v] for v in chosen}}
     job = FoldJob(prepared.directory, Path(args.cache or default_cache_dir()) / "embeddings", not args.no_lemma,
                   fold_params, seeds, variants, args.threads)
     rows, inner = run_folds(job, folds, max(1, args.workers))
@@ -331,8 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     by_ranker: dict[str, list[dict]] = {}
     for row in rows:
         by_ranker.setdefault(row["ranker"], []).append(row)
+    if any(len(inner[f]["variants"]) > 1 for f in folds):
+        # per fold, the rows of the variant picked on inner validation
+        by_ranker["selected"] = [{**r, "ranker": "selected"} for r in rows
+                                 if r["ranker"] == inner[r["fold"]]["selected"]]
     baseline_names = ["random", "service_prior", "nsigma", "baro", "simplerca"]
-    ablation_names = [n for n in by_ranker if n not in {"model", *baseline_names}]
+    trace_baseline_names = ["simplerca_traces"]
+    ablation_names = [n for n in by_ranker if n not in {"model", *baseline_names, *trace_baseline_names}]
+    trace_names = [n for n in ("traces", "traces_graph", "selected") if n in by_ranker]
     results = {
         "seeds": seeds,
         "folds": folds,
@@ -340,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         "epochs_per_fold": {f: inner[f]["epochs"] for f in folds},
         "model": report.summarise_ranker(by_ranker["model"]),
         "baselines": {n: report.summarise_ranker(by_ranker[n]) for n in baseline_names},
+        "trace_baselines": {n: report.summarise_ranker(by_ranker[n]) for n in trace_baseline_names},
         "ablations": {n: report.summarise_ranker(by_ranker[n]) for n in ablation_names},
-        "significance": {n: report.significance(by_ranker["model"], by_ranker[n]) for n in baseline_names},
+        "significance": {n: report.significance(by_ranker["model"], by_ranker[n])
+                         for n in baseline_names + trace_baseline_names},
+        # trace variant - model (metrics + logs), paired over cases
+        "trace_significance": {n: report.significance(by_ranker[n], by_ranker["model"]) for n in trace_names},
+        "selected_per_fold": {f: inner[f]["selected"] for f in folds},
         "inner_validation": inner,
         "params": {f: {"model": c.to_json(), "train": p.to_json(), "hash": h} for f, (c, p, h) in fold_params.items()},
         "provenance": run_provenance(command, ",".join(sorted({h for _, _, h in fold_params.values()}))),
@@ -370,7 +409,8 @@ def write_outputs(out: Path, results: dict, rows: list[dict], timing: dict) -> N
 
 def print_summary(results: dict, timing: dict, out: Path) -> None:
     print(f"\n{'ranker':<28}{'Acc@1':>8}{'Acc@3':>8}{'MRR':>8}")
-    rankers = {"model": results["model"], **results["baselines"], **results["ablations"]}
+    rankers = {"model": results["model"], **results["baselines"], **results.get("trace_baselines", {}),
+               **results["ablations"]}
     for name, summary in rankers.items():
         p = summary["pooled"]
         print(f"{name:<28}{p['acc1']['mean']:>8.3f}{p['acc3']['mean']:>8.3f}{p['mrr']['mean']:>8.3f}")

@@ -127,7 +127,8 @@ def render_markdown(results: dict) -> str:
         "| ranker | Acc@1 | Acc@3 | Acc@5 | Avg@5 | MRR |",
         "|---|---|---|---|---|---|",
     ]
-    rankers = {"model": results["model"], **results["baselines"], **results["ablations"]}
+    rankers = {"model": results["model"], **results["baselines"], **results.get("trace_baselines", {}),
+               **results["ablations"]}
     for name, summary in rankers.items():
         m = summary["pooled"]
         lines.append(f"| {name} | " + " | ".join(_fmt(m[k]) for k in METRIC_KEYS) + " |")
@@ -150,12 +151,23 @@ def render_markdown(results: dict) -> str:
         a, r = sig["acc1"], sig["mrr"]
         lines.append(f"| {name} | {a['mean_diff']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] | {a['beats']} "
                      f"| {r['mean_diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['beats']} |")
+    if results.get("trace_significance"):
+        lines += ["", "## Traces: variant − model (metrics + logs), paired bootstrap over cases", "",
+                  "| variant | ΔAcc@1 [CI] | better | ΔMRR [CI] | better |", "|---|---|---|---|---|"]
+        for name, sig in results["trace_significance"].items():
+            a, r = sig["acc1"], sig["mrr"]
+            lines.append(f"| {name} | {a['mean_diff']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] | "
+                         f"{a['beats']} | {r['mean_diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | "
+                         f"{r['beats']} |")
     inner = results.get("inner_validation", {})
     if inner:
         lines += ["", "## Inner validation (model selection; test days never seen)", "",
-                  "| test fold | inner days | epochs picked | inner MRR |", "|---|---|---|---|"]
+                  "| test fold | inner days | epochs picked | inner MRR | inner MRR per variant (epochs) | selected |",
+                  "|---|---|---|---|---|---|"]
         for fold, info in inner.items():
-            lines.append(f"| {fold} | {', '.join(info['inner_days'])} | {info['epochs']} | {info['mrr']:.3f} |")
+            variants = ", ".join(f"{v} {d['mrr']:.3f} ({d['epochs']})" for v, d in info.get("variants", {}).items())
+            lines.append(f"| {fold} | {', '.join(info['inner_days'])} | {info['epochs']} | {info['mrr']:.3f} | "
+                         f"{variants} | {info.get('selected', 'model')} |")
     lines += ["", "Plots: `per_fold_acc1.png`, `per_fault_type_mrr.png`.", ""]
     return "\n".join(lines)
 

@@ -13,9 +13,11 @@ from lemzha.baselines import (
     NSigma,
     ServicePrior,
     SimpleRCA,
+    SimpleRCATraces,
     error_share_increase,
     estimate_onset_bin,
     random_ranking_metrics,
+    trace_p95_scores,
 )
 from lemzha.metrics import aggregate, case_metrics, paired_bootstrap
 from lemzha.ranking import Ranker, Ranking
@@ -173,7 +175,7 @@ def test_random_metrics_closed_form():
 
 # -- rankers ---------------------------------------------------------------------------------------------------------
 def all_rankers(train: list[Scenario]) -> list[Ranker]:
-    rankers: list[Ranker] = [ServicePrior(), NSigma(), Baro(), SimpleRCA()]
+    rankers: list[Ranker] = [ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces()]
     for ranker in rankers:
         assert isinstance(ranker, Ranker)
         ranker.fit(train)
@@ -213,7 +215,7 @@ def test_pod_without_data_does_not_hide_its_sibling():
     values[:, s.pods.index("d-5dc8d4f9fd-llznp"), 0] = np.nan  # d: one metric missing on one pod
     gappy = Scenario(id="gappy", app="t", namespace="ns", start=START, pods=s.pods, pod_service=s.pod_service,
                      metrics=s.metrics, values=values, onset=s.onset)
-    for ranker in (NSigma(), Baro(), SimpleRCA()):
+    for ranker in (NSigma(), Baro(), SimpleRCA(), SimpleRCATraces()):
         ranking = ranker.rank(gappy)
         assert ranking.services[0] == "c", ranker.name
         assert all(np.isfinite(ranking.scores)), ranker.name
@@ -274,3 +276,39 @@ def test_estimate_onset_tolerates_missing_series():
     gappy = Scenario(id="gappy", app="t", namespace="ns", start=START, pods=s.pods, pod_service=s.pod_service,
                      metrics=s.metrics, values=values)
     assert abs(estimate_onset_bin(gappy) - 22) <= 1
+
+
+def _with_p95(s: Scenario, slow: str, covered=range(6, 16)) -> Scenario:
+    """Adds span metrics: every service 50 ms, `slow` at 400 ms from bin 10; bins outside `covered` uncovered."""
+    from dataclasses import replace
+
+    from lemzha.catalog import BUCKET_COLUMNS
+
+    rows = []
+    for b in range(s.n_bins):
+        for service in SERVICES:
+            bucket = 8 if (service == slow and b >= 10) else 5
+            calls = 20.0 + (b + ord(service)) % 3
+            row = {"bin": b, "service": service, "covered": b in covered, "trace_calls": calls,
+                   "duration_sum_ms": calls * 40, **dict(zip(BUCKET_COLUMNS, [0.0] * bucket + [calls] * (
+                       len(BUCKET_COLUMNS) - bucket), strict=True))}
+            if b not in covered:
+                row.update({k: np.nan for k in ("trace_calls", "duration_sum_ms", *BUCKET_COLUMNS)})
+            rows.append(row)
+    return replace(s, service_metrics=pd.DataFrame(rows))
+
+
+def test_trace_p95_term_helps_simplerca_traces():
+    jumps = {"a": 80.0, "c": 30.0}  # a deviates most in metrics, c second; only c's latency rises
+    base = make_scenario(jumps=jumps, logs=log_table(flat_logs()), root="c", onset_bin=10)
+    s = _with_p95(base, "c").without_label()
+    scores = trace_p95_scores(s, 10)
+    assert scores["c"] > 3 and all(scores[x] < 1 for x in ("a", "b", "d"))
+    assert SimpleRCA().rank(s).rank_of("c") == 2
+    assert SimpleRCATraces().rank(s).rank_of("c") == 1
+    assert SimpleRCATraces().rank(s) == SimpleRCATraces().rank(_with_p95(base, "c"))  # label-free
+    # without traces the trace term ties every service, so the ranking is SimpleRCA's
+    assert SimpleRCATraces().rank(base.without_label()).services == SimpleRCA().rank(base.without_label()).services
+    # uncovered bins are missing, never zeros: a service covered only after the onset scores 0
+    late = _with_p95(base, "c", covered=range(10, 16)).without_label()
+    assert all(v == 0 for v in trace_p95_scores(late, 10).values())

@@ -134,3 +134,120 @@ def test_training_records_a_validation_curve():
                          config=ModelConfig(d_model=16, n_heads=2, n_layers=1, d_text=8, d_fusion=16),
                          validate=lambda m: 0.5)
     assert result.curve == [0.5, 0.5]
+
+
+# -- traces (issue #8) -------------------------------------------------------------------------------------------------
+CHAIN = (("alpha", "bravo"), ("bravo", "charlie"), ("charlie", "delta"))  # caller -> callee
+
+
+def _cumulative(calls: float, bucket: int) -> list[float]:
+    from lemzha.catalog import BUCKET_COLUMNS
+
+    return [0.0] * bucket + [calls] * (len(BUCKET_COLUMNS) - bucket)
+
+
+def traced(cause: str, seed: int, n_bins: int = 40, fault_bin: int = 20, covered=range(14, 26)) -> Scenario:
+    """Flat metrics; the cause and its callers (upstream in the chain) get slow after the fault, the callers only
+    because they wait on it: the deepest anomalous callee is the cause. Bins outside `covered` have no traces."""
+    from lemzha.catalog import BUCKET_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    base = synthetic(cause, seed, n_bins, fault_bin)
+    values = rng.normal(100, 2, size=base.values.shape).astype(np.float32)
+    depth = {s: i for i, s in enumerate(SERVICES)}
+    slow = {s for s in SERVICES if depth[s] <= depth[cause]}
+    rows, edges = [], []
+    for b in range(n_bins):
+        is_covered = b in covered
+        for s in SERVICES:
+            bucket = 8 if (b >= fault_bin and s in slow) else 5  # 400 ms against 50 ms
+            calls = float(rng.integers(20, 30))
+            row = {"bin": b, "service": s, "covered": is_covered, "trace_calls": calls,
+                   "duration_sum_ms": calls * (300.0 if bucket == 8 else 40.0),
+                   **dict(zip(BUCKET_COLUMNS, _cumulative(calls, bucket), strict=True))}
+            if not is_covered:
+                row.update({k: np.nan for k in ("trace_calls", "duration_sum_ms", *BUCKET_COLUMNS)})
+            rows.append(row)
+        for client, server in CHAIN:
+            bucket = 8 if (b >= fault_bin and server in slow) else 5
+            edge = {"bin": b, "client": client, "server": server, "covered": is_covered, "edge_requests": 10.0,
+                    "duration_sum_ms": 100.0, **dict(zip(BUCKET_COLUMNS, _cumulative(10.0, bucket), strict=True))}
+            if not is_covered:
+                edge.update({k: np.nan for k in ("edge_requests", "duration_sum_ms", *BUCKET_COLUMNS)})
+            edges.append(edge)
+    return Scenario(
+        id=f"tr/{cause}-{seed}", app="syn", namespace="syn", start=START, pods=base.pods,
+        pod_service=base.pod_service, metrics=base.metrics, values=values, logs=None, onset=base.onset,
+        label=base.label, service_metrics=pd.DataFrame(rows), edges=pd.DataFrame(edges),
+    )
+
+
+def test_trace_features_use_the_crops_own_pre_onset_bins_and_mask_missing_ones():
+    from lemzha.features import SERVICE_TRACE_FEATURES_N, SERVICE_TRACE_SERIES
+
+    s = traced("charlie", 0)
+    prep = prepare(s, FakeEmbedder())
+    assert prep.edge_pairs.tolist() == [[0, 1], [1, 2], [2, 3]]
+    assert np.isnan(prep.service_traces[:14]).all() and np.isnan(prep.edge_traces[30:]).all()
+    c = crop(prep, start=10, length=20, onset_pos=10, use_traces=True)
+    assert c.traces.shape == (4, SERVICE_TRACE_FEATURES_N) and np.isfinite(c.traces).all()
+    assert np.isfinite(c.edge_traces).all() and c.edge_pairs.shape == (3, 2)
+    K = len(SERVICE_TRACE_SERIES)
+    p95_peak = c.traces[:, K + SERVICE_TRACE_SERIES.index("trace_latency_p95_ms")]
+    assert p95_peak[:3].min() > 5 > p95_peak[3]  # alpha, bravo, charlie slow; delta not
+    assert (c.traces[:, 3 * K : 3 * K + 2] == 1).all()  # covered before and after the onset
+    assert np.isclose(c.traces[0, 3 * K + 2], 0.6)  # 6 of the 10 bins after the onset are covered
+    # a crop whose pre-onset bins are all uncovered has no deviation, and says so in its mask
+    late = crop(prep, start=4, length=20, onset_pos=10, use_traces=True)  # covered from bin 14 on only
+    assert (late.traces[:, : 2 * K] == 0).all() and (late.traces[:, 3 * K] == 0).all()
+    assert (late.traces[:, 3 * K + 1] == 1).all()
+    # no traces at all (LEMMA): zeros, no edges
+    plain = crop(prepare(synthetic("alpha", 1), FakeEmbedder()), 10, 20, 10, use_traces=True)
+    assert not plain.traces.any() and plain.edge_pairs.shape == (0, 2)
+    assert crop(prep, 10, 20, 10).traces is None  # traces only when asked for
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("n_edges", [0, 3])
+def test_graph_model_is_finite_with_and_without_edges(training, n_edges):
+    from lemzha.features import EDGE_TRACE_FEATURES_N, SERVICE_TRACE_FEATURES_N
+
+    model = RCAModel(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_text=8, d_fusion=16), traces=True, graph=True)
+    model.train(training)
+    P, W, S = 3, 10, 4
+    args = (torch.randn(P, W, METRIC_FEATURES), torch.ones(P, W, dtype=torch.bool), torch.tensor(5),
+            torch.zeros(S, 778), torch.randn(S, 384), torch.tensor([0, 1, 1]))
+    traces = torch.randn(S, SERVICE_TRACE_FEATURES_N)
+    pairs = torch.tensor(CHAIN_INDEX[:n_edges], dtype=torch.long).reshape(-1, 2)
+    logits = model(*args, traces, pairs, torch.randn(n_edges, EDGE_TRACE_FEATURES_N))
+    assert torch.isfinite(logits).all() and logits.shape == (S,)
+    with pytest.raises(ValueError, match="traces"):
+        model(*args)
+
+
+CHAIN_INDEX = [[0, 1], [1, 2], [2, 3]]
+
+
+def test_service_shuffle_keeps_edges_on_their_services():
+    from lemzha.train import _shuffle_services
+
+    prep = prepare(traced("bravo", 0), FakeEmbedder())
+    c = crop(prep, 10, 20, 10, use_traces=True)
+    shuffled, target = _shuffle_services(c, 1, np.random.default_rng(3))
+    assert np.array_equal(shuffled.names[target], c.names[1])
+    for (a, b), (x, y) in zip(c.edge_pairs, shuffled.edge_pairs, strict=True):
+        assert np.array_equal(shuffled.names[x], c.names[a]) and np.array_equal(shuffled.names[y], c.names[b])
+        assert np.array_equal(shuffled.traces[x], c.traces[a])
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_trace_model_learns_a_cause_that_only_traces_show(graph):
+    options = InputOptions(use_traces=True, use_graph=graph)
+    ranker = ModelRanker(TrainParams(epochs=8, batch_size=4, crop_bins=20), seed=0, embedder=FakeEmbedder(),
+                         options=options, config=ModelConfig(d_model=16, n_heads=2, n_layers=1, d_text=8, d_fusion=16))
+    ranker.fit([traced(SERVICES[i % 4], i) for i in range(16)])
+    s = traced("bravo", 99)
+    a, b = ranker.rank(s), ranker.rank(s.without_label())
+    assert a.services == b.services and np.allclose(a.scores, b.scores)
+    hits = [ranker.rank(traced(c, 100 + i).without_label()).top(1)[0] == c for i, c in enumerate(SERVICES)]
+    assert sum(hits) >= 3
