@@ -101,6 +101,18 @@ def test_decide_opens_dedupes_and_cools_down():
     assert W.decide(w, scores_with(30, []), start, None).action == "quiet"
 
 
+def test_several_runs_in_one_scan_part_are_taken_in_order():
+    s = scores_with(40, [(30, 2), (34, 2), (38, 2)])
+    assert [f.onset_bin for f in W.find_firings(s, 0.9, 2, 12)] == [30, 34, 38]
+    every = W.decide(watch(cooldown="0s", interval="5m"), s, T0, None)
+    assert [o for o, _ in every.opens] == [T0 + timedelta(seconds=b * 30) for b in (30, 34, 38)]
+    spaced = W.decide(watch(cooldown="3m", interval="5m"), s, T0, None)  # 34 is 2 min after 30, 38 is 4 min after
+    assert [o for o, _ in spaced.opens] == [T0 + timedelta(seconds=b * 30) for b in (30, 38)]
+    assert spaced.action == "open" and spaced.onset == T0 + timedelta(seconds=38 * 30)
+    later = W.decide(watch(cooldown="3m", interval="5m"), s, T0, T0 + timedelta(seconds=32 * 30))
+    assert [o for o, _ in later.opens] == [T0 + timedelta(seconds=38 * 30)] and "opened 1" not in later.message
+
+
 def test_incident_name_is_deterministic_and_a_dns_label():
     onset = datetime(2023, 1, 29, 9, 3, 30, tzinfo=UTC)
     assert W.incident_name("ts-watch", onset) == "ts-watch-20230129-090330"
@@ -277,3 +289,25 @@ def test_crd_is_in_the_chart_and_structural():
     crd = next(c for c, _ in load_crds() if c.kind == "RCAWatch")
     assert crd.status_subresource and crd.plural == "rcawatches"
     assert "x-kubernetes-preserve-unknown-fields" not in json.dumps(crd.schema)
+
+
+# -- the chart's RBAC for watches ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["defaults", "full-all-namespaces"])
+def test_chart_grants_the_watch_loop_what_it_uses_and_no_more(name, tmp_path):
+    from tests.test_chart import CONFIGS, objects
+
+    rendered = objects(CONFIGS[name], tmp_path)
+    roles = [o for o in rendered if o["kind"] in ("Role", "ClusterRole")]
+
+    def verbs(resource: str) -> set[str]:
+        return {v for o in roles for r in o["rules"] if resource in r["resources"] and "lemzha.io" in r["apiGroups"]
+                for v in r["verbs"]}
+
+    assert verbs("rcawatches") == {"get", "list"}
+    assert verbs("rcawatches/status") == {"get", "patch"}
+    assert "create" in verbs("rcaincidents")  # the incidents a watch opens
+    holders = {(o["kind"], o["metadata"].get("namespace")) for o in roles
+               if any("rcawatches" in r["resources"] for r in o["rules"])}
+    incident_holders = {(o["kind"], o["metadata"].get("namespace")) for o in roles
+                        if any("rcaincidents" in r["resources"] for r in o["rules"])}
+    assert holders == incident_holders  # watches are granted exactly where incidents are

@@ -9,7 +9,8 @@ One evaluation at clock time `now`:
    detector (`lemzha.detect.make_detector`) a score in (0, 1] per bin;
 3. it fires when a run of bins with score >= threshold, at least minDuration long, *starts* in the scan part (a run
    that started before it was already seen by an earlier evaluation, as long as evaluations were not skipped); the
-   latest such run counts, and its first bin is the estimated onset (the first crossing of the run);
+   run's first bin is the estimated onset (the first crossing of the run); several runs in one scan part are taken
+   in time order, so the incidents opened do not depend on `interval`;
 4. the incident is named `<watch>-<onset yyyymmdd-hhmmss>`, so evaluating the same time again names the same
    incident and creating it again is a no-op (409 AlreadyExists); an onset not after the last firing's onset was
    handled already, and one less than `cooldown` after it is suppressed.
@@ -138,14 +139,15 @@ class Firing:
     run_bins: int
 
 
-def find_firing(scores: np.ndarray, threshold: float, min_bins: int, scan_bins: int) -> Firing | None:
-    """The latest run of scores >= threshold at least `min_bins` long that starts within the last `scan_bins` bins
-    (a run is followed back before the scan part only to confirm it did not start there). None if there is none."""
+def find_firings(scores: np.ndarray, threshold: float, min_bins: int, scan_bins: int) -> list[Firing]:
+    """The runs of scores >= threshold at least `min_bins` long that start within the last `scan_bins` bins, in time
+    order (a run is followed back before the scan part only to confirm it did not start there: a run that did was
+    seen by an earlier evaluation). A run starting at bin 0 is cut by the window and never counts."""
     scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
-    scan_from = max(0, n - scan_bins)
+    scan_from = max(1, n - scan_bins)
     alarm = scores >= threshold
-    best: Firing | None = None
+    found: list[Firing] = []
     b = 0
     while b < n:
         if not alarm[b]:
@@ -154,10 +156,15 @@ def find_firing(scores: np.ndarray, threshold: float, min_bins: int, scan_bins: 
         start = b
         while b < n and alarm[b]:
             b += 1
-        length = b - start
-        if start >= scan_from and start > 0 and length >= min_bins:
-            best = Firing(start, length)  # runs come in time order: the last one found is the latest
-    return best
+        if start >= scan_from and b - start >= min_bins:
+            found.append(Firing(start, b - start))
+    return found
+
+
+def find_firing(scores: np.ndarray, threshold: float, min_bins: int, scan_bins: int) -> Firing | None:
+    """The latest of `find_firings`, or None."""
+    found = find_firings(scores, threshold, min_bins, scan_bins)
+    return found[-1] if found else None
 
 
 def incident_name(watch_name: str, onset: datetime) -> str:
@@ -205,33 +212,49 @@ def incident_body(watch: WatchSpec, onset: datetime, score_value: float | None =
 
 @dataclass
 class Decision:
-    """What one evaluation decided."""
+    """What one evaluation decided. `opens`: the onsets to open incidents for, in time order (several runs can start
+    within one scan part when `interval` is long); `action` sums it up for the status."""
 
     action: str  # "open" | "seen" (onset already handled) | "cooldown" | "quiet"
-    onset: datetime | None = None
+    onset: datetime | None = None  # the last run's onset (the last opened one when action is "open")
     firing: Firing | None = None
     last_score: float | None = None
     message: str = ""
+    opens: list[tuple[datetime, Firing]] = field(default_factory=list)
 
 
 def decide(watch: WatchSpec, scores: np.ndarray, start: datetime, last_onset: datetime | None) -> Decision:
-    """From one window's scores (bin 0 starting at `start`): open an incident, or why not."""
+    """From one window's scores (bin 0 starting at `start`): the incidents to open, or why none. Each qualifying run
+    is taken in time order: an onset not after the last handled one was seen already; one less than `cooldown` after
+    the last opened one is suppressed; otherwise it opens and becomes the last one."""
     last_score = float(scores[-1]) if len(scores) else None
-    firing = find_firing(scores, watch.threshold, watch.min_bins, watch.scan_bins)
-    if firing is None:
+    firings = find_firings(scores, watch.threshold, watch.min_bins, watch.scan_bins)
+    if not firings:
         return Decision("quiet", last_score=last_score,
                         message=f"{watch.detector} below {watch.threshold:g} for {watch.min_duration} or more")
-    onset = as_utc(start) + timedelta(seconds=firing.onset_bin * BIN_SECONDS)
-    peak = float(np.max(scores[firing.onset_bin: firing.onset_bin + firing.run_bins]))
-    if last_onset is not None and onset <= last_onset:
-        return Decision("seen", onset, firing, last_score, f"onset {stamp(onset)} already handled")
-    if last_onset is not None and onset - last_onset < watch.cooldown:
-        return Decision("cooldown", onset, firing, last_score,
-                        f"fired at {stamp(onset)} (peak {peak:.3f}), within cooldown {watch.cooldown} of the last "
-                        f"onset {stamp(last_onset)}: no new incident")
-    return Decision("open", onset, firing, last_score,
-                    f"{watch.detector} >= {watch.threshold:g} for {firing.run_bins * BIN_SECONDS} s from "
-                    f"{stamp(onset)} (peak {peak:.3f})")
+    opens: list[tuple[datetime, Firing]] = []
+    action, message, onset, firing = "quiet", "", None, None
+    for firing in firings:
+        onset = as_utc(start) + timedelta(seconds=firing.onset_bin * BIN_SECONDS)
+        peak = float(np.max(scores[firing.onset_bin: firing.onset_bin + firing.run_bins]))
+        if last_onset is not None and onset <= last_onset:
+            action, message = "seen", f"onset {stamp(onset)} already handled"
+        elif last_onset is not None and onset - last_onset < watch.cooldown:
+            action = "cooldown"
+            message = (f"fired at {stamp(onset)} (peak {peak:.3f}), within cooldown {watch.cooldown} of the last "
+                       f"onset {stamp(last_onset)}: no new incident")
+        else:
+            opens.append((onset, firing))
+            last_onset = onset
+            action = "open"
+            message = (f"{watch.detector} >= {watch.threshold:g} for {firing.run_bins * BIN_SECONDS} s from "
+                       f"{stamp(onset)} (peak {peak:.3f})")
+    if opens:
+        onset, firing = opens[-1]
+        if action != "open":
+            message = f"opened {len(opens)}; then {message}"
+        action = "open"
+    return Decision(action, onset, firing, last_score, message, opens)
 
 
 def open_incidents(items: list[dict], watch_uid: str) -> list[str]:
@@ -256,7 +279,8 @@ class Evaluation:
 
     status: dict = field(default_factory=dict)
     conditions: list[dict] = field(default_factory=list)
-    created: str | None = None
+    created: str | None = None  # the last incident created
+    created_all: list[str] = field(default_factory=list)
     decision: Decision | None = None
 
 
@@ -289,15 +313,20 @@ def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create
     if pods == 0:
         ready = condition("Ready", False, "NoData", f"no pod metrics in {watch.target} for the last {n_bins} bins")
     if decision.action == "open":
-        body = incident_body(watch, decision.onset, float(scores[decision.firing.onset_bin]))
-        created = create(body)
-        name = body["metadata"]["name"]
-        out.created = name if created else None
-        out.status["lastFiring"] = {"onset": stamp(decision.onset), "incident": name, "at": stamp(now)}
-        if created:
-            out.status["incidentsOpened"] += 1
-        firing = condition("Firing", True, "IncidentOpened", f"{decision.message}: opened {name}"
-                           + ("" if created else " (it existed already)"))
+        names, existed = [], []
+        for onset, run in decision.opens:
+            body = incident_body(watch, onset, float(scores[run.onset_bin]))
+            name = body["metadata"]["name"]
+            if create(body):
+                out.created_all.append(name)
+                out.status["incidentsOpened"] += 1
+            else:
+                existed.append(name)
+            names.append(name)
+            out.status["lastFiring"] = {"onset": stamp(onset), "incident": name, "at": stamp(now)}
+        out.created = out.created_all[-1] if out.created_all else None
+        firing = condition("Firing", True, "IncidentOpened", f"{decision.message}: opened {', '.join(names)}"
+                           + (f" ({', '.join(existed)} existed already)" if existed else ""))
     elif decision.action == "cooldown":
         firing = condition("Firing", True, "Cooldown", decision.message)
     elif decision.action == "seen":
