@@ -1,6 +1,7 @@
 """The model bundle: a directory that `offline.export` writes and `lemzha.onnx_ranker` reads, torch-free.
 
-- `model.onnx`: one crop -> per-service logits (inputs metrics, valid, onset_pos, logs, names, pod_service)
+- `model.onnx`: one crop -> per-service logits (inputs metrics, valid, onset_pos, logs, names, pod_service; a
+  bundle trained with traces also takes traces, edge_pairs and edge_traces, see `input_options` in bundle.json)
 - `text_encoder.onnx` + `tokenizer.json`: MiniLM for templates never seen in training
 - `templates.parquet`: `key, text, vector` of every training template and service-name text, to seed the cache
 - `MODEL_CARD.md`: data, evaluation, limits
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lemzha.catalog import METRIC_NAMES
-from lemzha.features import LOG_FEATURES, METRIC_FEATURES
+from lemzha.features import EDGE_TRACE_FEATURES_N, LOG_FEATURES, METRIC_FEATURES, SERVICE_TRACE_FEATURES_N
 from lemzha.fsutil import file_sha256
 from lemzha.text import DIM
 
@@ -34,6 +35,15 @@ TEMPLATES_FILE = "templates.parquet"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 REQUIRED_FILES = (MODEL_FILE, TEXT_ENCODER_FILE, TOKENIZER_FILE, TEMPLATES_FILE, MODEL_CARD_FILE)
 MODEL_INPUTS = ("metrics", "valid", "onset_pos", "logs", "names", "pod_service")
+TRACE_INPUTS = ("traces", "edge_pairs", "edge_traces")  # issue #8: only in bundles trained with traces
+
+
+def model_inputs(use_traces: bool) -> tuple[str, ...]:
+    return MODEL_INPUTS + (TRACE_INPUTS if use_traces else ())
+
+
+def trace_features_spec() -> dict[str, int]:
+    return {"service_trace_features": SERVICE_TRACE_FEATURES_N, "edge_trace_features": EDGE_TRACE_FEATURES_N}
 
 
 class BundleError(ValueError):
@@ -71,6 +81,10 @@ class Bundle:
     @property
     def use_logs(self) -> bool:
         return bool(self.meta.get("input_options", {}).get("use_logs", True))
+
+    @property
+    def use_traces(self) -> bool:
+        return bool(self.meta.get("input_options", {}).get("use_traces", False))
 
 
 def write_manifest(directory: Path, meta: dict) -> dict:
@@ -115,6 +129,10 @@ def load_bundle(directory: Path | str) -> Bundle:
     if meta.get("features") != features_spec():
         raise BundleError(f"{manifest_path}: feature sizes {meta.get('features')} differ from this code's "
                           f"{features_spec()}")
+    options = meta.get("input_options", {})
+    if isinstance(options, dict) and options.get("use_traces") and meta.get("trace_features") != trace_features_spec():
+        raise BundleError(f"{manifest_path}: trace feature sizes {meta.get('trace_features')} differ from this "
+                          f"code's {trace_features_spec()}")
     for key in ("crop_bins", "encoder_sha", "files"):
         if key not in meta:
             raise BundleError(f"{manifest_path}: lacks {key!r}")

@@ -17,12 +17,12 @@ import onnxruntime
 from lemzha import inference
 from lemzha.bundle import (
     MODEL_FILE,
-    MODEL_INPUTS,
     TEMPLATES_FILE,
     TEXT_ENCODER_FILE,
     TOKENIZER_FILE,
     Bundle,
     load_bundle,
+    model_inputs,
     read_templates,
 )
 from lemzha.features import Crop, prepare
@@ -40,8 +40,9 @@ def session(path: Path, threads: int = 1) -> onnxruntime.InferenceSession:
 
 
 def crop_feed(c: Crop) -> dict[str, np.ndarray]:
-    """One crop as model.onnx inputs: the layout of `lemzha.train.to_tensors` (pods first)."""
-    return {
+    """One crop as model.onnx inputs: the layout of `lemzha.train.to_tensors` (pods first); the trace inputs when
+    the crop has them."""
+    feed = {
         "metrics": np.ascontiguousarray(c.metrics.transpose(1, 0, 2), dtype=np.float32),
         "valid": np.ascontiguousarray(c.pod_valid.T, dtype=bool),
         "onset_pos": np.array(c.onset_pos, dtype=np.int64),
@@ -49,15 +50,27 @@ def crop_feed(c: Crop) -> dict[str, np.ndarray]:
         "names": np.ascontiguousarray(c.names, dtype=np.float32),
         "pod_service": np.ascontiguousarray(c.pod_service, dtype=np.int64),
     }
+    if c.traces is not None:
+        feed["traces"] = np.ascontiguousarray(c.traces, dtype=np.float32)
+        feed["edge_pairs"] = np.ascontiguousarray(c.edge_pairs, dtype=np.int64).reshape(-1, 2)
+        feed["edge_traces"] = np.ascontiguousarray(c.edge_traces, dtype=np.float32)
+    return feed
 
 
-def onnx_logits_fn(model: onnxruntime.InferenceSession) -> LogitsFn:
+def onnx_logits_fn(model: onnxruntime.InferenceSession, use_traces: bool = False) -> LogitsFn:
     names = [i.name for i in model.get_inputs()]
-    if sorted(names) != sorted(MODEL_INPUTS):
-        raise ValueError(f"model.onnx has inputs {names}, expected {list(MODEL_INPUTS)}")
+    expected = model_inputs(use_traces)
+    # a trace model without the graph part never reads the edges, so the exporter drops those two inputs
+    required = set(expected) - {"edge_pairs", "edge_traces"}
+    if not required <= set(names) <= set(expected):
+        raise ValueError(f"model.onnx has inputs {names}, expected {list(expected)}")
 
     def logits(crops: Sequence[Crop]) -> list[np.ndarray]:
-        return [model.run(None, crop_feed(c))[0] for c in crops]
+        out = []
+        for c in crops:
+            feed = crop_feed(c)
+            out.append(model.run(None, {k: feed[k] for k in names})[0])
+        return out
 
     return logits
 
@@ -75,7 +88,7 @@ class OnnxRanker:
             self._tmp = tempfile.TemporaryDirectory(prefix="lemzha-templates-")  # removed with the ranker
             cache_dir = self._tmp.name
         self.model = session(self.bundle.path(MODEL_FILE), threads)
-        self.logits_fn = onnx_logits_fn(self.model)
+        self.logits_fn = onnx_logits_fn(self.model, self.bundle.use_traces)
         encoder = OnnxEncoder(self.bundle.path(TEXT_ENCODER_FILE), self.bundle.path(TOKENIZER_FILE), threads=threads)
         self.embedder = TextEmbedder(cache_dir, encoder=encoder, sha=self.bundle.encoder_sha)
         if seed_templates:
@@ -87,7 +100,7 @@ class OnnxRanker:
     def probabilities(self, scenario: Scenario) -> tuple[tuple[str, ...], np.ndarray]:
         prep = prepare(scenario, self.embedder)
         probs = inference.service_probabilities(self.logits_fn, prep, scenario.onset_bin, self.bundle.crop_bins,
-                                                self.bundle.use_logs)
+                                                self.bundle.use_logs, self.bundle.use_traces)
         return prep.services, probs
 
     def rank(self, scenario: Scenario) -> Ranking:

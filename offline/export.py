@@ -31,11 +31,12 @@ from lemzha.bundle import (
     MANIFEST,
     MODEL_CARD_FILE,
     MODEL_FILE,
-    MODEL_INPUTS,
     TEMPLATES_FILE,
     TEXT_ENCODER_FILE,
     TOKENIZER_FILE,
     load_bundle,
+    model_inputs,
+    trace_features_spec,
     write_manifest,
     write_templates,
 )
@@ -101,17 +102,20 @@ def quiet_tracer() -> Iterator[None]:
 
 
 def export_model(model: nn.Module, example: Sequence[torch.Tensor], path: Path) -> None:
-    """RCAModel.forward for one crop -> `path`, with pods, bins and services dynamic."""
+    """RCAModel.forward for one crop -> `path`, with pods, bins and services dynamic (and edges, with traces: an
+    example of 9 tensors)."""
     pods, bins, services = {0: "pods"}, {0: "pods", 1: "bins"}, {0: "services"}
+    use_traces = len(example) == len(model_inputs(True))
+    trace_axes = {"traces": services, "edge_pairs": {0: "edges"}, "edge_traces": {0: "edges"}} if use_traces else {}
     was_training = model.training
     model.eval()
     try:
         with export_friendly_attention(), quiet_tracer(), torch.no_grad():
             torch.onnx.export(
                 model, tuple(example), str(path), dynamo=False, opset_version=17,
-                input_names=list(MODEL_INPUTS), output_names=["logits"],
+                input_names=list(model_inputs(use_traces)), output_names=["logits"],
                 dynamic_axes={"metrics": bins, "valid": bins, "logs": services, "names": services,
-                              "pod_service": pods, "logits": services},
+                              "pod_service": pods, "logits": services, **trace_axes},
             )
     finally:
         model.train(was_training)
@@ -148,16 +152,20 @@ def export_text_encoder(path: Path) -> None:
 
 
 # -- checks --------------------------------------------------------------------------------------------------------
-def model_parity(model: nn.Module, onnx_file: Path, preps: Sequence, crop_bins: int) -> dict:
+def model_parity(model: nn.Module, onnx_file: Path, preps: Sequence, crop_bins: int,
+                 options: InputOptions | None = None) -> dict:
     """Max |torch - ONNX| logit over real crops: with an onset, sliding without one, and one longer crop."""
-    onnx_logits = onnx_logits_fn(session(onnx_file))
-    torch_logits = torch_logits_fn(model, InputOptions())
+    options = options or InputOptions()
+    onnx_logits = onnx_logits_fn(session(onnx_file), options.use_traces)
+    torch_logits = torch_logits_fn(model, options)
     worst, n = 0.0, 0
+    tr = options.use_traces
     for prep in preps:
         middle = prep.n_bins // 2
-        longer = [crop(prep, middle - crop_bins, crop_bins + 6, crop_bins)]  # another length: bins are dynamic
-        for crops in (inference.crops_for(prep, middle, crop_bins) + inference.crops_for(prep, None, crop_bins),
-                      longer):
+        # another length: bins are dynamic
+        longer = [crop(prep, middle - crop_bins, crop_bins + 6, crop_bins, use_traces=tr)]
+        for crops in (inference.crops_for(prep, middle, crop_bins, use_traces=tr)
+                      + inference.crops_for(prep, None, crop_bins, use_traces=tr), longer):
             for a, b in zip(torch_logits(crops), onnx_logits(crops), strict=True):
                 worst = max(worst, float(np.abs(np.asarray(a) - np.asarray(b)).max()))
             n += len(crops)
@@ -294,12 +302,15 @@ class ExportResult:
 
 def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, params: TrainParams, seed: int,
                  embedder: TextEmbedder, results: dict | None = None, quick: bool = False,
-                 extra: dict | None = None, file_hash: str | None = None) -> ExportResult:
+                 extra: dict | None = None, file_hash: str | None = None,
+                 options: InputOptions | None = None) -> ExportResult:
     """Train on `scenarios`, export, check parity, and swap the bundle into `out` atomically. `file_hash` names the
-    params file (the recipe lodocv evaluates) before any --quick or --epochs override."""
+    params file (the recipe lodocv evaluates) before any --quick or --epochs override. `options` (default: metrics
+    and logs, no traces) are the model's inputs, recorded in bundle.json for `OnnxRanker`."""
     out = check_out(out)
+    options = options or InputOptions()
     t0 = time.perf_counter()
-    ranker = ModelRanker(params, seed, embedder, config=config)
+    ranker = ModelRanker(params, seed, embedder, options=options, config=config)
     ranker.fit(scenarios)
     model = ranker.model
     train_s = time.perf_counter() - t0
@@ -312,8 +323,12 @@ def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, 
         # trace on a scenario whose pod and service counts differ, so that no dynamic size can stand in for another
         example = next((p for p in preps if len(p.pod_service) != len(p.services)), preps[0])
         onset = example.n_bins // 2
-        example_crop = crop(example, onset - params.crop_bins // 2, params.crop_bins, params.crop_bins // 2)
-        export_model(model, to_tensors(example_crop, InputOptions()), tmp / MODEL_FILE)
+        if options.use_traces:  # an example with edges, so that the edge axis is traced as dynamic
+            example = next((p for p in preps if len(p.edge_pairs) and len(p.pod_service) != len(p.services)),
+                           example)
+        example_crop = crop(example, onset - params.crop_bins // 2, params.crop_bins, params.crop_bins // 2,
+                            use_traces=options.use_traces)
+        export_model(model, to_tensors(example_crop, options), tmp / MODEL_FILE)
         export_text_encoder(tmp / TEXT_ENCODER_FILE)
         shutil.copyfile(encoder_path() / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
 
@@ -326,7 +341,7 @@ def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, 
         by_app: dict[str, object] = {}
         for prep, s in zip(preps, scenarios, strict=True):
             by_app.setdefault(s.app, prep)
-        checks = model_parity(model, tmp / MODEL_FILE, list(by_app.values()), params.crop_bins)
+        checks = model_parity(model, tmp / MODEL_FILE, list(by_app.values()), params.crop_bins, options)
         longest = sorted(range(len(texts)), key=lambda i: -len(texts[i]))[:16]
         sample = sorted(set(longest) | set(range(0, len(texts), max(1, len(texts) // 48))))
         checks |= text_parity(tmp / TEXT_ENCODER_FILE, tmp / TOKENIZER_FILE, [texts[i] for i in sample],
@@ -343,7 +358,8 @@ def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, 
             "encoder_sha": embedder.sha,
             "text_encoder": {"dim": vectors.shape[1], "max_tokens": MAX_TOKENS, "pooling": "mean over attention mask",
                              "normalise": "l2", "n_templates": len(texts)},
-            "input_options": InputOptions().to_json(),
+            "input_options": options.to_json(),
+            **({"trace_features": trace_features_spec()} if options.use_traces else {}),
             "inputs": {"metrics": "(pods, bins, metric_features) float32", "valid": "(pods, bins) bool",
                        "onset_pos": "() int64", "logs": "(services, log_features) float32",
                        "names": "(services, text_dim) float32", "pod_service": "(pods,) int64",
@@ -402,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lodocv-results", type=Path, help="an offline.lodocv results.json for the model card")
     parser.add_argument("--torch-state", type=Path, help="also save the trained torch weights here (parity checks)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--traces", action="store_true",
+                        help="train and export with the trace inputs (issue #8; the operator must then read traces)")
+    parser.add_argument("--graph", action="store_true", help="with --traces: the graph part over call edges")
     return parser
 
 
@@ -423,10 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = select_scenarios(prepared, args.days, not args.no_lemma)
     embedder = TextEmbedder(Path(args.cache or default_cache_dir()) / "embeddings", progress=True)
     extra = {"lemma": not args.no_lemma, "scenario_cache_key": prepared.index.get("key")}
-    result = build_bundle(out, scenarios, config, params, args.seed, embedder, results, args.quick, extra, file_hash)
+    if args.graph and not args.traces:
+        raise DataError("--graph needs --traces")
+    options = InputOptions(use_traces=args.traces, use_graph=args.graph)
+    result = build_bundle(out, scenarios, config, params, args.seed, embedder, results, args.quick, extra, file_hash,
+                          options)
     if args.torch_state:
         args.torch_state.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": config.to_json(), "state_dict": result.model.state_dict()}, args.torch_state)
+        torch.save({"config": config.to_json(), "state_dict": result.model.state_dict(),
+                    "input_options": options.to_json()}, args.torch_state)
     bundle = load_bundle(result.directory)
     checks = result.manifest["checks"]
     print(f"bundle {result.directory} (sha256 {bundle.sha[:12]}…): {len(scenarios)} scenarios, "

@@ -39,7 +39,9 @@ def single_thread():
 @pytest.fixture(scope="module")
 def torch_model(quick_bundle) -> RCAModel:
     state = torch.load(quick_bundle.parent / "torch_state.pt", weights_only=True)
-    model = RCAModel(ModelConfig(**state["config"]))
+    options = state.get("input_options", {})
+    model = RCAModel(ModelConfig(**state["config"]), traces=options.get("use_traces", False),
+                     graph=options.get("use_traces", False) and options.get("use_graph", False))
     model.load_state_dict(state["state_dict"])
     return model.eval()
 
@@ -328,3 +330,37 @@ def test_rank_cli_bad_input_is_one_line_and_exit_2(prepared, quick_bundle, tmp_p
     result = run("-m", "offline.rank", *args)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().count("\n") == 0 and expected in result.stderr
+
+
+# -- traces (issue #8) -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("graph", [False, True], ids=["traces", "traces_graph"])
+def test_trace_model_exports_with_dynamic_edges_and_matches_torch(prepared, tmp_path, graph):
+    """A trace model's ONNX export takes the trace inputs, with services and edges dynamic: parity on TrainTicket
+    (55 edges), OnlineBoutique (13) and LEMMA (no traces, no edges), with and without an onset."""
+    from lemzha.bundle import model_inputs
+    from lemzha.features import crop
+    from lemzha.onnx_ranker import onnx_logits_fn, session
+    from lemzha.train import to_tensors
+    from offline.export import export_model, model_parity
+    from tests.test_model import FakeEmbedder
+
+    torch.manual_seed(0)
+    options = InputOptions(use_traces=True, use_graph=graph)
+    model = RCAModel(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_text=8, d_fusion=16), traces=True,
+                     graph=graph).eval()
+    preps = [prepare(prepared.load(i).without_label(), FakeEmbedder()) for i in (TT, OB, LEMMA)]
+    assert len(preps[0].edge_pairs) > len(preps[1].edge_pairs) > 0 == len(preps[2].edge_pairs)
+    example = crop(preps[1], 10, 20, 10, use_traces=True)
+    export_model(model, to_tensors(example, options), tmp_path / "model.onnx")
+    names = [i.name for i in session(tmp_path / "model.onnx").get_inputs()]
+    assert names == [n for n in model_inputs(True) if graph or not n.startswith("edge_")]
+    checks = model_parity(model, tmp_path / "model.onnx", preps, 20, options)
+    assert checks["model_max_abs_logit_diff"] <= 1e-4 and checks["model_crops"] > 3
+    # the trace inputs matter: other traces, other logits
+    c = crop(preps[0], 10, 20, 10, use_traces=True)
+    logits = onnx_logits_fn(session(tmp_path / "model.onnx"), True)
+    base = logits([c])[0]
+    c.traces = c.traces + 1.0
+    assert np.abs(logits([c])[0] - base).max() > 1e-4
+    with pytest.raises(ValueError, match="inputs"):
+        onnx_logits_fn(session(tmp_path / "model.onnx"), False)
