@@ -10,7 +10,9 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
 - memory: the operator's RSS after the passes, and a breakdown by what is loaded, measured step by step in a fresh
   torch-free process;
 - throughput: the N incidents applied AT ONCE at the configured concurrency; incidents per minute from the first
-  create to the last Completed.
+  create to the last Completed;
+- CPU: the operator's CPU seconds per incident in each pass (its own process counter), which other jobs on the
+  machine do not inflate the way they inflate wall time; the 1-minute load average is printed beside it.
 
 It uses the test harness (tests/), so run it from a checkout with the test extra installed.
 """
@@ -18,6 +20,7 @@ It uses the test harness (tests/), so run it from a checkout with the test extra
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,6 +53,8 @@ def _stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
                 pair[0 if s.name.endswith("_sum") else 1] += s.value
             if s.name == "process_resident_memory_bytes":
                 totals["__rss__"] = [s.value, 1.0]
+            if s.name == "process_cpu_seconds_total":
+                totals["__cpu__"] = [s.value, 1.0]
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
 
@@ -137,8 +142,6 @@ print(json.dumps(steps))
 
 
 def _rss_breakdown(bundle: Path, scenario_dir: Path) -> list[dict]:
-    import os
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)])}
     out = subprocess.run([sys.executable, "-c", RSS_STEPS, str(bundle), str(scenario_dir)], capture_output=True,
                          text=True, env=env, cwd=REPO_ROOT, check=True)
@@ -211,6 +214,10 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) ->
         "latency_created_to_completed": {"cold_template_cache": _percentiles(cold),
                                          "warm_template_cache": _percentiles(warm)},
         "stage_mean_s": {"cold": _stage_means(s0, s1), "warm": _stage_means(s1, s2)},
+        # CPU seconds the operator process spent per incident: unlike wall time, not inflated by other jobs
+        "operator_cpu_s_per_incident": {"cold": round((s1["__cpu__"][0] - s0["__cpu__"][0]) / n, 3),
+                                        "warm": round((s2["__cpu__"][0] - s1["__cpu__"][0]) / n, 3)},
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "operator_rss_mib": round(rss, 1),
         "rss_breakdown": _rss_breakdown(bundle, prepared.directory / ids[0]),
         "throughput": {"incidents": n, "wall_s": round(burst, 2), "per_minute": round(n / burst * 60, 1)},
