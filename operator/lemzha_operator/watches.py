@@ -102,6 +102,12 @@ def evaluate_one(memo: kopf.Memo, obj: dict, now: datetime) -> int:
         _write(memo, meta, status, {"message": str(err)[:1024]},
                [W.condition("Ready", False, err.reason, str(err))], generation, now)
         return 1
+    except Exception as err:  # e.g. Prometheus rejecting a query, or the detector's imports missing from an image
+        log.warning("%s/%s: evaluation failed: %s", watch.namespace, watch.name, err)
+        text = f"{type(err).__name__}: {err}"
+        _write(memo, meta, status, {"message": text[:1024]},
+               [W.condition("Ready", False, "EvaluationFailed", text)], generation, now)
+        return 1
     if result.created:
         log.info("%s/%s: %s", watch.namespace, watch.name, result.conditions[-1]["message"])
     message = result.conditions[-1]["message"] if result.conditions else ""
