@@ -182,3 +182,33 @@ def test_a_retry_keeps_the_notes_of_a_degraded_fetch(case, tmp_path):
 def test_pod_selector_without_kube_state_metrics_fails_with_a_reason(case):
     outcome, _ = run(case, spec_for(case, podSelector={"matchLabels": {"app": "ts-basic-service"}}))
     assert outcome.phase == "Failed" and "kube_pod_labels" in outcome.conditions[0]["message"]
+
+
+def test_traces_fetched_with_the_metrics_fetcher_reach_the_stored_scenario(case, tmp_path):
+    """`make_sources` hangs `fetch_traces` on the metrics fetcher; step() stores the traces in the Scenario, and a
+    trace outage degrades the incident instead of failing it."""
+    from lemzha.scenario_io import load_scenario
+
+    fm, fl, _ = sources(case)
+    asked = []
+
+    def fetch_traces(namespace, start, n_bins, services):
+        asked.append(services)
+        window = case.window(case.bin_of(start), n_bins)
+        return window.service_metrics, window.edges
+
+    fm.fetch_traces = fetch_traces
+    now = case.label.injection_time + timedelta(days=1)
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro(), store=tmp_path / "i")
+    assert outcome.phase == "Completed" and asked == [set(case.services)] and "traces" in outcome.timings
+    stored = load_scenario(tmp_path / "i" / "scenario", with_label=False)
+    assert len(stored.service_metrics) == len(case.service_metrics) > 0
+    np.testing.assert_array_equal(stored.edges["edge_requests"], case.edges["edge_requests"])
+
+    def down(namespace, start, n_bins, services):
+        raise SourceUnavailable("PrometheusUnavailable", "connection refused")
+
+    fm.fetch_traces = down
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro())
+    degraded = {c["type"]: c for c in outcome.conditions}["Degraded"]
+    assert outcome.phase == "Completed" and degraded["status"] == "True" and "without traces" in degraded["message"]

@@ -108,8 +108,10 @@ def build_scenario(
     metric_names: tuple[str, ...],
     logs: pd.DataFrame | None,
     owners: dict[str, str] | None = None,
+    traces: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> Scenario:
-    """The same Scenario the offline loaders build: catalog order, the one pod->service rule."""
+    """The same Scenario the offline loaders build: catalog order, the one pod->service rule; `traces` is
+    (service_metrics, edges) from `lemzha_operator.traces`, or None."""
     order = catalog_order(list(metric_names))
     index = [metric_names.index(m) for m in order]
     pod_service = {p: service_of_pod(p, (owners or {}).get(p)) for p in pods}
@@ -124,6 +126,8 @@ def build_scenario(
         values=np.asarray(values, dtype=np.float32)[:, :, index],
         logs=logs,
         onset=window.onset,
+        service_metrics=traces[0] if traces is not None else None,
+        edges=traces[1] if traces is not None else None,
     )
 
 
@@ -226,6 +230,15 @@ def step(
                 coverage["logs"] = LOGS_TRUNCATED
                 degraded.append(("LogsTruncated", "Loki returned more lines than the cap"
                                  + (f" ({log_cap})" if log_cap else "") + "; log counts are incomplete"))
+    traces = None
+    fetch_traces = getattr(fetch_metrics, "fetch_traces", None)  # set by sources.make_sources
+    if fetch_traces is not None:
+        try:
+            with clock.stage("traces"):
+                traces = fetch_traces(namespace, window.start, window.n_bins, set(pod_service.values()))
+        except SourceUnavailable as err:
+            degraded.append((err.reason, f"ranked without traces: {err}"))
+            errors.append((err.source, err.kind))
     if log_cap is not None and fetch_logs is not None:
         coverage["logLinesCap"] = int(log_cap)
     if warnings:
@@ -237,7 +250,7 @@ def step(
     else:
         health = condition("Degraded", False, "AllSourcesAnswered", "every configured source answered")
     with clock.stage("scenario"):
-        scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs, owners)
+        scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs, owners, traces)
         if store is not None:  # what the sources said first, then the data: a scenario never lacks its notes
             store.mkdir(parents=True, exist_ok=True)
             tmp = store / f".{FETCH_FILE}.tmp"

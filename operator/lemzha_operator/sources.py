@@ -100,7 +100,13 @@ def logs_fetcher(settings: Settings) -> LogsFetcher:
 
 
 def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None, PodInfoFetcher]:
+    """The metrics fetcher carries `fetch_traces` (the catalog's trace series from the same Prometheus), which
+    `pipeline.step` reads into the Scenario; a Prometheus without trace series gives empty trace frames."""
+    from lemzha_operator.traces import traces_fetcher
+
     prom = _prometheus(settings)
-    return (metrics_fetcher(prom, timeout=settings.query_timeout),
+    fetch_metrics = metrics_fetcher(prom, timeout=settings.query_timeout)
+    fetch_metrics.fetch_traces = traces_fetcher(prom, timeout=settings.query_timeout)
+    return (fetch_metrics,
             logs_fetcher(settings) if settings.loki_url else None,
             pod_info_fetcher(prom, timeout=settings.query_timeout))

@@ -1,0 +1,143 @@
+"""Trace-derived series (issue #8) from Prometheus, with the catalog's live PromQL, as the Scenario's
+`service_metrics` and `edges` frames (the same rows `offline.traces` derives from span files).
+
+The OpenTelemetry collector's spanmetrics and servicegraph connectors (or Tempo's metrics-generator) export the
+series; `lemzha.catalog` names them and their queries. Per bin (bin end - 1 ms, a 29,999 ms range, as the pod
+metrics) the counts, duration sums and cumulative bucket counts are read; the Scenario derives means and quantiles
+from the buckets (`lemzha.histogram`, Prometheus' own rule). A bin with no trace sample is not covered: its row is
+NaN, never 0. A window without any trace series gives empty frames (the model then sees no traces).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from lemzha.binning import BIN_SECONDS, as_utc
+from lemzha.catalog import (
+    BIN_RANGE,
+    BUCKET_COLUMNS,
+    EDGE_NAMESPACE_LABEL,
+    GRAPH_SERVER_SECONDS,
+    SPAN_BUCKETS_MS,
+    TRACE_NAMESPACE_LABEL,
+    _escape,
+    edge_bucket_promql,
+    service_bucket_promql,
+    trace_feature,
+)
+from lemzha_operator.prometheus import PrometheusUnavailable, query_range
+
+TracesFetcher = Callable[[str, datetime, int, set], tuple[pd.DataFrame, pd.DataFrame]]
+
+
+def _edge_sum_promql(namespace: str) -> str:
+    sel = f'{EDGE_NAMESPACE_LABEL}="{_escape(namespace)}"'
+    return f"sum by (client, server) (increase({GRAPH_SERVER_SECONDS.name}_sum{{{sel}}}[{BIN_RANGE}]))"
+
+
+def queries(namespace: str) -> dict[str, str]:
+    """The live PromQL of every trace input, from the catalog (namespace label: the catalog's defaults)."""
+    mean = trace_feature("trace_latency_mean_ms").promql(namespace, TRACE_NAMESPACE_LABEL)
+    return {
+        "service_calls": trace_feature("trace_calls").promql(namespace, TRACE_NAMESPACE_LABEL),
+        "service_sum_ms": mean.split(" / ")[0],  # the numerator of the catalog's mean: the bin's duration sum
+        "service_buckets": service_bucket_promql(namespace),
+        "edge_requests": trace_feature("edge_requests").promql(namespace, EDGE_NAMESPACE_LABEL),
+        "edge_sum_s": _edge_sum_promql(namespace),
+        "edge_buckets": edge_bucket_promql(namespace),
+    }
+
+
+def _bucket_index(le: str, scale_to_ms: float) -> int | None:
+    value = float(le)
+    if math.isinf(value):
+        return len(BUCKET_COLUMNS) - 1
+    value_ms = value * scale_to_ms
+    for i, bound in enumerate(SPAN_BUCKETS_MS):
+        if abs(value_ms - bound) <= 1e-9 * bound:
+            return i
+    return None  # a bucket layout other than the catalog's: ignored
+
+
+def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: set[str],
+                 bin_seconds: int = BIN_SECONDS, timeout: float = 30.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(service_metrics, edges) base columns for the window; only services in `services` (edges: both ends)."""
+    start_s = as_utc(start).timestamp()
+    first = start_s + bin_seconds - 0.001
+    last = first + (n_bins - 1) * bin_seconds
+    q = queries(namespace)
+
+    def grid(query: str, keys: tuple[str, ...]) -> dict[tuple, np.ndarray]:
+        out: dict[tuple, np.ndarray] = {}
+        for series in query_range(prom, query, first, last, bin_seconds, timeout):
+            labels = series["metric"]
+            key = tuple(labels.get(k, "") for k in keys)
+            values = out.setdefault(key, np.full(n_bins, np.nan))
+            for ts, text in series["values"]:
+                k = round((float(ts) - first) / bin_seconds)
+                if 0 <= k < n_bins:
+                    values[k] = float(text)
+        return out
+
+    calls = {k: v for k, v in grid(q["service_calls"], ("service_name",)).items() if k[0] in services}
+    sums = grid(q["service_sum_ms"], ("service_name",))
+    service_buckets = grid(q["service_buckets"], ("service_name", "le"))
+    requests = {k: v for k, v in grid(q["edge_requests"], ("client", "server")).items()
+                if k[0] in services and k[1] in services}
+    edge_sums = grid(q["edge_sum_s"], ("client", "server"))
+    edge_buckets = grid(q["edge_buckets"], ("client", "server", "le"))
+
+    covered = np.zeros(n_bins, bool)
+    for found in (calls, requests):
+        for values in found.values():
+            covered |= ~np.isnan(values)
+    if not covered.any():
+        from lemzha.scenario import empty_edges, empty_service_metrics
+
+        return empty_service_metrics(), empty_edges()
+
+    def frame(counts: dict, total: dict, buckets: dict, key_names: tuple[str, ...], count_col: str,
+              to_ms: float) -> pd.DataFrame:
+        rows = []
+        cumulative: dict[tuple, np.ndarray] = {}
+        for key, values in buckets.items():
+            index = _bucket_index(key[-1], to_ms)
+            if index is not None and key[:-1] in counts:
+                cumulative.setdefault(key[:-1], np.zeros((n_bins, len(BUCKET_COLUMNS))))[:, index] = np.nan_to_num(
+                    values)
+        for key in sorted(counts):
+            count = np.nan_to_num(counts[key])
+            duration = np.nan_to_num(total.get(key, np.zeros(n_bins))) * to_ms
+            table = cumulative.get(key, np.zeros((n_bins, len(BUCKET_COLUMNS))))
+            for b in range(n_bins):
+                row = {"bin": b, **dict(zip(key_names, key, strict=True)), "covered": bool(covered[b])}
+                if covered[b]:
+                    row |= {count_col: float(count[b]), "duration_sum_ms": float(duration[b]),
+                            **dict(zip(BUCKET_COLUMNS, table[b].tolist(), strict=True))}
+                    row["le_inf"] = float(count[b])
+                else:
+                    row |= {count_col: np.nan, "duration_sum_ms": np.nan, **dict.fromkeys(BUCKET_COLUMNS, np.nan)}
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    service_metrics = frame(calls, sums, service_buckets, ("service",), "trace_calls", 1.0)
+    edges = frame(requests, edge_sums, edge_buckets, ("client", "server"), "edge_requests", 1000.0)
+    return service_metrics, edges
+
+
+def traces_fetcher(prom, timeout: float = 30.0) -> TracesFetcher:
+    """`fetch_traces` bound to `prom`; an outage becomes `SourceUnavailable("PrometheusUnavailable", ...)`."""
+    from lemzha_operator.pipeline import SourceUnavailable
+
+    def fetch(namespace: str, start: datetime, n_bins: int, services: set) -> tuple[pd.DataFrame, pd.DataFrame]:
+        try:
+            return fetch_traces(prom, namespace, start, n_bins, services, timeout=timeout)
+        except PrometheusUnavailable as err:
+            raise SourceUnavailable("PrometheusUnavailable", str(err), err.kind) from err
+
+    return fetch
