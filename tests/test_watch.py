@@ -311,3 +311,63 @@ def test_chart_grants_the_watch_loop_what_it_uses_and_no_more(name, tmp_path):
     incident_holders = {(o["kind"], o["metadata"].get("namespace")) for o in roles
                         if any("rcaincidents" in r["resources"] for r in o["rules"])}
     assert holders == incident_holders  # watches are granted exactly where incidents are
+
+
+# -- the loop's per-watch step (watches.py) with a fake Kubernetes API ------------------------------------------------
+class FakeObjects:
+    """The CustomObjectsApi calls watches.py makes, kept in dicts."""
+
+    def __init__(self) -> None:
+        self.incidents: dict[str, dict] = {}
+        self.status_patches: list[dict] = []
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        from kubernetes.client.exceptions import ApiException
+
+        assert (group, version, plural) == ("lemzha.io", "v1alpha1", "rcaincidents")
+        if body["metadata"]["name"] in self.incidents:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.incidents[body["metadata"]["name"]] = body
+
+    def list_namespaced_custom_object(self, group, version, namespace, plural, label_selector=""):
+        assert label_selector == "lemzha.io/watch=ts-watch"
+        return {"items": list(self.incidents.values())}
+
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
+        assert (plural, namespace, name) == ("rcawatches", "ts", "ts-watch")
+        self.status_patches.append(body["status"])
+
+
+def test_evaluate_one_writes_status_and_opens_once():
+    from lemzha_operator import watches
+    from lemzha_operator.pipeline import SourceUnavailable
+
+    w = watch()
+    now = T0 + timedelta(seconds=10)
+    _, n = W.window_for(w, now)
+    values = anomalous_values(n, n - 3)
+    objects = FakeObjects()
+    memo = SimpleNamespace(objects=objects, fetch_metrics=lambda ns, s, nb: SimpleNamespace(values=values))
+    obj = {"metadata": {**META, "generation": 1}, "spec": spec()}
+    assert watches.evaluate_one(memo, obj, now) == 1
+    status = objects.status_patches[-1]
+    assert list(objects.incidents) == [status["lastFiring"]["incident"]] == status["openIncidents"]
+    assert status["lastEvaluation"] == "2023-01-29T09:00:10Z" and status["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Firing": "True", "Ready": "True"}
+    # not due again before the interval has passed
+    assert watches.evaluate_one(memo, {**obj, "status": status}, now + timedelta(seconds=30)) == 0
+    # the status lost: evaluated again, the create answers 409, nothing new
+    assert watches.evaluate_one(memo, obj, now) == 1
+    assert len(objects.incidents) == 1 and "existed already" in objects.status_patches[-1]["message"]
+
+    def down(ns, s, nb):
+        raise SourceUnavailable("PrometheusUnavailable", "Prometheus at p unreachable")
+
+    memo.fetch_metrics = down
+    assert watches.evaluate_one(memo, {**obj, "status": status}, now + timedelta(minutes=1)) == 1
+    failed = objects.status_patches[-1]
+    assert "lastEvaluation" not in failed  # tried again at the next tick
+    assert {c["type"]: c["reason"] for c in failed["conditions"]}["Ready"] == "PrometheusUnavailable"
+    bad = {"metadata": {**META, "generation": 2}, "spec": spec(detector="lstm")}
+    assert watches.evaluate_one(memo, bad, now) == 1
+    assert objects.status_patches[-1]["conditions"][0]["reason"] == "InvalidSpec"
