@@ -176,6 +176,7 @@ class FoldJob:
     seeds: list[int]
     variants: dict[str, InputOptions]
     threads: int
+    variant_inner: bool = True  # trace variants get their own inner epoch selection (and the inner decision)
 
 
 def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
@@ -208,7 +209,7 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
     # the trace variants get their own epoch count; the decision between them is made on inner MRR alone
     inner["variants"] = {"model": {"epochs": inner["epochs"], "mrr": inner["mrr"]}}
     for variant, options in job.variants.items():
-        if variant in TRACE_VARIANTS:
+        if variant in TRACE_VARIANTS and job.variant_inner:
             own = select_epochs(train, params, config, caches[False], options)
             inner["variants"][variant] = {"epochs": own["epochs"], "mrr": own["mrr"], "curve": own["curve"]}
             _tick(ticks)
@@ -238,7 +239,7 @@ def _tick(ticks) -> None:
 
 def run_folds(job: FoldJob, folds: list[str], workers: int) -> tuple[list[dict], dict[str, dict]]:
     """Folds in parallel processes, with one progress bar over every fit."""
-    n_inner = 1 + sum(v in TRACE_VARIANTS for v in job.variants)
+    n_inner = 1 + (sum(v in TRACE_VARIANTS for v in job.variants) if job.variant_inner else 0)
     total = len(folds) * (n_inner + len(job.seeds) * len(job.variants))
     rows: list[dict] = []
     inner: dict[str, dict] = {}
@@ -300,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help="comma-separated ablations to run besides the model (instead of "
                                            f"--ablations' full set), e.g. {','.join(TRACE_VARIANTS)}")
     parser.add_argument("--no-lemma", action="store_true", help="train on Nezha only")
+    parser.add_argument("--shared-epochs", action="store_true",
+                        help="trace variants reuse the model's inner-picked epochs instead of their own inner "
+                             "selection (cheaper; no inner decision between variants, no `selected` row)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per worker (default 1: these small models run fastest single-threaded)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -352,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"unknown variant(s) {bad}; choose from {', '.join(ABLATIONS)}")
         variants = {"model": InputOptions(), **{v: ABLATIONS[v] for v in chosen}}
     job = FoldJob(prepared.directory, Path(args.cache or default_cache_dir()) / "embeddings", not args.no_lemma,
-                  fold_params, seeds, variants, args.threads)
+                  fold_params, seeds, variants, args.threads, variant_inner=not args.shared_epochs)
     rows, inner = run_folds(job, folds, max(1, args.workers))
     timing["cross_validation_s"] = time.perf_counter() - t0
 
