@@ -364,3 +364,32 @@ def test_trace_model_exports_with_dynamic_edges_and_matches_torch(prepared, tmp_
     assert np.abs(logits([c])[0] - base).max() > 1e-4
     with pytest.raises(ValueError, match="inputs"):
         onnx_logits_fn(session(tmp_path / "model.onnx"), False)
+
+
+@pytest.mark.slow
+def test_trace_bundle_ranks_with_onnx_like_torch(prepared, tmp_path):
+    """A bundle exported with traces and the graph part: bundle.json records the inputs, OnnxRanker feeds the trace
+    tensors and ranks like the torch model it was exported from."""
+    from dataclasses import replace as dc_replace
+
+    from lemzha.bundle import TRACE_INPUTS
+    from lemzha.train import TrainParams
+    from offline.export import QUICK_MODEL, build_bundle
+
+    scenarios = [prepared.load(i) for i in (TT, "nezha/20230129_05", OB, "nezha/20220822_03", LEMMA)]
+    options = InputOptions(use_traces=True, use_graph=True)
+    embedder = TextEmbedder(default_cache_dir() / "embeddings")
+    result = build_bundle(tmp_path / "b", scenarios, ModelConfig(**QUICK_MODEL), dc_replace(TrainParams(), epochs=1),
+                          0, embedder, quick=True, options=options)
+    assert result.manifest["input_options"]["use_traces"] and result.manifest["checks"][
+        "model_max_abs_logit_diff"] <= 1e-4
+    ranker = OnnxRanker(tmp_path / "b")
+    assert ranker.bundle.use_traces
+    assert {i.name for i in ranker.model.get_inputs()} >= set(TRACE_INPUTS)
+    for scenario_id in (TT, OB):
+        scenario = prepared.load(scenario_id).without_label()
+        prep = prepare(scenario, embedder)
+        expected = inference.service_probabilities(torch_logits_fn(result.model, options), prep, scenario.onset_bin,
+                                                   ranker.bundle.crop_bins, use_traces=True)
+        services, got = ranker.probabilities(scenario)
+        assert services == prep.services and np.allclose(got, expected, rtol=0, atol=1e-5)
