@@ -12,11 +12,11 @@ injection + 5 min] of an injection not matched yet (nearest first, in faultTime 
 effect period (`lemzha.detect.label_bins`), the minute before allows for the 60 s sampling. Recall = matched
 injections / 28; precision = matched incidents / incidents.
 
-The watch's settings (robust_z, threshold 0.85, minDuration 1m, cooldown 5m; interval 5m, which does not change
-which incidents open, only how many evaluations the test waits for) were chosen on the other TrainTicket
+The watch's settings (robust_z, threshold 0.85, minDuration 1m, cooldown 5m; interval 10m, which does not
+change which incidents open, only how many evaluations the test waits for) were chosen on the other TrainTicket
 day, 2023-01-30, by event-level F1 over a small grid (thresholds 0.8-0.98, minDuration 1-3m, cooldown 5m/10m), so
-this day is held out. Measured here through the operator: 99 incidents, 19 matched: recall 0.68, precision 0.19
-(operator/WATCHES.md).
+this day is held out. Measured here through the operator: 98 incidents, 19 matched: recall 0.68, precision 0.19
+(99 and 19 with interval 5m: each window is scored on its own; operator/WATCHES.md).
 The floors leave room for small scoring differences and guard against regressions; they are not a claim of a good
 detector: within the experiment period faults are 4-9 min apart, so an alarm at a random time matches one about
 40 % of the time, and the evening after the last fault (no injections, a lower load) is where most false alarms are.
@@ -48,8 +48,8 @@ DAY, NAMESPACE = "2023-01-29", "ts"
 FIRST = datetime(2023, 1, 29, 8, 42, tzinfo=UTC)  # the day's metrics start at 08:41; the first fault is at 08:43
 LAST = datetime(2023, 1, 29, 23, 58, tzinfo=UTC)  # and end at 23:59
 SPEC = {"targetNamespace": NAMESPACE, "detector": "robust_z", "threshold": 0.85, "minDuration": "1m",
-        "cooldown": "5m", "interval": "5m"}
-STEP = timedelta(minutes=5)  # = interval: one evaluation per step
+        "cooldown": "5m", "interval": "10m"}
+STEP = timedelta(minutes=10)  # = interval: one evaluation per step
 RECALL_FLOOR, PRECISION_FLOOR = 0.5, 0.15
 MATCH_BEFORE, MATCH_AFTER = timedelta(minutes=1), timedelta(minutes=5)
 
@@ -148,14 +148,15 @@ def test_watch_replayed_day(env: Env) -> None:
         moment += STEP
         status = env.step("ts", moment)["status"]
         assert {c["type"] for c in status["conditions"]} == {"Ready", "Firing"}, status
-        fired = status.get("lastFiring", {}).get("incident")
-        if fired and fired not in opened_at:
-            opened_at[fired] = moment
+        new = {i["metadata"]["name"] for i in env.incidents()} - set(opened_at)
+        opened_at.update(dict.fromkeys(new, moment))
+        if new:  # one evaluation can open several (runs in time order); status names the last
+            assert status["lastFiring"]["incident"] == max(new) and status["lastFiring"]["at"] == W.stamp(moment)
     stepped = time.monotonic() - t0
 
     items = env.incidents()
     names = sorted(i["metadata"]["name"] for i in items)
-    assert names == sorted(opened_at), "every incident is the one a firing reported in status"
+    assert names == sorted(opened_at)
     assert status["incidentsOpened"] == len(items)
     onsets = []
     for item in items:
@@ -173,14 +174,14 @@ def test_watch_replayed_day(env: Env) -> None:
     assert set(status.get("openIncidents", [])) <= set(names)
 
     # re-evaluating a time already evaluated creates nothing: with the status kept ...
-    first_name = min(opened_at, key=opened_at.get)
-    env.step("ts", opened_at[first_name])
+    first = min(opened_at.values())
+    env.step("ts", first)
     assert len(env.incidents()) == len(items)
     # ... and with the status lost (the create answers 409 AlreadyExists)
     env.kubectl("patch", "rcaw", "ts", "-n", NAMESPACE, "--subresource=status", "--type=merge", "-p",
                 json.dumps({"status": {"lastFiring": None, "lastEvaluation": None}}))
-    again = env.step("ts", opened_at[first_name])["status"]
-    assert again["lastFiring"]["incident"] == first_name
+    again = env.step("ts", first)["status"]
+    assert again["lastFiring"]["incident"] == max(n for n, t in opened_at.items() if t == first)
     assert "existed already" in again["message"]
     assert len(env.incidents()) == len(items)
 
