@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from lemzha.fsutil import file_sha256
+from lemzha.memory import release_freed_memory
 
 DIM = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
@@ -123,29 +124,8 @@ class OnnxEncoder:
             mask = feed["attention_mask"][:, :, None].astype(np.float32)
             mean = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
             out[rows] = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
-        _release_freed_memory()
+        release_freed_memory()  # one batch of long templates would leave ~400 MiB behind for good
         return out
-
-
-def _release_freed_memory() -> None:
-    """Hand the encoder's freed activations back to the OS. glibc keeps freed heap pages, so one batch of long
-    templates would otherwise leave a long-running operator ~400 MiB larger for good (measured on TrainTicket)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-@cache
-def _libc():
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # glibc only (not musl, macOS)
 
 
 class TextEmbedder:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import kopf
 
+from lemzha.memory import release_freed_memory
 from lemzha_operator import selfmetrics
 from lemzha_operator.events import event_body, post_once
 from lemzha_operator.health import WatchMonitor, outranked
@@ -258,6 +259,7 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
                        store=config.cache_dir / "incidents" / str(meta.get("uid", meta["name"])),
                        attempt=retry, backoff=config.backoff,
                        log_cap=config.loki_max_lines if memo.fetch_logs is not None else None)
+    release_freed_memory()  # the attempt's frames are garbage now: keep the RSS near what is in use
     selfmetrics.record_attempt(outcome.timings, outcome.source_errors)
     problem = memo.model_problem
     extra = [problem.condition()] if problem is not None else [
