@@ -422,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--datasets", type=Path, help="directory holding the archives (default ../shared/datasets)")
+    parser.add_argument("--ship-onset", action="store_true",
+                        help="only choose the onset estimator on all four days (what the operator ships) and print it")
     args = parser.parse_args(argv)
     command = "python -m offline.detect " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                else sys.argv[1:]))
@@ -438,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     streams, faults = {}, {}
     for day in DAYS:
         streams[day.day], faults[day.day] = load_day(root, day, args.whole_day)
+    if args.ship_onset:  # every day is a training day for what ships: the same rule as each fold's choice
+        chosen = select_onset_estimator([w for d in streams for w in rca_windows(streams[d], faults[d])])
+        print(json.dumps({**chosen.describe(), "setting": chosen.setting()}))
+        return 0
     all_days = list(streams)
     folds = all_days if not args.folds else [d.strip() for d in args.folds.split(",")]
     if sorted(set(folds) - set(all_days)):

@@ -212,3 +212,22 @@ def test_traces_fetched_with_the_metrics_fetcher_reach_the_stored_scenario(case,
     outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro())
     degraded = {c["type"]: c for c in outcome.conditions}["Degraded"]
     assert outcome.phase == "Completed" and degraded["status"] == "True" and "without traces" in degraded["message"]
+
+
+def test_a_window_without_fault_time_gets_an_estimated_onset_with_its_estimator(case):
+    from lemzha.detect.onset import onset_estimator
+
+    spec = {"from": case.start.isoformat(), "to": (case.start + timedelta(minutes=20)).isoformat()}
+    fm, fl, _ = sources(case)
+    now = case.label.injection_time + timedelta(days=1)
+    for setting in ("cusum", "robust_z:0.900"):
+        estimator = onset_estimator(setting)
+        outcome = step(case.id, spec, {}, case.namespace, now, now, fm, fl, Baro(), onset_estimator=estimator)
+        onset = outcome.status["onset"]
+        assert onset["source"] == "estimated" and onset["estimator"] == setting
+        expected = case.start + timedelta(seconds=30 * estimator(case.values))
+        assert onset["time"] == expected.isoformat()
+    with pytest.raises(ValueError, match="robust_z:2"):
+        onset_estimator("robust_z:2")
+    with pytest.raises(ValueError, match="use cusum or"):
+        onset_estimator("lstm:0.5")

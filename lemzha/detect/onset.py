@@ -65,6 +65,28 @@ class OnsetEstimator:
         return {"name": self.name, "threshold": self.threshold, "train_mean_abs_error": round(self.train_error, 3),
                 "candidates": {k: round(v, 3) for k, v in self.candidates.items()}}
 
+    def setting(self) -> str:
+        """The estimator as one string, `cusum` or `<detector>:<threshold>` (LEMZHA_ONSET_ESTIMATOR)."""
+        return "cusum" if self.detector is None else f"{self.name}:{float(self.threshold):.3f}"
+
+
+def onset_estimator(setting: str) -> OnsetEstimator:
+    """The estimator a setting names (`OnsetEstimator.setting()`); a bad one is a ValueError naming it."""
+    name, _, threshold = setting.strip().partition(":")
+    if name == "cusum" and not threshold:
+        return OnsetEstimator("cusum")
+    from lemzha.detect import ZERO_SHOT, make_detector
+
+    if name not in ZERO_SHOT or not threshold:
+        raise ValueError(f"onset estimator {setting!r}: use cusum or <{'|'.join(ZERO_SHOT)}>:<threshold in (0, 1]>")
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise ValueError(f"onset estimator {setting!r}: threshold {threshold!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"onset estimator {setting!r}: threshold must be in (0, 1]")
+    return OnsetEstimator(name, make_detector(name), value)
+
 
 def fit_onset_threshold(detector: Detector, windows: Sequence[tuple[np.ndarray, int]]) -> tuple[float, float]:
     """(threshold, mean |error|) minimising the mean |onset error| over labelled windows [(values, fault_bin)];

@@ -42,15 +42,26 @@ def log_evidence(scenario: Scenario, service: str, onset_bin: int) -> list[dict]
             for r in totals.itertuples()]
 
 
-def analyze(scenario: Scenario, ranker: Ranker, top_k: int) -> dict:
-    """Rank and explain. The scenario must carry no label (live data has none)."""
+def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None) -> dict:
+    """Rank and explain. The scenario must carry no label (live data has none).
+
+    Without a given onset the ranker gets the scenario as it is (the model slides its crops, which ranks better than
+    any estimated onset: README, "Anomaly detection"), and `onset_estimator` (a `lemzha.detect.OnsetEstimator`;
+    None = the CUSUM rule) places the onset for status.onset and the evidence."""
     if scenario.label is not None:
         raise ValueError("analyze() takes live scenarios, which have no label")
     ranking = ranker.rank(scenario)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        onset_bin = resolve_onset_bin(scenario)
+        if scenario.onset is None and onset_estimator is not None:
+            onset_bin = int(onset_estimator(scenario.values))
+        else:
+            onset_bin = resolve_onset_bin(scenario)
     onset_time = scenario.start + timedelta(seconds=onset_bin * scenario.bin_seconds)
+    onset = {"time": (scenario.onset or onset_time).isoformat(),
+             "source": "given" if scenario.onset is not None else "estimated"}
+    if scenario.onset is None:
+        onset["estimator"] = onset_estimator.setting() if onset_estimator is not None else "cusum"
     causes = [
         {
             "rank": rank,
@@ -67,8 +78,7 @@ def analyze(scenario: Scenario, ranker: Ranker, top_k: int) -> dict:
     return {
         "rootCauses": causes,
         "method": ranker.name,
-        "onset": {"time": (scenario.onset or onset_time).isoformat(),
-                  "source": "given" if scenario.onset is not None else "estimated"},
+        "onset": onset,
         "dataCoverage": {
             "pods": len(scenario.pods),
             "metrics": int(scenario.mask.any(axis=(0, 1)).sum()),

@@ -118,6 +118,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     memo.objects, memo.core = _kubernetes_apis(config.concurrency)
     memo.monitor = WatchMonitor(config.watch_stale_seconds)
     memo.in_flight = InFlight()
+    from lemzha.detect.onset import onset_estimator
+
+    memo.onset_estimator = onset_estimator(config.onset_estimator)  # a bad setting stops startup, named
     selfmetrics.watch_templates(lambda: getattr(memo.ranker, "embedder", None))
     selfmetrics.serve(config.metrics_port)
     memo.janitor = asyncio.get_running_loop().create_task(janitor(memo, settings, logger))
@@ -258,7 +261,8 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
                        memo.fetch_metrics, memo.fetch_logs, memo.ranker, fetch_pod_info=memo.fetch_pod_info,
                        store=config.cache_dir / "incidents" / str(meta.get("uid", meta["name"])),
                        attempt=retry, backoff=config.backoff,
-                       log_cap=config.loki_max_lines if memo.fetch_logs is not None else None)
+                       log_cap=config.loki_max_lines if memo.fetch_logs is not None else None,
+                       onset_estimator=memo.onset_estimator)
     release_freed_memory()  # the attempt's frames are garbage now: keep the RSS near what is in use
     selfmetrics.record_attempt(outcome.timings, outcome.source_errors)
     problem = memo.model_problem

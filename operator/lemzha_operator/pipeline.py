@@ -146,13 +146,15 @@ def step(
     attempt: int = 0,
     backoff: Callable[[int], float] = lambda attempt: 30.0,
     log_cap: int | None = None,
+    onset_estimator=None,
 ) -> Outcome:
     """One attempt at an incident. Never raises for data or spec problems: the outcome says what happened.
 
     `store` is this incident's directory (keyed by its uid, so a re-created incident never sees old data): the
     fetched scenario is kept there, so a retry after fetching (a crash, a failed status write) ranks what it has
     instead of querying Prometheus and Loki again. `attempt` counts earlier attempts; `backoff(attempt)` is the
-    delay before the next one after a source outage. `log_cap` is the log client's line cap, for dataCoverage."""
+    delay before the next one after a source outage. `log_cap` is the log client's line cap, for dataCoverage.
+    `onset_estimator` places the onset of a window without faultTime (`analysis.analyze`)."""
     clock = Stopwatch()
     timeout = float(spec.get("timeoutSeconds", 900))
     top_k = int(spec.get("topK", 5))
@@ -178,7 +180,8 @@ def step(
         fetched_before = json.loads((store / FETCH_FILE).read_text())
         conditions = [condition("DataFetched", True, "DataFetched", "reused the data fetched by an earlier attempt"),
                       *fetched_before["conditions"]]
-        return _ranked(scenario, frozen, conditions, ranker, top_k, clock, fetched_before["coverage"], [])
+        return _ranked(scenario, frozen, conditions, ranker, top_k, clock, fetched_before["coverage"], [],
+                       onset_estimator)
     warnings: list[str] = []
     try:
         with clock.stage("metrics"):
@@ -259,7 +262,7 @@ def step(
             save_scenario(scenario, store / "scenario")
     conditions = [condition("DataFetched", True, "DataFetched",
                             f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"), health]
-    return _ranked(scenario, frozen, conditions, ranker, top_k, clock, coverage, errors)
+    return _ranked(scenario, frozen, conditions, ranker, top_k, clock, coverage, errors, onset_estimator)
 
 
 def method_name(ranker: Ranker, logs: str) -> str:
@@ -271,9 +274,9 @@ def method_name(ranker: Ranker, logs: str) -> str:
 
 
 def _ranked(scenario: Scenario, frozen: dict, conditions: list[dict], ranker: Ranker, top_k: int, clock: Stopwatch,
-            coverage: dict, errors: list[tuple[str, str]]) -> Outcome:
+            coverage: dict, errors: list[tuple[str, str]], onset_estimator=None) -> Outcome:
     with clock.stage("rank"):
-        result = analyze(scenario, ranker, top_k)
+        result = analyze(scenario, ranker, top_k, onset_estimator)
     result["dataCoverage"] = {**coverage, **result["dataCoverage"]}
     result["method"] = method_name(ranker, result["dataCoverage"].get("logs", LOGS_DISABLED))
     top = result["rootCauses"][0] if result["rootCauses"] else None

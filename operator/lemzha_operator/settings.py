@@ -10,6 +10,9 @@ from pathlib import Path
 GROUP = "lemzha.io"
 VERSION = "v1alpha1"
 PLURAL = "rcaincidents"
+# Chosen on all four Nezha days by `python -m offline.detect --ship-onset` (the rule each LODO fold applies to its
+# training days); `cusum` or `<robust_z|bocpd>:<threshold>`.
+DEFAULT_ONSET_ESTIMATOR = "cusum"  # all four days: cusum 5.673 bins mean |error|, robust_z 5.683, bocpd 7.901
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Settings:
     retry_base: float = 5.0  # first retry delay after a source outage; doubles per attempt
     retry_max: float = 300.0  # the backoff's ceiling
     watch_stale_seconds: float = 120.0  # the health probe fails when the watch lags a listed change this long
+    onset_estimator: str = DEFAULT_ONSET_ESTIMATOR  # places the onset of windows without faultTime
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -57,6 +61,7 @@ class Settings:
             retry_base=_number(env, "LEMZHA_RETRY_BASE_SECONDS", 5.0, float, minimum=0.1),
             retry_max=_number(env, "LEMZHA_RETRY_MAX_SECONDS", 300.0, float, minimum=0.1),
             watch_stale_seconds=_number(env, "LEMZHA_WATCH_STALE_SECONDS", 120.0, float, minimum=1),
+            onset_estimator=env.get("LEMZHA_ONSET_ESTIMATOR") or DEFAULT_ONSET_ESTIMATOR,
         )
 
     def backoff(self, attempt: int) -> float:
