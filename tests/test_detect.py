@@ -156,7 +156,7 @@ def test_no_test_day_bin_reaches_fit(days, monkeypatch):
     fold, nothing derived from the test day may reach them."""
     from lemzha.detect import features, lstm, supervised, zeroshot
 
-    slices = {d: head(*days[d], 360) for d in days}
+    slices = {d: head(*days[d], 200) for d in days}  # 100 min a day: every path runs, CI stays fast
     streams = {d: s for d, (s, _) in slices.items()}
     faults = {d: f for d, (_, f) in slices.items()}
     test_day = "2022-08-23"
@@ -202,7 +202,7 @@ def test_no_test_day_bin_reaches_fit(days, monkeypatch):
 
     monkeypatch.setattr(bench, "select_onset_estimator", select)
     monkeypatch.setattr(bench, "fit_onset_threshold", threshold)
-    result = bench.run_fold(test_day, streams, faults, list(ALL_DETECTORS), (0.0, 0.25, 1.0), 0, True, lambda: None)
+    result = bench.run_fold(test_day, streams, faults, list(ALL_DETECTORS), (0.0, 1.0), 0, True, lambda: None)
     trained = {n for n, _ in seen["fit"]}
     assert {"logistic", "gbm", "isolation_forest", "lstm", "lstm_ae"} <= trained
     assert seen["selector"] and seen["windows"]
