@@ -31,7 +31,7 @@ from pathlib import Path
 from offline.store import REPO_ROOT
 
 TARGETS = {"p95_warm_s": 1.5, "rss_mib": 350}
-STAGES = ("metrics", "pod_info", "logs", "scenario", "rank")
+STAGES = ("metrics", "pod_info", "logs", "traces", "scenario", "rank")
 
 
 def _trainticket_ids(prepared, n: int) -> list[str]:
