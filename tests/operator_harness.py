@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,10 @@ from pathlib import Path
 
 import requests
 
+from tests.prometheus_server import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 KUBECTL = Path("/usr/bin/kubectl")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Kubectl:

@@ -29,7 +29,7 @@ requires_prometheus = pytest.mark.skipif(
 _CONFIG = "global:\n  scrape_interval: 1h\n  evaluation_interval: 1h\nscrape_configs: []\n"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -45,7 +45,7 @@ def prometheus_server(data_dir: Path, timeout: float = 30.0) -> Iterator[str]:
         root = Path(tmp)
         shutil.copytree(data_dir, root / "data")
         (root / "prometheus.yml").write_text(_CONFIG)
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = (root / "prometheus.log").open("w")
         proc = subprocess.Popen(

@@ -1,23 +1,17 @@
 """The operator's /metrics: what a scrape shows after attempts, outcomes and template lookups."""
 
-import socket
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from lemzha_operator import selfmetrics
+from tests.prometheus_server import free_port
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     text = requests.get(url, timeout=5).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FakeEmbedder:

@@ -32,12 +32,12 @@ def watch(**over) -> W.WatchSpec:
 
 # -- parsing ---------------------------------------------------------------------------------------------------------
 def test_durations():
-    assert W.parse_duration("30s") == timedelta(seconds=30)
-    assert W.parse_duration("5m") == timedelta(minutes=5)
-    assert W.parse_duration("2h") == timedelta(hours=2)
+    assert W.parse_duration("30s", "interval") == timedelta(seconds=30)
+    assert W.parse_duration("5m", "interval") == timedelta(minutes=5)
+    assert W.parse_duration("2h", "interval") == timedelta(hours=2)
     for bad in ("5", "1d", "-1m", "1.5m", ""):
         with pytest.raises(ValueError):
-            W.parse_duration(bad)
+            W.parse_duration(bad, "interval")
 
 
 def test_spec_defaults_and_rejections():

@@ -37,6 +37,7 @@ import yaml
 
 from lemzha_operator import watch as W
 from lemzha_operator.clock import set_clock
+from lemzha_operator.window import rfc3339
 from tests.kube_standin import KubeStandin
 from tests.operator_harness import KUBECTL, Kubectl, OperatorProcess
 from tests.prometheus_server import PROMTOOL, prometheus_server, requires_prometheus
@@ -99,7 +100,7 @@ class Env:
     def step(self, name: str, moment: datetime, timeout: float = 60) -> dict:
         """Set the clock and wait until the watch has been evaluated at that time."""
         set_clock(self.clock, moment)
-        want = W.stamp(moment)
+        want = rfc3339(moment)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             obj = self.get_watch(name)
@@ -151,7 +152,7 @@ def test_watch_replayed_day(env: Env) -> None:
         new = {i["metadata"]["name"] for i in env.incidents()} - set(opened_at)
         opened_at.update(dict.fromkeys(new, moment))
         if new:  # one evaluation can open several (runs in time order); status names the last
-            assert status["lastFiring"]["incident"] == max(new) and status["lastFiring"]["at"] == W.stamp(moment)
+            assert status["lastFiring"]["incident"] == max(new) and status["lastFiring"]["at"] == rfc3339(moment)
     stepped = time.monotonic() - t0
 
     items = env.incidents()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from lemzha_operator.settings import GROUP, VERSION
+from lemzha_operator.window import rfc3339
 
 COMPONENT = "lemzha-operator"
 
@@ -21,7 +22,7 @@ def event_name(name: str, uid: str, reason: str) -> str:
 
 def event_body(meta: dict, kind: str, reason: str, message: str, event_type: str = "Normal",
                now: datetime | None = None) -> dict:
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    stamp = rfc3339(now or datetime.now(UTC))
     return {
         "apiVersion": "v1",
         "kind": "Event",

@@ -20,9 +20,17 @@ from lemzha_operator import selfmetrics
 from lemzha_operator.events import event_body, post_once
 from lemzha_operator.health import WatchMonitor, outranked
 from lemzha_operator.pipeline import Outcome, step
-from lemzha_operator.settings import GROUP, PLURAL, VERSION, Settings, peering_priority, watched_namespaces
+from lemzha_operator.settings import (
+    FINAL_PHASES,
+    GROUP,
+    PLURAL,
+    VERSION,
+    Settings,
+    peering_priority,
+    watched_namespaces,
+)
+from lemzha_operator.window import rfc3339
 
-FINAL_PHASES = ("Completed", "Failed")
 TTL_CHECK_SECONDS = float(os.environ.get("LEMZHA_TTL_CHECK_SECONDS", "30"))
 KIND = "RCAIncident"
 log = logging.getLogger("lemzha.operator")
@@ -41,7 +49,7 @@ def ttl_due(spec: dict, status: dict, now: datetime) -> bool:
 def merge_conditions(previous: list[dict], new: list[dict], generation: int, now: datetime) -> list[dict]:
     """Kubernetes-style conditions: one per type; lastTransitionTime moves only when the status value changes."""
     merged = {c["type"]: dict(c) for c in previous or []}
-    stamp = now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    stamp = rfc3339(now)
     for cond in new:
         old = merged.get(cond["type"])
         changed = old is None or old.get("status") != cond["status"]
@@ -187,12 +195,18 @@ def watched(event: dict, meta, memo: kopf.Memo, **_) -> None:
         monitor.delivered(meta["uid"], str(meta.get("resourceVersion", "")), deleted=event.get("type") == "DELETED")
 
 
-def _list_incidents(memo: kopf.Memo) -> list[dict]:
+def list_watched(objects, plural: str) -> list[dict]:
+    """Every object of `plural` in the watched namespaces (LEMZHA_WATCH_NAMESPACES), or cluster-wide when all are
+    watched: the chart's Roles allow no more."""
     namespaces = watched_namespaces()
     if not namespaces:
-        return memo.objects.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", [])
+        return objects.list_cluster_custom_object(GROUP, VERSION, plural).get("items", [])
     return [item for ns in namespaces
-            for item in memo.objects.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])]
+            for item in objects.list_namespaced_custom_object(GROUP, VERSION, ns, plural).get("items", [])]
+
+
+def _list_incidents(memo: kopf.Memo) -> list[dict]:
+    return list_watched(memo.objects, PLURAL)
 
 
 def _paused_by_peer(memo: kopf.Memo, settings: kopf.OperatorSettings) -> bool:
@@ -235,10 +249,6 @@ async def watch_alive(memo: kopf.Memo, settings: kopf.OperatorSettings, **_) -> 
     return {"incidents": len(listed), "stale": 0}
 
 
-def _stamp(now: datetime) -> str:
-    return now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def _post(memo: kopf.Memo, meta, reason: str, message: str, event_type: str = "Normal") -> None:
     try:
         post_once(memo.core, event_body(dict(meta), KIND, reason, message, event_type))
@@ -272,7 +282,7 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
     if outcome.phase == "Completed":
         patch.status["model"] = memo.model
     if outcome.phase in FINAL_PHASES:
-        patch.status["finishedAt"] = _stamp(now)
+        patch.status["finishedAt"] = rfc3339(now)
         selfmetrics.record_final(outcome.phase, outcome.status.get("method", ""))
     degraded = next((c for c in outcome.conditions if c["type"] == "Degraded" and c["status"] == "True"), None)
     if degraded is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 GROUP = "lemzha.io"
 VERSION = "v1alpha1"
 PLURAL = "rcaincidents"
+FINAL_PHASES = ("Completed", "Failed")  # an incident in one of these is done
 # Chosen on all four Nezha days by `python -m offline.detect --ship-onset` (the rule each LODO fold applies to its
 # training days); `cusum` or `<robust_z|bocpd>:<threshold>`.
 DEFAULT_ONSET_ESTIMATOR = "cusum"  # all four days: cusum 5.673 bins mean |error|, robust_z 5.683, bocpd 7.901

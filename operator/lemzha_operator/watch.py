@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 
 from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin
+from lemzha_operator.pipeline import condition
+from lemzha_operator.settings import FINAL_PHASES
+from lemzha_operator.window import parse_duration, rfc3339
 
 GROUP, VERSION = "lemzha.io", "v1alpha1"
 WATCH_KIND, WATCH_PLURAL = "RCAWatch", "rcawatches"
@@ -37,22 +39,8 @@ DETECTORS = ("robust_z", "bocpd")  # the torch-free zero-shot detectors; the bun
 # bins of context before the scanned part: the detector's trailing reference (robust_z 20 bins, bocpd 60) + 4
 HISTORY_BINS = {"robust_z": 24, "bocpd": 64}
 SCAN_MARGIN_BINS = 2
-FINAL_PHASES = ("Completed", "Failed")
 MAX_OPEN = 50  # status.openIncidents is bounded like the CRD says
 NAME_MAX = 63  # incident names stay DNS labels (Event names and labels derive from them)
-_DURATION = re.compile(r"^([0-9]+)(s|m|h)$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """`30s`, `5m`, `1h` -> timedelta (the CRD's pattern); anything else is a ValueError."""
-    found = _DURATION.match(str(text).strip())
-    if not found:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h)")
-    return timedelta(seconds=int(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2)])
-
-
-def stamp(moment: datetime) -> str:
-    return as_utc(moment).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -85,9 +73,10 @@ class WatchSpec:
             raise ValueError(f"threshold {threshold} is not in (0, 1]")
         return cls(name=meta["name"], namespace=meta.get("namespace") or "default", uid=str(meta.get("uid", "")),
                    target=spec.get("targetNamespace") or meta.get("namespace") or "default", detector=detector,
-                   threshold=threshold, min_duration=parse_duration(spec.get("minDuration", "1m")),
-                   cooldown=parse_duration(spec.get("cooldown", "10m")),
-                   interval=parse_duration(spec.get("interval", "1m")), suspend=bool(spec.get("suspend", False)),
+                   threshold=threshold, min_duration=parse_duration(spec.get("minDuration", "1m"), "minDuration"),
+                   cooldown=parse_duration(spec.get("cooldown", "10m"), "cooldown"),
+                   interval=parse_duration(spec.get("interval", "1m"), "interval"),
+                   suspend=bool(spec.get("suspend", False)),
                    pod_selector=dict(spec["podSelector"]) if spec.get("podSelector") else None)
 
     @property
@@ -189,7 +178,7 @@ def watch_label(watch_name: str) -> str:
 def incident_body(watch: WatchSpec, onset: datetime, score_value: float | None = None) -> dict:
     """The RCAIncident the watch opens: faultTime = onset, the watch's target and pod selector, owned by the watch
     (controller, not blocking its deletion), labelled with the watch's name."""
-    spec: dict = {"targetNamespace": watch.target, "faultTime": stamp(onset)}
+    spec: dict = {"targetNamespace": watch.target, "faultTime": rfc3339(onset)}
     if watch.pod_selector:
         spec["podSelector"] = watch.pod_selector
     annotations = {"lemzha.io/detector": watch.detector, "lemzha.io/threshold": f"{watch.threshold:g}"}
@@ -238,17 +227,17 @@ def decide(watch: WatchSpec, scores: np.ndarray, start: datetime, last_onset: da
         onset = as_utc(start) + timedelta(seconds=firing.onset_bin * BIN_SECONDS)
         peak = float(np.max(scores[firing.onset_bin: firing.onset_bin + firing.run_bins]))
         if last_onset is not None and onset <= last_onset:
-            action, message = "seen", f"onset {stamp(onset)} already handled"
+            action, message = "seen", f"onset {rfc3339(onset)} already handled"
         elif last_onset is not None and onset - last_onset < watch.cooldown:
             action = "cooldown"
-            message = (f"fired at {stamp(onset)} (peak {peak:.3f}), within cooldown {watch.cooldown} of the last "
-                       f"onset {stamp(last_onset)}: no new incident")
+            message = (f"fired at {rfc3339(onset)} (peak {peak:.3f}), within cooldown {watch.cooldown} of the last "
+                       f"onset {rfc3339(last_onset)}: no new incident")
         else:
             opens.append((onset, firing))
             last_onset = onset
             action = "open"
             message = (f"{watch.detector} >= {watch.threshold:g} for {firing.run_bins * BIN_SECONDS} s from "
-                       f"{stamp(onset)} (peak {peak:.3f})")
+                       f"{rfc3339(onset)} (peak {peak:.3f})")
     if opens:
         onset, firing = opens[-1]
         if action != "open":
@@ -267,10 +256,6 @@ def open_incidents(items: list[dict], watch_uid: str) -> list[str]:
         if owned and not meta.get("deletionTimestamp") and item.get("status", {}).get("phase") not in FINAL_PHASES:
             names.append(meta["name"])
     return sorted(names)[:MAX_OPEN]
-
-
-def condition(kind: str, ok: bool, reason: str, message: str) -> dict:
-    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message[:1024]}
 
 
 @dataclass
@@ -294,7 +279,7 @@ def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create
     reports them in a condition and tries again at the next tick."""
     out = Evaluation()
     if watch.suspend:
-        out.status = {"lastEvaluation": stamp(now)}
+        out.status = {"lastEvaluation": rfc3339(now)}
         out.conditions = [condition("Ready", False, "Suspended", "spec.suspend is true: not evaluating")]
         return out
     start, n_bins = window_for(watch, now)
@@ -304,12 +289,12 @@ def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create
     last = status.get("lastFiring") or {}
     decision = decide(watch, scores, start, parse_time(last.get("onset")))
     out.decision = decision
-    out.status = {"lastEvaluation": stamp(now),
+    out.status = {"lastEvaluation": rfc3339(now),
                   "lastScore": round(decision.last_score, 6) if decision.last_score is not None else None,
                   "incidentsOpened": int(status.get("incidentsOpened", 0))}
     pods = values.shape[1] if values.ndim == 3 else 0
     ready = condition("Ready", True, "Evaluated", f"{watch.detector} over {pods} pod(s) of {watch.target}, "
-                      f"{n_bins} bins to {stamp(start + timedelta(seconds=n_bins * BIN_SECONDS))}")
+                      f"{n_bins} bins to {rfc3339(start + timedelta(seconds=n_bins * BIN_SECONDS))}")
     if pods == 0:
         ready = condition("Ready", False, "NoData", f"no pod metrics in {watch.target} for the last {n_bins} bins")
     if decision.action == "open":
@@ -323,7 +308,7 @@ def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create
             else:
                 existed.append(name)
             names.append(name)
-            out.status["lastFiring"] = {"onset": stamp(onset), "incident": name, "at": stamp(now)}
+            out.status["lastFiring"] = {"onset": rfc3339(onset), "incident": name, "at": rfc3339(now)}
         out.created = out.created_all[-1] if out.created_all else None
         firing = condition("Firing", True, "IncidentOpened", f"{decision.message}: opened {', '.join(names)}"
                            + (f" ({', '.join(existed)} existed already)" if existed else ""))
@@ -337,7 +322,3 @@ def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create
     if list_owned is not None:
         out.status["openIncidents"] = open_incidents(list_owned(), watch.uid)
     return out
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -23,9 +23,8 @@ import kopf
 
 from lemzha_operator import clock
 from lemzha_operator import watch as W
-from lemzha_operator.handlers import _paused_by_peer, merge_conditions
+from lemzha_operator.handlers import _paused_by_peer, list_watched, merge_conditions
 from lemzha_operator.pipeline import SourceUnavailable
-from lemzha_operator.settings import watched_namespaces
 
 TICK_SECONDS = float(os.environ.get("LEMZHA_WATCH_TICK_SECONDS", "10"))
 log = logging.getLogger("lemzha.watches")
@@ -70,12 +69,7 @@ def tick(memo: kopf.Memo) -> int:
 
 
 def list_watches(objects) -> list[dict]:
-    namespaces = watched_namespaces()
-    if not namespaces:
-        return objects.list_cluster_custom_object(W.GROUP, W.VERSION, W.WATCH_PLURAL).get("items", [])
-    return [item for ns in namespaces
-            for item in objects.list_namespaced_custom_object(W.GROUP, W.VERSION, ns, W.WATCH_PLURAL)
-            .get("items", [])]
+    return list_watched(objects, W.WATCH_PLURAL)
 
 
 def evaluate_one(memo: kopf.Memo, obj: dict, now: datetime) -> int:

@@ -37,6 +37,11 @@ class ResolvedWindow:
         return {"from": self.start.isoformat(), "to": self.end.isoformat()}
 
 
+def rfc3339(moment: datetime) -> str:
+    """`2023-01-29T09:21:39Z`: the form status fields and Events carry (whole seconds, UTC)."""
+    return as_utc(moment).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def parse_duration(text: str, field: str) -> timedelta:
     match = _DURATION.match(str(text))
     if not match:
