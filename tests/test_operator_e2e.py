@@ -102,13 +102,13 @@ def _live_scenario(env: Env, status: dict, namespace: str, incident_id: str):
     """The Scenario rebuilt with the operator's own fetchers over the window frozen in status."""
     window = window_from_status(status)
     assert window is not None
-    fetch_metrics, fetch_logs, _ = make_sources(env.settings())
+    fetch_metrics, fetch_logs, _, fetch_traces = make_sources(env.settings())
     pods, values, names, _ = fetch_metrics(namespace, window.start, window.n_bins)
     from lemzha.services import service_of_pod
 
     pod_service = {p: service_of_pod(p) for p in pods}
     logs = fetch_logs(namespace, window.start, window.n_bins, pod_service)
-    traces = fetch_metrics.fetch_traces(namespace, window.start, window.n_bins, set(pod_service.values()))
+    traces = fetch_traces(namespace, window.start, window.n_bins, set(pod_service.values()))
     return build_scenario(incident_id, namespace, window, pods, values, names, logs, traces=traces)
 
 

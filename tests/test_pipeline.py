@@ -184,9 +184,9 @@ def test_pod_selector_without_kube_state_metrics_fails_with_a_reason(case):
     assert outcome.phase == "Failed" and "kube_pod_labels" in outcome.conditions[0]["message"]
 
 
-def test_traces_fetched_with_the_metrics_fetcher_reach_the_stored_scenario(case, tmp_path):
-    """`make_sources` hangs `fetch_traces` on the metrics fetcher; step() stores the traces in the Scenario, and a
-    trace outage degrades the incident instead of failing it."""
+def test_fetched_traces_reach_the_stored_scenario(case, tmp_path):
+    """`fetch_traces` is a source of its own (the fourth of `make_sources`); step() stores the traces in the
+    Scenario, a trace outage degrades the incident instead of failing it, and without the fetcher there are none."""
     from lemzha.scenario_io import load_scenario
 
     fm, fl, _ = sources(case)
@@ -197,9 +197,9 @@ def test_traces_fetched_with_the_metrics_fetcher_reach_the_stored_scenario(case,
         window = case.window(case.bin_of(start), n_bins)
         return window.service_metrics, window.edges
 
-    fm.fetch_traces = fetch_traces
     now = case.label.injection_time + timedelta(days=1)
-    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro(), store=tmp_path / "i")
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro(), fetch_traces=fetch_traces,
+                   store=tmp_path / "i")
     assert outcome.phase == "Completed" and asked == [set(case.services)] and "traces" in outcome.timings
     stored = load_scenario(tmp_path / "i" / "scenario", with_label=False)
     assert len(stored.service_metrics) == len(case.service_metrics) > 0
@@ -208,10 +208,16 @@ def test_traces_fetched_with_the_metrics_fetcher_reach_the_stored_scenario(case,
     def down(namespace, start, n_bins, services):
         raise SourceUnavailable("PrometheusUnavailable", "connection refused")
 
-    fm.fetch_traces = down
-    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro())
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro(), fetch_traces=down)
     degraded = {c["type"]: c for c in outcome.conditions}["Degraded"]
     assert outcome.phase == "Completed" and degraded["status"] == "True" and "without traces" in degraded["message"]
+    assert outcome.source_errors == [("prometheus", "unreachable")]
+
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro(), fetch_traces=None,
+                   store=tmp_path / "none")
+    assert outcome.phase == "Completed" and "traces" not in outcome.timings
+    untraced = load_scenario(tmp_path / "none" / "scenario", with_label=False)
+    assert untraced.service_metrics.empty and untraced.edges.empty
 
 
 def test_a_window_without_fault_time_gets_an_estimated_onset_with_its_estimator(case):

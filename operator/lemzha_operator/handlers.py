@@ -122,7 +122,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     if memo.model_problem is not None:
         logger.warning("model not loaded (%s): %s", memo.model_problem.reason, memo.model_problem.message)
     memo.model = model_status(memo.ranker)
-    memo.fetch_metrics, memo.fetch_logs, memo.fetch_pod_info = make_sources(config)
+    memo.fetch_metrics, memo.fetch_logs, memo.fetch_pod_info, memo.fetch_traces = make_sources(config)
     memo.objects, memo.core = _kubernetes_apis(config.concurrency)
     memo.monitor = WatchMonitor(config.watch_stale_seconds)
     memo.in_flight = InFlight()
@@ -269,6 +269,7 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
         log.info("%s/%s: attempt %d started, %d in flight", namespace, meta["name"], retry, running)
         outcome = step(f"{namespace}/{meta['name']}", dict(spec), dict(status), target, now, created,
                        memo.fetch_metrics, memo.fetch_logs, memo.ranker, fetch_pod_info=memo.fetch_pod_info,
+                       fetch_traces=memo.fetch_traces,
                        store=config.cache_dir / "incidents" / str(meta.get("uid", meta["name"])),
                        attempt=retry, backoff=config.backoff,
                        log_cap=config.loki_max_lines if memo.fetch_logs is not None else None,

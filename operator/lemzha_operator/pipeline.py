@@ -29,6 +29,7 @@ from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, 
 MetricsFetcher = Callable[[str, datetime, int], tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]]
 LogsFetcher = Callable[[str, datetime, int, dict[str, str]], pd.DataFrame]
 PodInfoFetcher = Callable[[str, datetime, int], object]  # -> PodInfo(owners: pod->controller, labels: pod->labels)
+TracesFetcher = Callable[[str, datetime, int, set[str]], tuple[pd.DataFrame, pd.DataFrame]]  # (service_metrics, edges)
 
 
 class DataUnavailable(RuntimeError):
@@ -142,6 +143,7 @@ def step(
     fetch_logs: LogsFetcher | None,
     ranker: Ranker,
     fetch_pod_info: PodInfoFetcher | None = None,
+    fetch_traces: TracesFetcher | None = None,
     store: Path | None = None,
     attempt: int = 0,
     backoff: Callable[[int], float] = lambda attempt: 30.0,
@@ -149,6 +151,9 @@ def step(
     onset_estimator=None,
 ) -> Outcome:
     """One attempt at an incident. Never raises for data or spec problems: the outcome says what happened.
+
+    `fetch_traces` reads the trace series (None: no traces); an outage of it marks the incident Degraded and ranks
+    without traces, never fails it.
 
     `store` is this incident's directory (keyed by its uid, so a re-created incident never sees old data): the
     fetched scenario is kept there, so a retry after fetching (a crash, a failed status write) ranks what it has
@@ -234,7 +239,6 @@ def step(
                 degraded.append(("LogsTruncated", "Loki returned more lines than the cap"
                                  + (f" ({log_cap})" if log_cap else "") + "; log counts are incomplete"))
     traces = None
-    fetch_traces = getattr(fetch_metrics, "fetch_traces", None)  # set by sources.make_sources
     if fetch_traces is not None:
         try:
             with clock.stage("traces"):

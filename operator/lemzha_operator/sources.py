@@ -11,7 +11,7 @@ from lemzha.baselines import Baro
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Scenario
 from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, log_rows, selector
-from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable
+from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable, TracesFetcher
 from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
 
@@ -99,14 +99,13 @@ def logs_fetcher(settings: Settings) -> LogsFetcher:
     return fetch
 
 
-def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None, PodInfoFetcher]:
-    """The metrics fetcher carries `fetch_traces` (the catalog's trace series from the same Prometheus), which
-    `pipeline.step` reads into the Scenario; a Prometheus without trace series gives empty trace frames."""
+def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None, PodInfoFetcher, TracesFetcher]:
+    """(metrics, logs, pod info, traces) fetchers, as `pipeline.step` takes them: logs only with a Loki URL; the
+    traces are the catalog's trace series from the same Prometheus (one without trace series gives empty frames)."""
     from lemzha_operator.traces import traces_fetcher
 
     prom = _prometheus(settings)
-    fetch_metrics = metrics_fetcher(prom, timeout=settings.query_timeout)
-    fetch_metrics.fetch_traces = traces_fetcher(prom, timeout=settings.query_timeout)
-    return (fetch_metrics,
+    return (metrics_fetcher(prom, timeout=settings.query_timeout),
             logs_fetcher(settings) if settings.loki_url else None,
-            pod_info_fetcher(prom, timeout=settings.query_timeout))
+            pod_info_fetcher(prom, timeout=settings.query_timeout),
+            traces_fetcher(prom, timeout=settings.query_timeout))

@@ -11,8 +11,8 @@ NaN, never 0. A window without any trace series gives empty frames (the model th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,8 @@ from lemzha.catalog import (
 )
 from lemzha_operator.prometheus import PrometheusUnavailable, query_range
 
-TracesFetcher = Callable[[str, datetime, int, set], tuple[pd.DataFrame, pd.DataFrame]]
+if TYPE_CHECKING:
+    from lemzha_operator.pipeline import TracesFetcher
 
 
 def _edge_sum_promql(namespace: str) -> str:
