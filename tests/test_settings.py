@@ -16,12 +16,23 @@ def test_defaults_and_overrides():
     assert (tuned.concurrency, tuned.query_timeout, tuned.loki_max_lines, tuned.metrics_port) == (8, 2.5, 1000, 0)
 
 
+def test_loop_periods_default_and_override():
+    """The RCAWatch loop's tick and the TTL janitor's period are settings like the others (read at startup)."""
+    default = Settings.from_env(BASE)
+    assert (default.watch_tick_seconds, default.ttl_check_seconds) == (10.0, 30.0)
+    tuned = Settings.from_env({**BASE, "LEMZHA_WATCH_TICK_SECONDS": "0.2", "LEMZHA_TTL_CHECK_SECONDS": "1"})
+    assert (tuned.watch_tick_seconds, tuned.ttl_check_seconds) == (0.2, 1.0)
+    assert Settings.from_env({**BASE, "LEMZHA_TTL_CHECK_SECONDS": ""}).ttl_check_seconds == 30.0  # empty: default
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("LEMZHA_CONCURRENCY", "0", "must be at least 1"),
     ("LEMZHA_CONCURRENCY", "two", "not a valid int"),
     ("LEMZHA_QUERY_TIMEOUT_SECONDS", "-1", "must be at least"),
     ("LEMZHA_LOKI_MAX_LINES", "1e3", "not a valid int"),
     ("LEMZHA_METRICS_PORT", "-5", "must be at least 0"),
+    *[(name, value, message) for name in ("LEMZHA_WATCH_TICK_SECONDS", "LEMZHA_TTL_CHECK_SECONDS")
+      for value, message in (("abc", "not a valid float"), ("0", "must be at least"), ("-1", "must be at least"))],
 ])
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(ValueError, match=f"{name}=.*{message}"):

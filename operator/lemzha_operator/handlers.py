@@ -31,7 +31,6 @@ from lemzha_operator.settings import (
 )
 from lemzha_operator.window import rfc3339
 
-TTL_CHECK_SECONDS = float(os.environ.get("LEMZHA_TTL_CHECK_SECONDS", "30"))
 KIND = "RCAIncident"
 log = logging.getLogger("lemzha.operator")
 
@@ -163,7 +162,7 @@ async def janitor(memo: kopf.Memo, settings: kopf.OperatorSettings, logger) -> N
     from kubernetes.client.exceptions import ApiException
 
     while True:
-        await asyncio.sleep(TTL_CHECK_SECONDS)
+        await asyncio.sleep(memo.config.ttl_check_seconds)  # LEMZHA_TTL_CHECK_SECONDS
         try:
             if await asyncio.to_thread(_paused_by_peer, memo, settings):
                 continue

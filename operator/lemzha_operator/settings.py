@@ -34,6 +34,8 @@ class Settings:
     retry_base: float = 5.0  # first retry delay after a source outage; doubles per attempt
     retry_max: float = 300.0  # the backoff's ceiling
     watch_stale_seconds: float = 120.0  # the health probe fails when the watch lags a listed change this long
+    watch_tick_seconds: float = 10.0  # how often the RCAWatch loop lists the watches and evaluates those due
+    ttl_check_seconds: float = 30.0  # how often the TTL janitor looks for finished incidents past their TTL
     onset_estimator: str = DEFAULT_ONSET_ESTIMATOR  # places the onset of windows without faultTime
 
     @classmethod
@@ -62,6 +64,8 @@ class Settings:
             retry_base=_number(env, "LEMZHA_RETRY_BASE_SECONDS", 5.0, float, minimum=0.1),
             retry_max=_number(env, "LEMZHA_RETRY_MAX_SECONDS", 300.0, float, minimum=0.1),
             watch_stale_seconds=_number(env, "LEMZHA_WATCH_STALE_SECONDS", 120.0, float, minimum=1),
+            watch_tick_seconds=_number(env, "LEMZHA_WATCH_TICK_SECONDS", 10.0, float, minimum=0.1),
+            ttl_check_seconds=_number(env, "LEMZHA_TTL_CHECK_SECONDS", 30.0, float, minimum=0.1),
             onset_estimator=env.get("LEMZHA_ONSET_ESTIMATOR") or DEFAULT_ONSET_ESTIMATOR,
         )
 

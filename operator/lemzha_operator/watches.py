@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from datetime import datetime
 
 import kopf
@@ -25,8 +24,8 @@ from lemzha_operator import clock
 from lemzha_operator import watch as W
 from lemzha_operator.handlers import _paused_by_peer, list_watched, merge_conditions
 from lemzha_operator.pipeline import SourceUnavailable
+from lemzha_operator.settings import Settings
 
-TICK_SECONDS = float(os.environ.get("LEMZHA_WATCH_TICK_SECONDS", "10"))
 log = logging.getLogger("lemzha.watches")
 
 
@@ -42,9 +41,15 @@ async def stop_watch_loop(memo: kopf.Memo, **_) -> None:
         task.cancel()
 
 
+def tick_seconds(memo: kopf.Memo) -> float:
+    """LEMZHA_WATCH_TICK_SECONDS from the settings the main startup handler reads (the default until it has)."""
+    config = getattr(memo, "config", None)
+    return config.watch_tick_seconds if config is not None else Settings.watch_tick_seconds
+
+
 async def watch_loop(memo: kopf.Memo, settings: kopf.OperatorSettings, logger) -> None:
     while True:
-        await asyncio.sleep(TICK_SECONDS)
+        await asyncio.sleep(tick_seconds(memo))
         if getattr(memo, "objects", None) is None or getattr(memo, "fetch_metrics", None) is None:
             continue  # the main startup handler has not built the clients yet
         try:
