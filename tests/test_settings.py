@@ -31,6 +31,8 @@ def test_loop_periods_default_and_override():
     ("LEMZHA_QUERY_TIMEOUT_SECONDS", "-1", "must be at least"),
     ("LEMZHA_LOKI_MAX_LINES", "1e3", "not a valid int"),
     ("LEMZHA_METRICS_PORT", "-5", "must be at least 0"),
+    ("LEMZHA_QUERY_TIMEOUT_SECONDS", "nan", "not a finite number"),
+    ("LEMZHA_TTL_CHECK_SECONDS", "inf", "not a finite number"),
     *[(name, value, message) for name in ("LEMZHA_WATCH_TICK_SECONDS", "LEMZHA_TTL_CHECK_SECONDS")
       for value, message in (("abc", "not a valid float"), ("0", "must be at least"), ("-1", "must be at least"))],
 ])

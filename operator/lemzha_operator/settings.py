@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ def _number(env: dict[str, str], name: str, default, kind, minimum):
         value = kind(text)
     except ValueError:
         raise ValueError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+    if not math.isfinite(value):  # float() takes "nan" and "inf"; no setting means either
+        raise ValueError(f"{name}={text!r} is not a finite number")
     if value < minimum:
         raise ValueError(f"{name}={text!r} must be at least {minimum}")
     return value
