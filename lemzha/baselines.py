@@ -6,6 +6,7 @@
 - `SimpleRCA`: rank-average of the N-sigma score and the rise in the share of ERROR/FATAL log lines.
 - `SimpleRCATraces`: the same plus SimpleRCA's trace term, the N-sigma score of each service's span P95 latency
   (issue #8; uncovered bins are missing, a scenario without traces gives every service the same trace rank).
+- `TraceP95`: that trace term alone.
 
 The metric baselines need an onset bin: the scenario's own onset when it has one, otherwise `estimate_onset_bin`,
 which reads only the metric values (never the label). `random_ranking_metrics` gives the analytic expectation of
@@ -247,7 +248,20 @@ class SimpleRCATraces:
                                                  trace_p95_scores(scenario, onset_bin)))
 
 
-BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, SimpleRCA, SimpleRCATraces)
+class TraceP95:
+    """Traces alone: the N-sigma score of each service's span P95 latency (SimpleRCA's trace term by itself), to
+    show what the trace modality carries without metrics or logs."""
+
+    name = "trace_p95"
+
+    def fit(self, train: Sequence[Scenario]) -> None:
+        """Training-free."""
+
+    def rank(self, scenario: Scenario) -> Ranking:
+        return Ranking.from_scores(trace_p95_scores(scenario, resolve_onset_bin(scenario)))
+
+
+BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, SimpleRCA, SimpleRCATraces, TraceP95)
 
 
 # -- random floor --------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA, SimpleRCATraces
+from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA, SimpleRCATraces, TraceP95
 from lemzha.detect import OnsetEstimator, select_onset_estimator
 from lemzha.features import Prepared
 from lemzha.fsutil import replace_directory
@@ -194,7 +194,7 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
     caches = {False: PreparedCache(embedder), True: PreparedCache(embedder, neutral_names=True)}
     rows: list[dict] = []
     estimator = fold_onset_estimator(train)
-    for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces()):
+    for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces(), TraceP95()):
         baseline.fit(train)
         rows += rank_cases(baseline, test, fold, None, baseline.name)
         rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         by_ranker["selected"] = [{**r, "ranker": "selected"} for r in rows
                                  if r["ranker"] == inner[r["fold"]]["selected"]]
     baseline_names = ["random", "service_prior", "nsigma", "baro", "simplerca"]
-    trace_baseline_names = ["simplerca_traces"]
+    trace_baseline_names = ["simplerca_traces", "trace_p95"]
     ablation_names = [n for n in by_ranker if n not in {"model", *baseline_names, *trace_baseline_names}]
     trace_names = [n for n in ("traces", "traces_graph", "selected") if n in by_ranker]
     results = {

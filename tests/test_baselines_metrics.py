@@ -14,6 +14,7 @@ from lemzha.baselines import (
     ServicePrior,
     SimpleRCA,
     SimpleRCATraces,
+    TraceP95,
     error_share_increase,
     estimate_onset_bin,
     random_ranking_metrics,
@@ -175,7 +176,7 @@ def test_random_metrics_closed_form():
 
 # -- rankers ---------------------------------------------------------------------------------------------------------
 def all_rankers(train: list[Scenario]) -> list[Ranker]:
-    rankers: list[Ranker] = [ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces()]
+    rankers: list[Ranker] = [ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces(), TraceP95()]
     for ranker in rankers:
         assert isinstance(ranker, Ranker)
         ranker.fit(train)
@@ -203,7 +204,7 @@ def test_baselines_do_not_depend_on_the_label(known_onset):
 def test_cpu_jump_puts_service_first(known_onset):
     s = make_scenario(jumps={"c": 50.0}, onset_bin=12 if known_onset else None, step_bin=12, root="a")
     for ranker in all_rankers([]):
-        if ranker.name == "service_prior":
+        if ranker.name in ("service_prior", "trace_p95"):  # no metrics read
             continue
         assert ranker.rank(s.without_label()).services[0] == "c", ranker.name
 
@@ -312,3 +313,10 @@ def test_trace_p95_term_helps_simplerca_traces():
     # uncovered bins are missing, never zeros: a service covered only after the onset scores 0
     late = _with_p95(base, "c", covered=range(10, 16)).without_label()
     assert all(v == 0 for v in trace_p95_scores(late, 10).values())
+
+
+def test_trace_p95_ranks_by_the_latency_rise_alone():
+    base = make_scenario(jumps={"a": 80.0}, logs=log_table(flat_logs()), root="c", onset_bin=10)
+    assert TraceP95().rank(_with_p95(base, "c").without_label()).services[0] == "c"  # a's CPU jump is not read
+    assert TraceP95().rank(_with_p95(base, "b").without_label()).services[0] == "b"
+    assert TraceP95().rank(base.without_label()).services == tuple(sorted(SERVICES))  # no traces: all tied
