@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lemzha.baselines import Baro, NSigma, ServicePrior, SimpleRCA, SimpleRCATraces, TraceP95
+from lemzha.baselines import BASELINES
 from lemzha.detect import OnsetEstimator, select_onset_estimator
 from lemzha.features import Prepared
 from lemzha.fsutil import replace_directory
@@ -194,7 +194,7 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
     caches = {False: PreparedCache(embedder), True: PreparedCache(embedder, neutral_names=True)}
     rows: list[dict] = []
     estimator = fold_onset_estimator(train)
-    for baseline in (ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces(), TraceP95()):
+    for baseline in (cls() for cls in BASELINES):
         baseline.fit(train)
         rows += rank_cases(baseline, test, fold, None, baseline.name)
         rows += rank_cases(baseline, test, fold, None, f"unknown_onset:{baseline.name}",
