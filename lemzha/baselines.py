@@ -7,6 +7,8 @@
 - `SimpleRCATraces`: the same plus SimpleRCA's trace term, the N-sigma score of each service's span P95 latency
   (issue #8; uncovered bins are missing, a scenario without traces gives every service the same trace rank).
 - `TraceP95`: that trace term alone.
+- `TraceGap`: the call-gap term of `lemzha.tracegap` alone (the rise of the client - server duration on the edges
+  into a service).
 
 The metric baselines need an onset bin: the scenario's own onset when it has one, otherwise `estimate_onset_bin`,
 which reads only the metric values (never the label). `random_ranking_metrics` gives the analytic expectation of
@@ -25,6 +27,7 @@ import pandas as pd
 from lemzha.evidence import IQR_FLOOR_ABS, IQR_FLOOR_FRACTION, max_after, robust_z
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
+from lemzha.tracegap import trace_gap_scores
 
 ERROR_LEVELS: tuple[str, ...] = ("ERROR", "FATAL")
 # The std floor mirrors the IQR floor of robust_z, so that both z-scores treat a flat reference alike.
@@ -261,7 +264,19 @@ class TraceP95:
         return Ranking.from_scores(trace_p95_scores(scenario, resolve_onset_bin(scenario)))
 
 
-BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, SimpleRCA, SimpleRCATraces, TraceP95)
+class TraceGap:
+    """Traces alone, through the service graph: the rise of the client - server gap on the edges into a service."""
+
+    name = "trace_gap"
+
+    def fit(self, train: Sequence[Scenario]) -> None:
+        """Training-free."""
+
+    def rank(self, scenario: Scenario) -> Ranking:
+        return Ranking.from_scores(trace_gap_scores(scenario, resolve_onset_bin(scenario)))
+
+
+BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, SimpleRCA, SimpleRCATraces, TraceP95, TraceGap)
 
 
 # -- random floor --------------------------------------------------------------------------------------------------

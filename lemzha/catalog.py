@@ -279,7 +279,13 @@ GRAPH_SERVER_SECONDS = TraceSeries(
     SERVICE_GRAPH_BUCKETS_S,
     doc="Request durations as seen by the server (its server span), in seconds.",
 )
-TRACE_SERIES: tuple[TraceSeries, ...] = (SPAN_CALLS, SPAN_DURATION, GRAPH_REQUESTS, GRAPH_SERVER_SECONDS)
+GRAPH_CLIENT_SECONDS = TraceSeries(
+    "traces_service_graph_request_client_seconds", "histogram", "s", ("client", "server", "connection_type"),
+    SERVICE_GRAPH_BUCKETS_S,
+    doc="Request durations as seen by the client (its outgoing call span), in seconds; only _sum and _count are read.",
+)
+TRACE_SERIES: tuple[TraceSeries, ...] = (SPAN_CALLS, SPAN_DURATION, GRAPH_REQUESTS, GRAPH_SERVER_SECONDS,
+                                         GRAPH_CLIENT_SECONDS)
 
 SERVER_SPAN_KIND = "SPAN_KIND_SERVER"
 
@@ -297,8 +303,9 @@ class TraceFeature:
     """One per-bin trace feature the model gets, with its live PromQL.
 
     `level` "service" rows are keyed by `service_name`, "edge" rows by (`client`, `server`). `kind` is "count" (the
-    number of calls in the bin), "mean" (sum / count of the duration histogram; NaN without calls) or "quantile"
-    (`histogram_quantile` over the bucket increases; NaN without calls).
+    number of calls in the bin), "mean" (sum / count of the duration histogram; NaN without calls), "quantile"
+    (`histogram_quantile` over the bucket increases; NaN without calls) or, for edges, "gap" (client-side minus
+    server-side duration sum over the count: the mean time a request spends between the two pods; NaN without calls).
     """
 
     name: str
@@ -322,6 +329,10 @@ class TraceFeature:
         if self.kind == "mean":
             return (f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{BIN_RANGE}])) / "
                     f"sum by ({by}) (increase({hist}_count{{{sel}}}[{BIN_RANGE}]))")
+        if self.kind == "gap":
+            return (f"(sum by ({by}) (increase({GRAPH_CLIENT_SECONDS.name}_sum{{{sel}}}[{BIN_RANGE}])) - "
+                    f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{BIN_RANGE}]))) * 1000 / "
+                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{BIN_RANGE}]))")
         return (f"histogram_quantile({self.quantile!r}, "
                 f"sum by ({by}, le) (increase({hist}_bucket{{{sel}}}[{BIN_RANGE}])))")
 
@@ -334,6 +345,9 @@ TRACE_FEATURES: tuple[TraceFeature, ...] = (
     TraceFeature("edge_requests", "edge", "count", "requests/bin", doc="Requests client -> server started in the bin."),
     TraceFeature("edge_latency_p95_s", "edge", "quantile", "s", 0.95,
                  doc="P95 of the server-side duration of those requests, from the service-graph buckets."),
+    TraceFeature("edge_client_gap_ms", "edge", "gap", "ms",
+                 doc="Mean client-side minus server-side duration of those requests: time on the wire and in the "
+                     "callee's pod outside its server span (a network delay shows here, not in the server span)."),
 )
 TRACE_FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in TRACE_FEATURES)
 SERVICE_TRACE_FEATURES: tuple[str, ...] = tuple(f.name for f in TRACE_FEATURES if f.level == "service")

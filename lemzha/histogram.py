@@ -95,6 +95,11 @@ def trace_features(frame, level: str):
             count = buckets[:, -1]
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[feature.name] = np.where(count > 0, frame["duration_sum_ms"].to_numpy(np.float64) / count, np.nan)
+        elif feature.kind == "gap":
+            count = buckets[:, -1]
+            gap = frame["client_duration_sum_ms"].to_numpy(np.float64) - frame["duration_sum_ms"].to_numpy(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[feature.name] = np.where(count > 0, gap / count, np.nan)
         else:
             out[feature.name] = histogram_quantile(feature.quantile, [float(b) for b in bounds], buckets)
     return out

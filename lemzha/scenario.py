@@ -23,7 +23,9 @@ LOG_COLUMNS = ("service", "bin", "template", "count", "level")
 # `values`; `covered` says the same explicitly. Buckets are cumulative (`le`), the last one +Inf (= the count).
 SERVICE_METRIC_BASE_COLUMNS = ("bin", "service", "covered", "trace_calls", "duration_sum_ms", *BUCKET_COLUMNS)
 SERVICE_METRIC_COLUMNS = (*SERVICE_METRIC_BASE_COLUMNS, *(f for f in SERVICE_TRACE_FEATURES if f != "trace_calls"))
-EDGE_BASE_COLUMNS = ("bin", "client", "server", "covered", "edge_requests", "duration_sum_ms", *BUCKET_COLUMNS)
+# `duration_sum_ms` is the servers' side of the requests, `client_duration_sum_ms` the callers' (their outgoing call)
+EDGE_BASE_COLUMNS = ("bin", "client", "server", "covered", "edge_requests", "duration_sum_ms", "client_duration_sum_ms",
+                     *BUCKET_COLUMNS)
 EDGE_COLUMNS = (*EDGE_BASE_COLUMNS, *(f for f in EDGE_TRACE_FEATURES if f != "edge_requests"))
 
 

@@ -39,6 +39,8 @@ from lemzha.baselines import BASELINES
 from lemzha.detect import OnsetEstimator, select_onset_estimator
 from lemzha.features import Prepared
 from lemzha.fsutil import replace_directory
+from lemzha.fusion import GAP_WEIGHTS, GapFusion, fuse, gap_term
+from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder, service_name_text
 from lemzha.train import InputOptions, ModelRanker, PreparedCache, service_probabilities, train_model
@@ -130,39 +132,63 @@ def examples(cache: PreparedCache, scenarios: list[Scenario]) -> list[tuple[Prep
     ]
 
 
-def inner_mrr(model, cache: PreparedCache, val: list[Scenario], crop_bins: int, options: InputOptions) -> float:
-    rr = []
+_GAP_TERMS: dict[str, dict[str, float]] = {}  # scenario id -> call-gap term (label-free, fixed per scenario)
+
+
+def inner_mrr(model, cache: PreparedCache, val: list[Scenario], crop_bins: int, options: InputOptions,
+              gap_weights: tuple[float, ...] = (0.0,)) -> dict[float, float]:
+    """Mean reciprocal rank on `val` of the model's ranking fused with the call-gap term, per gap weight."""
+    rr: dict[float, list[float]] = {w: [] for w in gap_weights}
     for s in val:
-        prep = cache(s.without_label())
+        shown = s.without_label()
+        prep = cache(shown)
         probs = service_probabilities(model, prep, s.bin_of(s.onset), crop_bins, options)
-        order = sorted(range(len(probs)), key=lambda i: (-probs[i], prep.services[i]))
-        rr.append(1.0 / (1 + [prep.services[i] for i in order].index(s.label.root_cause_service)))
-    return float(np.mean(rr))
+        base = Ranking.from_scores(dict(zip(prep.services, probs.tolist(), strict=True)))
+        gap = _GAP_TERMS.setdefault(s.id, gap_term(shown)) if any(gap_weights) else {}
+        for w in gap_weights:
+            rr[w].append(1.0 / fuse(base, gap, w).rank_of(s.label.root_cause_service))
+    return {w: float(np.mean(v)) for w, v in rr.items()}
 
 
 def select_epochs(train: list[Scenario], params, config, cache: PreparedCache, options: InputOptions,
-                  report: Callable[[int, float], None] | None = None) -> dict:
+                  report: Callable[[int, float], None] | None = None,
+                  gap_weights: tuple[float, ...] = ()) -> dict:
     """Inner leave-one-day-out over the training Nezha days; returns the epochs with the best mean inner MRR.
 
     `report(step, value)` is called after each inner day (days in sorted order, so steps compare across calls)
     with the best MRR on the mean curve so far; the last report equals the returned "mrr". The search prunes on it.
+
+    With `gap_weights`, each epoch is also scored fused with the call-gap term at each weight; the epochs are
+    still picked on the model alone (weight 0), then the weight with the best mean inner MRR at those epochs (the
+    smallest on a tie) is returned as "gap_weight", with its MRR as "gap_mrr".
     """
     inner_days = sorted({day_of(s) for s in train if s.id.startswith("nezha/")})
+    weights = tuple(sorted({0.0, *gap_weights}))
     curves = []
+    fused: list[list[dict[float, float]]] = []  # per inner day, per epoch: weight -> MRR
     for step, held in enumerate(inner_days):
         fit_on = [s for s in train if not (s.id.startswith("nezha/") and day_of(s) == held)]
         val = [s for s in train if s.id.startswith("nezha/") and day_of(s) == held]
-        result = train_model(
-            examples(cache, fit_on), params, seed=0, options=options, config=config,
-            validate=lambda m, val=val: inner_mrr(m, cache, val, params.crop_bins, options),
-        )
+        per_epoch: list[dict[float, float]] = []
+
+        def validate(m, val=val, per_epoch=per_epoch) -> float:
+            per_epoch.append(inner_mrr(m, cache, val, params.crop_bins, options, weights))
+            return per_epoch[-1][0.0]
+
+        result = train_model(examples(cache, fit_on), params, seed=0, options=options, config=config,
+                             validate=validate)
         curves.append(result.curve)
+        fused.append(per_epoch)
         if report is not None:
             report(step, float(np.max(np.mean(curves, axis=0))))
     mean_curve = np.mean(curves, axis=0)
     best = int(np.argmax(mean_curve))
+    at_best = {w: float(np.mean([day[best][w] for day in fused])) for w in weights}
+    gap_weight = max(weights, key=lambda w: (round(at_best[w], 9), -w))
     return {"inner_days": inner_days, "epochs": best + 1, "mrr": float(mean_curve[best]),
-            "curve": [round(float(v), 4) for v in mean_curve]}
+            "curve": [round(float(v), 4) for v in mean_curve],
+            "gap_weight": gap_weight, "gap_mrr": at_best[gap_weight],
+            "gap_mrr_by_weight": {str(w): round(v, 4) for w, v in at_best.items()}}
 
 
 @dataclass
@@ -177,6 +203,7 @@ class FoldJob:
     variants: dict[str, InputOptions]
     threads: int
     variant_inner: bool = True  # trace variants get their own inner epoch selection (and the inner decision)
+    gap_fusion: bool = True  # also rank the model fused with the call-gap term, its weight chosen on inner folds
 
 
 def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
@@ -203,11 +230,15 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
                            transform=lambda s: estimated_onset_window(s, 0, estimator))
     rows += random_rows(test, fold)
     config, params, _ = job.params[fold]
-    inner = select_epochs(train, params, config, caches[False], InputOptions())
+    inner = select_epochs(train, params, config, caches[False], InputOptions(),
+                          gap_weights=GAP_WEIGHTS if job.gap_fusion else ())
     inner["onset_estimator"] = estimator.describe()
     _tick(ticks)
     # the trace variants get their own epoch count; the decision between them is made on inner MRR alone
     inner["variants"] = {"model": {"epochs": inner["epochs"], "mrr": inner["mrr"]}}
+    if job.gap_fusion:
+        inner["variants"]["gap_fused"] = {"epochs": inner["epochs"], "mrr": inner["gap_mrr"],
+                                          "gap_weight": inner["gap_weight"]}
     for variant, options in job.variants.items():
         if variant in TRACE_VARIANTS and job.variant_inner:
             own = select_epochs(train, params, config, caches[False], options)
@@ -222,6 +253,9 @@ def run_fold(job: FoldJob, fold: str, ticks=None) -> tuple[list[dict], dict]:
                                  cache=caches[options.neutral_names])
             ranker.fit(train)
             rows += rank_cases(ranker, test, fold, seed, variant)
+            if variant == "model" and job.gap_fusion:
+                # the same fitted model, fused with the call-gap term at the inner-chosen weight
+                rows += rank_cases(GapFusion(ranker, inner["gap_weight"]), test, fold, seed, "gap_fused")
             if variant == "model":
                 rows += rank_cases(ranker, test, fold, seed, "unknown_onset",
                                    transform=lambda s, seed=seed: unknown_onset_window(s, seed))
@@ -363,14 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     by_ranker: dict[str, list[dict]] = {}
     for row in rows:
         by_ranker.setdefault(row["ranker"], []).append(row)
-    if any(len(inner[f]["variants"]) > 1 for f in folds):
+    if any(len(inner[f]["variants"]) > 1 for f in folds) and all(
+            inner[f]["selected"] in by_ranker for f in folds):
         # per fold, the rows of the variant picked on inner validation
         by_ranker["selected"] = [{**r, "ranker": "selected"} for r in rows
                                  if r["ranker"] == inner[r["fold"]]["selected"]]
     baseline_names = ["random", "service_prior", "nsigma", "baro", "simplerca"]
-    trace_baseline_names = ["simplerca_traces", "trace_p95"]
+    trace_baseline_names = ["simplerca_traces", "trace_p95", "trace_gap"]
     ablation_names = [n for n in by_ranker if n not in {"model", *baseline_names, *trace_baseline_names}]
-    trace_names = [n for n in ("traces", "traces_graph", "selected") if n in by_ranker]
+    trace_names = [n for n in ("traces", "traces_graph", "gap_fused", "selected") if n in by_ranker]
     results = {
         "seeds": seeds,
         "folds": folds,
@@ -385,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         # trace variant - model (metrics + logs), paired over cases
         "trace_significance": {n: report.significance(by_ranker[n], by_ranker["model"]) for n in trace_names},
         "selected_per_fold": {f: inner[f]["selected"] for f in folds},
+        "gap_weight_per_fold": {f: inner[f].get("gap_weight") for f in folds},
         "inner_validation": inner,
         "params": {f: {"model": c.to_json(), "train": p.to_json(), "hash": h} for f, (c, p, h) in fold_params.items()},
         "provenance": run_provenance(command, ",".join(sorted({h for _, _, h in fold_params.values()}))),

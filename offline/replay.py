@@ -49,6 +49,7 @@ from lemzha.binning import BIN_SECONDS, epoch_ns
 from lemzha.catalog import (
     CATALOG,
     EDGE_NAMESPACE_LABEL,
+    GRAPH_CLIENT_SECONDS,
     GRAPH_REQUESTS,
     GRAPH_SERVER_SECONDS,
     SERVER_SPAN_KIND,
@@ -250,6 +251,7 @@ def trace_lines(day: traces.DayTraces, namespace: str, windows) -> Iterator[list
     spans = [f"# TYPE {SPAN_DURATION.name} histogram"]
     requests = [f"# TYPE {GRAPH_REQUESTS.name.removesuffix('_total')} counter"]
     graph = [f"# TYPE {GRAPH_SERVER_SECONDS.name} histogram"]
+    client_graph = [f"# TYPE {GRAPH_CLIENT_SECONDS.name} histogram"]
     if len(bins_ns) == 0:
         return
     groups = (
@@ -289,7 +291,26 @@ def trace_lines(day: traces.DayTraces, namespace: str, windows) -> Iterator[list
                                                                                    strict=True)]
             hist_lines += [f"{hist_name}_sum{{{head}}} {v!r} {t}" for v, t in zip(values[:, 0].tolist(), stamps,
                                                                                  strict=True)]
-    yield from (calls, spans, requests, graph)
+            if hist_name == GRAPH_SERVER_SECONDS.name:
+                client_graph += _client_seconds_lines(table, index, member, bin_pos, starts_ms, head, stamps)
+    yield from (calls, spans, requests, graph, client_graph)
+
+
+def _client_seconds_lines(table: pd.DataFrame, index, member: tuple, bin_pos: pd.Index, starts_ms: np.ndarray,
+                          head: str, stamps: list[str]) -> list[str]:
+    """The client-side histogram's `_count` and `_sum` (seconds) of one edge; no feature reads its buckets, so
+    none are written (the connector would write them; `histogram_quantile` of them is never asked for)."""
+    increments = np.zeros((len(bin_pos), 2), dtype=np.float64)
+    if index is not None:
+        sel = table.loc[index.isin([member])]
+        pos = bin_pos.get_indexer(sel["bin_time"].to_numpy())
+        ok = pos >= 0
+        increments[pos[ok], 0] = sel["edge_requests"].to_numpy(dtype=np.float64)[ok]
+        increments[pos[ok], 1] = sel["client_duration_sum_ms"].to_numpy(dtype=np.float64)[ok] * 1e-3
+    _, values = _counter_pairs(starts_ms, increments)
+    name = GRAPH_CLIENT_SECONDS.name
+    return ([f"{name}_count{{{head}}} {v!r} {t}" for v, t in zip(values[:, 0].tolist(), stamps, strict=True)]
+            + [f"{name}_sum{{{head}}} {v!r} {t}" for v, t in zip(values[:, 1].tolist(), stamps, strict=True)])
 
 
 def _keep_bins(starts_ms: np.ndarray, windows) -> np.ndarray:

@@ -237,10 +237,14 @@ def read_day_traces(root: Path, day: NezhaDay, metric_services: set[str] | None 
     key = (bin_idx[rows] * n_s + client) * n_s + svc[rows]
     uniq, inverse = np.unique(key, return_inverse=True)
     cum, sums = _aggregate(inverse, len(uniq), bucket[rows], duration[rows] / 1e6)
+    # the client side of each request is its parent span in the caller's pod (the outgoing call)
+    client_sums = np.bincount(inverse, weights=duration[caller[rows]] / 1e6, minlength=len(uniq))
     pair = uniq % (n_s * n_s)
     names = np.asarray(services, dtype=object)
     edge_table = _table(first_bin + (uniq // (n_s * n_s)) * BIN_NS,
                         {"client": names[pair // n_s], "server": names[pair % n_s]}, cum, sums, "edge_requests")
+    edge_table.insert(edge_table.columns.get_loc("duration_sum_ms") + 1, "client_duration_sum_ms",
+                      client_sums.astype(np.float64))
     traced = tuple(sorted(set(service_table["service"])))
     pairs = tuple(sorted(set(zip(edge_table["client"], edge_table["server"], strict=True))))
     if metric_services is not None:
@@ -281,7 +285,7 @@ def scenario_traces(day: DayTraces, start: datetime, n_bins: int, services: set[
 
 def _grid(table: pd.DataFrame, keys: list[str], members: list[tuple], start_ns: int, n_bins: int,
           covered: np.ndarray, count_name: str) -> pd.DataFrame:
-    values = [count_name, "duration_sum_ms", *BUCKET_COLUMNS]
+    values = [c for c in table.columns if c not in ("bin_time", *keys)]
     n_m = len(members)
     grid = pd.DataFrame({"bin": np.repeat(np.arange(n_bins, dtype=np.int32), n_m),
                          **{k: [m[i] for _ in range(n_bins) for m in members] for i, k in enumerate(keys)}})

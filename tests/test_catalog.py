@@ -55,7 +55,8 @@ def test_trace_section_names_buckets_and_promql():
 
     names = {s.name for s in TRACE_SERIES}
     assert names == {"traces_span_metrics_calls_total", "traces_span_metrics_duration_milliseconds",
-                     "traces_service_graph_request_total", "traces_service_graph_request_server_seconds"}
+                     "traces_service_graph_request_total", "traces_service_graph_request_server_seconds",
+                     "traces_service_graph_request_client_seconds"}
     assert SPAN_BUCKETS_MS[0] == 2 and SPAN_BUCKETS_MS[-1] == 15_000 and len(BUCKET_COLUMNS) == len(BUCKET_NS) + 1
     assert [b * 1000 for b in SERVICE_GRAPH_BUCKETS_S] == [float(b) for b in SPAN_BUCKETS_MS]
     assert all(f.doc and f.unit for f in TRACE_FEATURES)
@@ -69,5 +70,11 @@ def test_trace_section_names_buckets_and_promql():
     assert "traces_service_graph_request_server_seconds_bucket{server_k8s_namespace_name=\"ts\"}" in edge
     assert "sum by (client, server, le)" in edge
     assert "/" in trace_feature("trace_latency_mean_ms").promql("ts")
+    gap = trace_feature("edge_client_gap_ms").promql("ts")
+    assert gap == ('(sum by (client, server) (increase(traces_service_graph_request_client_seconds_sum'
+                   '{server_k8s_namespace_name="ts"}[29999ms])) - sum by (client, server) (increase('
+                   'traces_service_graph_request_server_seconds_sum{server_k8s_namespace_name="ts"}[29999ms]))) * 1000'
+                   ' / sum by (client, server) (increase(traces_service_graph_request_server_seconds_count'
+                   '{server_k8s_namespace_name="ts"}[29999ms]))')
     with pytest.raises(KeyError):
         trace_feature("nope")

@@ -171,9 +171,11 @@ def traced(cause: str, seed: int, n_bins: int = 40, fault_bin: int = 20, covered
         for client, server in CHAIN:
             bucket = 8 if (b >= fault_bin and server in slow) else 5
             edge = {"bin": b, "client": client, "server": server, "covered": is_covered, "edge_requests": 10.0,
-                    "duration_sum_ms": 100.0, **dict(zip(BUCKET_COLUMNS, _cumulative(10.0, bucket), strict=True))}
+                    "duration_sum_ms": 100.0, "client_duration_sum_ms": 130.0,
+                    **dict(zip(BUCKET_COLUMNS, _cumulative(10.0, bucket), strict=True))}
             if not is_covered:
-                edge.update({k: np.nan for k in ("edge_requests", "duration_sum_ms", *BUCKET_COLUMNS)})
+                edge.update({k: np.nan for k in ("edge_requests", "duration_sum_ms", "client_duration_sum_ms",
+                                                 *BUCKET_COLUMNS)})
             edges.append(edge)
     return Scenario(
         id=f"tr/{cause}-{seed}", app="syn", namespace="syn", start=START, pods=base.pods,

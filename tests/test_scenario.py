@@ -121,9 +121,10 @@ def _trace_frames(n_bins: int = 4):
                 row.update({k: np.nan for k in ("trace_calls", "duration_sum_ms", *BUCKET_COLUMNS)})
             rows.append(row)
         edge = {"bin": b, "client": "a", "server": "b", "covered": covered, "edge_requests": 1.0,
-                "duration_sum_ms": 3.0, **dict.fromkeys(BUCKET_COLUMNS, 1.0)}
+                "duration_sum_ms": 3.0, "client_duration_sum_ms": 5.0, **dict.fromkeys(BUCKET_COLUMNS, 1.0)}
         if not covered:
-            edge.update({k: np.nan for k in ("edge_requests", "duration_sum_ms", *BUCKET_COLUMNS)})
+            edge.update({k: np.nan for k in ("edge_requests", "duration_sum_ms", "client_duration_sum_ms",
+                                             *BUCKET_COLUMNS)})
         edges.append(edge)
     return pd.DataFrame(rows), pd.DataFrame(edges)
 
@@ -137,6 +138,7 @@ def test_trace_frames_are_typed_derived_cropped_and_round_trip(tmp_path):
     assert np.isnan(s.service_metrics.loc[s.service_metrics["bin"] == 1, "trace_latency_p95_ms"]).all()
     assert np.isnan(s.service_metrics.loc[s.service_metrics["service"] == "b", "trace_latency_p95_ms"]).all()
     assert s.edges["edge_latency_p95_s"].dropna().eq(0.002 * 0.95).all()  # one request in (0, 2 ms]
+    assert s.edges["edge_client_gap_ms"].dropna().eq(2.0).all()  # (client 5 ms - server 3 ms) / 1 request
     w = s.window(1, 2)
     assert w.service_metrics["bin"].tolist() == [0, 0, 1, 1] and not w.service_metrics["covered"].iloc[0]
     assert w.edges["bin"].tolist() == [0, 1]
@@ -178,7 +180,7 @@ def test_invalid_trace_frames_are_refused(mutate, message):
 
 def test_edges_must_agree_with_service_coverage():
     sm, ed = _trace_frames()
-    ed = ed.assign(covered=True, edge_requests=1.0, duration_sum_ms=3.0,
+    ed = ed.assign(covered=True, edge_requests=1.0, duration_sum_ms=3.0, client_duration_sum_ms=5.0,
                    **{c: 1.0 for c in ed.columns if c.startswith("le_")})
     with pytest.raises(ScenarioError, match="disagree"):
         make(service_metrics=sm, edges=ed)

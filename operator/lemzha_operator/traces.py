@@ -22,6 +22,7 @@ from lemzha.catalog import (
     BIN_RANGE,
     BUCKET_COLUMNS,
     EDGE_NAMESPACE_LABEL,
+    GRAPH_CLIENT_SECONDS,
     GRAPH_SERVER_SECONDS,
     SPAN_BUCKETS_MS,
     TRACE_NAMESPACE_LABEL,
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
     from lemzha_operator.pipeline import TracesFetcher
 
 
-def _edge_sum_promql(namespace: str) -> str:
+def _edge_sum_promql(namespace: str, series: str = GRAPH_SERVER_SECONDS.name) -> str:
     sel = f'{EDGE_NAMESPACE_LABEL}="{_escape(namespace)}"'
-    return f"sum by (client, server) (increase({GRAPH_SERVER_SECONDS.name}_sum{{{sel}}}[{BIN_RANGE}]))"
+    return f"sum by (client, server) (increase({series}_sum{{{sel}}}[{BIN_RANGE}]))"
 
 
 def queries(namespace: str) -> dict[str, str]:
@@ -50,6 +51,7 @@ def queries(namespace: str) -> dict[str, str]:
         "service_buckets": service_bucket_promql(namespace),
         "edge_requests": trace_feature("edge_requests").promql(namespace, EDGE_NAMESPACE_LABEL),
         "edge_sum_s": _edge_sum_promql(namespace),
+        "edge_client_sum_s": _edge_sum_promql(namespace, GRAPH_CLIENT_SECONDS.name),
         "edge_buckets": edge_bucket_promql(namespace),
     }
 
@@ -91,6 +93,7 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
     requests = {k: v for k, v in grid(q["edge_requests"], ("client", "server")).items()
                 if k[0] in services and k[1] in services}
     edge_sums = grid(q["edge_sum_s"], ("client", "server"))
+    edge_client_sums = grid(q["edge_client_sum_s"], ("client", "server"))
     edge_buckets = grid(q["edge_buckets"], ("client", "server", "le"))
 
     covered = np.zeros(n_bins, bool)
@@ -103,7 +106,7 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
         return empty_service_metrics(), empty_edges()
 
     def frame(counts: dict, total: dict, buckets: dict, key_names: tuple[str, ...], count_col: str,
-              to_ms: float) -> pd.DataFrame:
+              to_ms: float, client_total: dict | None = None) -> pd.DataFrame:
         rows = []
         cumulative: dict[tuple, np.ndarray] = {}
         for key, values in buckets.items():
@@ -114,6 +117,9 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
         for key in sorted(counts):
             count = np.nan_to_num(counts[key])
             duration = np.nan_to_num(total.get(key, np.zeros(n_bins))) * to_ms
+            # the edges' client side; a missing client series reads as no time outside the server span
+            client = (None if client_total is None
+                      else np.nan_to_num(client_total.get(key, total.get(key, np.zeros(n_bins)))) * to_ms)
             table = cumulative.get(key, np.zeros((n_bins, len(BUCKET_COLUMNS))))
             for b in range(n_bins):
                 row = {"bin": b, **dict(zip(key_names, key, strict=True)), "covered": bool(covered[b])}
@@ -121,13 +127,18 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
                     row |= {count_col: float(count[b]), "duration_sum_ms": float(duration[b]),
                             **dict(zip(BUCKET_COLUMNS, table[b].tolist(), strict=True))}
                     row["le_inf"] = float(count[b])
+                    if client is not None:
+                        row["client_duration_sum_ms"] = float(client[b])
                 else:
                     row |= {count_col: np.nan, "duration_sum_ms": np.nan, **dict.fromkeys(BUCKET_COLUMNS, np.nan)}
+                    if client is not None:
+                        row["client_duration_sum_ms"] = np.nan
                 rows.append(row)
         return pd.DataFrame(rows)
 
     service_metrics = frame(calls, sums, service_buckets, ("service",), "trace_calls", 1.0)
-    edges = frame(requests, edge_sums, edge_buckets, ("client", "server"), "edge_requests", 1000.0)
+    edges = frame(requests, edge_sums, edge_buckets, ("client", "server"), "edge_requests", 1000.0,
+                  edge_client_sums)
     return service_metrics, edges
 
 
