@@ -165,7 +165,9 @@ def render_markdown(results: dict) -> str:
                   "| test fold | inner days | epochs picked | inner MRR | inner MRR per variant (epochs) | selected |",
                   "|---|---|---|---|---|---|"]
         for fold, info in inner.items():
-            variants = ", ".join(f"{v} {d['mrr']:.3f} ({d['epochs']})" for v, d in info.get("variants", {}).items())
+            variants = ", ".join(f"{v} {d['mrr']:.3f} ({d['epochs']}"
+                                 + (f", gap weight {d['gap_weight']:g})" if "gap_weight" in d else ")")
+                                 for v, d in info.get("variants", {}).items())
             lines.append(f"| {fold} | {', '.join(info['inner_days'])} | {info['epochs']} | {info['mrr']:.3f} | "
                          f"{variants} | {info.get('selected', 'model')} |")
     lines += ["", "Plots: `per_fold_acc1.png`, `per_fault_type_mrr.png`.", ""]
@@ -178,7 +180,8 @@ def plot(results: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rankers = {"model": results["model"], **results["baselines"]}
+    rankers = {"model": results["model"], **results["baselines"],
+               **{n: results["ablations"][n] for n in ("gap_fused", "selected") if n in results.get("ablations", {})}}
     folds = sorted(results["model"]["per_fold"])
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(rankers)
