@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,11 @@ class Bundle:
     def use_traces(self) -> bool:
         return bool(self.meta.get("input_options", {}).get("use_traces", False))
 
+    @property
+    def gap_weight(self) -> float:
+        """Weight of the call-gap trace term added to the model's probabilities (`lemzha.fusion`); 0: none."""
+        return float(self.meta.get("gap_fusion", {}).get("weight", 0.0))
+
 
 def write_manifest(directory: Path, meta: dict) -> dict:
     """Add schema, catalog, features and the sha256 of every other file in `directory`, then write bundle.json."""
@@ -136,6 +142,11 @@ def load_bundle(directory: Path | str) -> Bundle:
     for key in ("crop_bins", "encoder_sha", "files"):
         if key not in meta:
             raise BundleError(f"{manifest_path}: lacks {key!r}")
+    gap = meta.get("gap_fusion", {})
+    weight = gap.get("weight", 0.0) if isinstance(gap, dict) else None
+    if (not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight)
+            or weight < 0):
+        raise BundleError(f"{manifest_path}: gap_fusion.weight must be a finite number >= 0, got {weight!r}")
     files = meta["files"]
     if not isinstance(files, dict):
         raise BundleError(f"{manifest_path}: 'files' must map file names to sha256")

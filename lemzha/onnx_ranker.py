@@ -26,6 +26,7 @@ from lemzha.bundle import (
     read_templates,
 )
 from lemzha.features import Crop, prepare
+from lemzha.fusion import fuse, gap_term
 from lemzha.inference import LogitsFn
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
@@ -104,5 +105,8 @@ class OnnxRanker:
         return prep.services, probs
 
     def rank(self, scenario: Scenario) -> Ranking:
+        """The model's probabilities, plus the bundle's weight x the call-gap trace term when it has one."""
         services, probs = self.probabilities(scenario)
-        return Ranking.from_scores(dict(zip(services, probs.tolist(), strict=True)))
+        ranking = Ranking.from_scores(dict(zip(services, probs.tolist(), strict=True)))
+        weight = self.bundle.gap_weight
+        return fuse(ranking, gap_term(scenario), weight) if weight else ranking

@@ -14,8 +14,6 @@ edge on both sides (e.g. a scenario without traces), so the term then changes no
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
@@ -25,22 +23,27 @@ GAP_AFTER_BINS = 10  # 5 min from the onset: the same horizon the evidence uses
 GAP_FEATURE = "edge_client_gap_ms"
 
 
-def edge_gap_rise(scenario: Scenario, onset_bin: int) -> pd.Series:
-    """Per (client, server) edge measured on both sides of the onset, the log rise of its median gap (>= 0)."""
+def edge_gaps(scenario: Scenario, onset_bin: int) -> pd.DataFrame:
+    """Per (client, server) edge measured on both sides of the onset: its median gap before and from the onset (ms)
+    and the log rise (>= 0); indexed by (client, server), largest rise first."""
     edges = scenario.edges
+    columns = ["before_ms", "after_ms", "rise"]
     if edges is None or not len(edges):
-        return pd.Series(dtype=np.float64)
+        return pd.DataFrame(columns=columns, dtype=np.float64)
     frame = edges.loc[edges[GAP_FEATURE].notna(), ["bin", "client", "server", GAP_FEATURE]]
     # a gap below 0 is clock skew between pods; it carries no waiting time
     frame = frame.assign(gap=frame[GAP_FEATURE].clip(lower=0.0))
     before = frame[frame["bin"] < onset_bin].groupby(["client", "server"])["gap"].median()
     after_rows = frame[(frame["bin"] >= onset_bin) & (frame["bin"] < onset_bin + GAP_AFTER_BINS)]
     after = after_rows.groupby(["client", "server"])["gap"].median()
-    both = pd.concat({"before": before, "after": after}, axis=1).dropna()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rise = np.log1p(both["after"]) - np.log1p(both["before"])
-    return rise.clip(lower=0.0)
+    both = pd.concat({"before_ms": before, "after_ms": after}, axis=1).dropna().astype(np.float64)
+    both["rise"] = (np.log1p(both["after_ms"]) - np.log1p(both["before_ms"])).clip(lower=0.0)
+    return both.sort_values("rise", ascending=False, kind="stable")
+
+
+def edge_gap_rise(scenario: Scenario, onset_bin: int) -> pd.Series:
+    """Per (client, server) edge measured on both sides of the onset, the log rise of its median gap (>= 0)."""
+    return edge_gaps(scenario, onset_bin)["rise"]
 
 
 def trace_gap_scores(scenario: Scenario, onset_bin: int) -> dict[str, float]:

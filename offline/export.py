@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -42,12 +43,13 @@ from lemzha.bundle import (
 )
 from lemzha.features import crop
 from lemzha.fsutil import replace_directory
+from lemzha.fusion import GAP_WEIGHTS
 from lemzha.inference import SLIDE_STEP
 from lemzha.model import ModelConfig
 from lemzha.onnx_ranker import onnx_logits_fn, session
 from lemzha.scenario import Scenario
 from lemzha.text import MAX_TOKENS, OnnxEncoder, TextEmbedder, encoder_path, service_name_text, text_key
-from lemzha.train import InputOptions, ModelRanker, TrainParams, to_tensors, torch_logits_fn
+from lemzha.train import InputOptions, ModelRanker, PreparedCache, TrainParams, to_tensors, torch_logits_fn
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
 from offline.params import load_params, params_hash
@@ -223,6 +225,14 @@ def evaluation_section(results: dict | None, recipe_hash: str | None, epochs: in
     return lines
 
 
+def _gap_line(gap: dict) -> str:
+    weight = float(gap.get("weight", 0.0))
+    if not weight:
+        return "- No call-gap trace term: the ranking is the model's probabilities."
+    return (f"- Call-gap trace term (`lemzha.tracegap`) added with weight {weight:g} ({gap.get('chosen', '')}); the "
+            "operator reads its series from Prometheus' service graph (client and server seconds).")
+
+
 def model_card(meta: dict, results: dict | None) -> str:
     training = meta["training"]
     apps = ", ".join(f"{app}: {n}" for app, n in training["per_app"].items())
@@ -240,6 +250,7 @@ def model_card(meta: dict, results: dict | None) -> str:
         "from lemzha-k when included.",
         f"- seed {training['seed']}, epochs {training['epochs']}, params hash `{meta['params']['hash']}`"
         + (" — a `--quick` smoke-test bundle: tiny model, 1 epoch, not for real use." if training["quick"] else "."),
+        _gap_line(meta.get("gap_fusion", {})),
         "",
         "## Evaluation",
         "",
@@ -303,10 +314,11 @@ class ExportResult:
 def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, params: TrainParams, seed: int,
                  embedder: TextEmbedder, results: dict | None = None, quick: bool = False,
                  extra: dict | None = None, file_hash: str | None = None,
-                 options: InputOptions | None = None) -> ExportResult:
+                 options: InputOptions | None = None, gap_fusion: dict | None = None) -> ExportResult:
     """Train on `scenarios`, export, check parity, and swap the bundle into `out` atomically. `file_hash` names the
     params file (the recipe lodocv evaluates) before any --quick or --epochs override. `options` (default: metrics
-    and logs, no traces) are the model's inputs, recorded in bundle.json for `OnnxRanker`."""
+    and logs, no traces) are the model's inputs, recorded in bundle.json for `OnnxRanker`; so is `gap_fusion`
+    (`choose_gap_weight`; default: no call-gap term)."""
     out = check_out(out)
     options = options or InputOptions()
     t0 = time.perf_counter()
@@ -360,6 +372,7 @@ def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, 
                              "normalise": "l2", "n_templates": len(texts)},
             "input_options": options.to_json(),
             **({"trace_features": trace_features_spec()} if options.use_traces else {}),
+            "gap_fusion": gap_fusion or {"weight": 0.0, "chosen": "none"},
             "inputs": {"metrics": "(pods, bins, metric_features) float32", "valid": "(pods, bins) bool",
                        "onset_pos": "() int64", "logs": "(services, log_features) float32",
                        "names": "(services, text_dim) float32", "pod_service": "(pods,) int64",
@@ -421,7 +434,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traces", action="store_true",
                         help="train and export with the trace inputs (issue #8; the operator must then read traces)")
     parser.add_argument("--graph", action="store_true", help="with --traces: the graph part over call edges")
+    parser.add_argument("--gap-weight", default="auto", type=_gap_weight_arg,
+                        help="weight of the call-gap trace term added to the model's probabilities: a number >= 0 "
+                             "(0: none), or auto (default): chosen from lemzha.fusion.GAP_WEIGHTS by leave-one-day-"
+                             "out inner validation over the training Nezha days, as offline.lodocv chooses it")
     return parser
+
+
+def _gap_weight_arg(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a finite number >= 0, got {text!r}")
+    return value
+
+
+def choose_gap_weight(choice: str | float, scenarios: Sequence[Scenario], config: ModelConfig, params: TrainParams,
+                      embedder: TextEmbedder, options: InputOptions) -> dict:
+    """bundle.json's `gap_fusion`: the given weight, or (auto) the one inner validation over the training Nezha days
+    picks, with the inner MRR of every weight. Needs at least two Nezha days for auto."""
+    if choice != "auto":
+        return {"weight": float(choice), "chosen": "given (--gap-weight)"}
+    from offline.lodocv import day_of, select_epochs
+
+    days = sorted({day_of(s) for s in scenarios if s.id.startswith("nezha/")})
+    if len(days) < 2:
+        raise DataError(f"--gap-weight auto needs at least two Nezha training days (inner validation), got {days}; "
+                        "give a number instead")
+    print(f"choosing the gap weight on inner validation over {', '.join(days)} ({len(days)} trainings)")
+    inner = select_epochs(list(scenarios), params, config, PreparedCache(embedder), options, gap_weights=GAP_WEIGHTS)
+    return {"weight": inner["gap_weight"], "chosen": f"inner validation over {', '.join(days)}",
+            "inner_mrr_by_weight": inner["gap_mrr_by_weight"], "inner_epochs": inner["epochs"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,8 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.graph and not args.traces:
         raise DataError("--graph needs --traces")
     options = InputOptions(use_traces=args.traces, use_graph=args.graph)
+    gap_fusion = choose_gap_weight(args.gap_weight, scenarios, config, params, embedder, options)
     result = build_bundle(out, scenarios, config, params, args.seed, embedder, results, args.quick, extra, file_hash,
-                          options)
+                          options, gap_fusion)
     if args.torch_state:
         args.torch_state.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"config": config.to_json(), "state_dict": result.model.state_dict(),

@@ -19,6 +19,8 @@ day's trace files as `offline.traces` derives them. Each is a cumulative counter
 minus 1 ms (the total after it), so that `increase(...[29999ms])` evaluated at bin end - 1 ms is exactly the bin's
 count (both samples sit on the range's ends: Prometheus 2.x does not extrapolate) and `histogram_quantile` sees
 the offline buckets. Bins the trace files do not cover get no sample, so live they are absent, as offline (NaN).
+The service graph's client-side histogram is written as `_count` and `_sum` only: the call-gap feature reads its sum,
+and no feature reads its buckets.
 
 Logs (--logs FILE): one JSON object per line, {"labels": {"namespace", "pod"}, "ts_ns": int, "line": str}, sorted
 by ts_ns. TrainTicket lines are the raw log CSV rows (deduplicated on TimeUnixNano, PodName, Log), at the outer

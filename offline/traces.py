@@ -17,7 +17,8 @@ Rules (each one tested in tests/test_traces.py):
   Its duration is EndTimeUnixNano - StartTimeUnixNano (ns; Nezha's `Duration` column is the same in whole µs).
 - Per service and bin: the number of server spans (`trace_calls`), their summed duration (`duration_sum_ms`) and the
   cumulative bucket counts over the catalog's bounds (`le` semantics: d <= bound). Per edge and bin: the same for
-  the server spans whose caller is in another service's pod (`edge_requests`).
+  the server spans whose caller is in another service's pod (`edge_requests`), plus the summed duration of their
+  parent spans, the caller's side of each request (`client_duration_sum_ms`, the service graph's client seconds).
 - Coverage: each minute file holds the traces whose root started in roughly the 60 s before HH:MM (plus ~10-50 s;
   e.g. 03_53 holds roots from 03:52:19 to 03:53:19; one TrainTicket file, 2023-01-29 08_52, holds 3 minutes). A
   file's covered interval is [first, last] root start; intervals closer than 15 s are merged (consecutive files'

@@ -40,3 +40,28 @@ def test_without_onset_the_onset_is_estimated(prepared):
 def test_labelled_scenarios_are_refused(prepared):
     with pytest.raises(ValueError, match="no label"):
         analyze(prepared.load(TT_CPU), Baro(), top_k=3)
+
+
+TT_DELAY = "nezha/20230130_00"  # a TrainTicket network_delay on ts-contacts-service
+
+
+def test_trace_evidence_shows_the_calls_waiting_on_a_delayed_service(prepared):
+    from lemzha.baselines import TraceGap
+
+    scenario = prepared.load(TT_DELAY)
+    status = analyze(scenario.without_label(), TraceGap(), top_k=3)
+    top = status["rootCauses"][0]
+    assert top["service"] == scenario.label.root_cause_service == "ts-contacts-service"
+    edges = top["evidence"]["traces"]
+    assert 0 < len(edges) <= MAX_EVIDENCE
+    assert all(e["gapAfterMs"] > 10 * max(e["gapBeforeMs"], 1.0) for e in edges)  # ~3 ms before, seconds after
+    assert {e["client"] for e in edges} <= set(scenario.services)
+    assert len(json.dumps(status)) < 20_000
+
+
+def test_no_traces_no_trace_evidence(prepared):
+    from dataclasses import replace
+
+    scenario = replace(prepared.load(TT_DELAY), service_metrics=None, edges=None).without_label()
+    status = analyze(scenario, Baro(), top_k=3)
+    assert all(c["evidence"]["traces"] == [] for c in status["rootCauses"])

@@ -21,6 +21,7 @@ from lemzha.bundle import REQUIRED_FILES, BundleError, load_bundle
 from lemzha.features import LOG_FEATURES, METRIC_FEATURES, prepare
 from lemzha.model import ModelConfig, RCAModel
 from lemzha.onnx_ranker import OnnxRanker
+from lemzha.ranking import Ranking
 from lemzha.scenario_io import load_scenario
 from lemzha.text import SentenceTransformerEncoder, TextEmbedder, service_name_text, text_key
 from lemzha.train import InputOptions, torch_logits_fn
@@ -279,6 +280,37 @@ def test_manifest_mismatches_are_refused(quick_bundle, tmp_path):
         load_bundle(bundle)
     with pytest.raises(BundleError, match="not a bundle"):
         load_bundle(tmp_path)
+    for bad in (-0.1, "0.3", True, None):
+        bundle = clone(quick_bundle, tmp_path / f"gap-{bad}")
+        edit_manifest(bundle, gap_fusion={"weight": bad})
+        with pytest.raises(BundleError, match=r"gap_fusion\.weight"):
+            load_bundle(bundle)
+
+
+@pytest.mark.slow
+def test_bundle_adds_the_inner_chosen_gap_term(prepared, quick_bundle, onnx_ranker):
+    """The quick bundle's gap weight was chosen on inner validation over the four days (auto), and OnnxRanker ranks
+    by its probabilities plus that weight x the call-gap term."""
+    from lemzha.fusion import GAP_WEIGHTS, fuse, gap_term
+
+    gap = load_bundle(quick_bundle).meta["gap_fusion"]
+    assert gap["chosen"].startswith("inner validation over 2022-08-22") and gap["weight"] in GAP_WEIGHTS
+    assert set(gap["inner_mrr_by_weight"]) == {str(w) for w in GAP_WEIGHTS}
+    assert gap["weight"] > 0  # the call gap helps on the inner days' network delays even for a 1-epoch model
+    delayed = prepared.load("nezha/20230130_00").without_label()  # network delay on ts-contacts-service
+    services, probs = onnx_ranker.probabilities(delayed)
+    base = Ranking.from_scores(dict(zip(services, probs.tolist(), strict=True)))
+    assert onnx_ranker.rank(delayed) == fuse(base, gap_term(delayed), gap["weight"])
+    assert onnx_ranker.rank(delayed).top(1) == ("ts-contacts-service",)
+
+
+def test_export_gap_weight_argument_is_checked(capsys):
+    from offline.export import main as export
+
+    for bad in ("-1", "nan", "heavy"):
+        with pytest.raises(SystemExit) as exit_info:
+            export(["--out", "/nonexistent/never-written", "--gap-weight", bad])
+        assert exit_info.value.code == 2 and "--gap-weight" in capsys.readouterr().err
 
 
 # -- the rank CLI --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from lemzha.baselines import resolve_onset_bin
 from lemzha.evidence import max_after, robust_z
 from lemzha.ranking import Ranker
 from lemzha.scenario import Scenario
+from lemzha.tracegap import edge_gaps
 
 MAX_EVIDENCE = 3  # per cause and kind: status stays small (objects are capped at ~1.5 MiB)
 MAX_TEMPLATE_CHARS = 512
@@ -42,6 +43,16 @@ def log_evidence(scenario: Scenario, service: str, onset_bin: int) -> list[dict]
             for r in totals.itertuples()]
 
 
+def trace_evidence(gaps, service: str) -> list[dict]:
+    """The edges into the service whose call gap (client - server duration) rose, largest rise first."""
+    if not len(gaps):
+        return []
+    into = gaps.loc[(gaps.index.get_level_values("server") == service) & (gaps["rise"] > 0)].head(MAX_EVIDENCE)
+    return [{"client": str(client), "gapBeforeMs": round(float(r.before_ms), 2),
+             "gapAfterMs": round(float(r.after_ms), 2)}
+            for (client, _), r in zip(into.index, into.itertuples(), strict=True)]
+
+
 def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None) -> dict:
     """Rank and explain. The scenario must carry no label (live data has none).
 
@@ -58,6 +69,7 @@ def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None
         else:
             onset_bin = resolve_onset_bin(scenario)
     onset_time = scenario.start + timedelta(seconds=onset_bin * scenario.bin_seconds)
+    gaps = edge_gaps(scenario, onset_bin)
     onset = {"time": (scenario.onset or onset_time).isoformat(),
              "source": "given" if scenario.onset is not None else "estimated"}
     if scenario.onset is None:
@@ -70,6 +82,7 @@ def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None
             "evidence": {
                 "metrics": metric_evidence(scenario, service, onset_bin),
                 "logs": log_evidence(scenario, service, onset_bin),
+                "traces": trace_evidence(gaps, service),
             },
         }
         for rank, (service, score) in enumerate(zip(ranking.services, ranking.scores, strict=True), start=1)
