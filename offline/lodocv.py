@@ -419,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                          for n in baseline_names + trace_baseline_names},
         # trace variant - model (metrics + logs), paired over cases
         "trace_significance": {n: report.significance(by_ranker[n], by_ranker["model"]) for n in trace_names},
+        # the inner-selected ranker (what a bundle ships) against each baseline
+        "selected_significance": ({n: report.significance(by_ranker["selected"], by_ranker[n])
+                                   for n in baseline_names + trace_baseline_names} if "selected" in by_ranker else {}),
         "selected_per_fold": {f: inner[f]["selected"] for f in folds},
         "gap_weight_per_fold": {f: inner[f].get("gap_weight") for f in folds},
         "inner_validation": inner,

@@ -159,6 +159,14 @@ def render_markdown(results: dict) -> str:
             lines.append(f"| {name} | {a['mean_diff']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] | "
                          f"{a['beats']} | {r['mean_diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | "
                          f"{r['beats']} |")
+    if results.get("selected_significance"):
+        lines += ["", "## Does the inner-selected ranker beat each baseline? (paired bootstrap, selected − baseline)",
+                  "", "| baseline | ΔAcc@1 [CI] | beats | ΔMRR [CI] | beats |", "|---|---|---|---|---|"]
+        for name, sig in results["selected_significance"].items():
+            a, r = sig["acc1"], sig["mrr"]
+            lines.append(f"| {name} | {a['mean_diff']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] | "
+                         f"{a['beats']} | {r['mean_diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | "
+                         f"{r['beats']} |")
     inner = results.get("inner_validation", {})
     if inner:
         lines += ["", "## Inner validation (model selection; test days never seen)", "",

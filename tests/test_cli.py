@@ -101,6 +101,16 @@ def test_lodocv_quick_end_to_end(prepared, tmp_path):
     assert all(1 <= e <= 3 for e in results["epochs_per_fold"].values())
     for fold, info in results["inner_validation"].items():
         assert fold not in info["inner_days"]
+    # the call-gap fusion: its weight chosen per fold on inner validation, its rows and the selected ranker reported
+    from lemzha.fusion import GAP_WEIGHTS
+
+    assert set(results["trace_baselines"]) == {"simplerca_traces", "trace_p95", "trace_gap"}
+    for fold, info in results["inner_validation"].items():
+        assert info["gap_weight"] in GAP_WEIGHTS and results["gap_weight_per_fold"][fold] == info["gap_weight"]
+        assert round(info["variants"]["gap_fused"]["mrr"], 4) == max(info["gap_mrr_by_weight"].values())
+        assert info["selected"] in {"model", "gap_fused"}
+    assert len([r for r in rows if r["ranker"] == "gap_fused"]) == 101
+    assert set(results["selected_significance"]) >= {"simplerca", "simplerca_traces", "trace_gap"}
 
 
 def test_scenario_file_with_service_without_pods_is_refused(prepared, tmp_path):
