@@ -143,8 +143,9 @@ def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, ep
             from offline.params import load_params
 
             config, params, _ = load_params()
+            # the weight every fold picked on inner validation, so that the ranking time includes the call-gap term
             result = build_bundle(Path(tmp) / "bundle", prepared.load_all(), config, replace(params, epochs=epochs),
-                                  0, embedder)
+                                  0, embedder, gap_fusion={"weight": 0.3, "chosen": "given (benchmark)"})
             bundle_dir, model, weights = result.directory, result.model, f"trained {epochs} epoch(s)"
         else:
             meta = json.loads((bundle_dir / "bundle.json").read_text())
