@@ -23,22 +23,49 @@ GAP_AFTER_BINS = 10  # 5 min from the onset: the same horizon the evidence uses
 GAP_FEATURE = "edge_client_gap_ms"
 
 
+def _gap_arrays(scenario: Scenario, onset_bin: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(clients, servers, median gap before, median gap from the onset) of the edges measured on both sides, in
+    (client, server) order. numpy, not groupby: the operator ranks with this term, and groupby costs ~6 ms."""
+    edges = scenario.edges
+    if edges is None or not len(edges):
+        return [], [], np.zeros(0), np.zeros(0)
+    gap = edges[GAP_FEATURE].to_numpy(np.float64)
+    bins = edges["bin"].to_numpy()
+    keep = ~np.isnan(gap) & (bins < onset_bin + GAP_AFTER_BINS)
+    if not keep.any():
+        return [], [], np.zeros(0), np.zeros(0)
+    client_code, client_names = pd.factorize(edges["client"].to_numpy(object)[keep], sort=True)
+    server_code, server_names = pd.factorize(edges["server"].to_numpy(object)[keep], sort=True)
+    gap = np.maximum(gap[keep], 0.0)  # a gap below 0 is clock skew between pods; it carries no waiting time
+    side = (bins[keep] >= onset_bin).astype(np.int64)  # 0 before the onset, 1 from it
+    n_servers = len(server_names)
+    group = (client_code.astype(np.int64) * n_servers + server_code) * 2 + side
+    order = np.lexsort((gap, group))  # by group, then gap: each group's values sorted, for its median
+    group, values = group[order], gap[order]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    counts = np.diff(np.r_[starts, len(group)])
+    medians = (values[starts + (counts - 1) // 2] + values[starts + counts // 2]) / 2
+    labels = group[starts]
+    pairs_before, pairs_after = labels[labels % 2 == 0] // 2, labels[labels % 2 == 1] // 2
+    both = np.intersect1d(pairs_before, pairs_after)  # sorted codes = (client, server) order
+    before = medians[labels % 2 == 0][np.searchsorted(pairs_before, both)]
+    after = medians[labels % 2 == 1][np.searchsorted(pairs_after, both)]
+    clients = [str(client_names[p // n_servers]) for p in both.tolist()]
+    servers = [str(server_names[p % n_servers]) for p in both.tolist()]
+    return clients, servers, before, after
+
+
+def _rise(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    return np.maximum(np.log1p(after) - np.log1p(before), 0.0)
+
+
 def edge_gaps(scenario: Scenario, onset_bin: int) -> pd.DataFrame:
     """Per (client, server) edge measured on both sides of the onset: its median gap before and from the onset (ms)
-    and the log rise (>= 0); indexed by (client, server), largest rise first."""
-    edges = scenario.edges
-    columns = ["before_ms", "after_ms", "rise"]
-    if edges is None or not len(edges):
-        return pd.DataFrame(columns=columns, dtype=np.float64)
-    frame = edges.loc[edges[GAP_FEATURE].notna(), ["bin", "client", "server", GAP_FEATURE]]
-    # a gap below 0 is clock skew between pods; it carries no waiting time
-    frame = frame.assign(gap=frame[GAP_FEATURE].clip(lower=0.0))
-    before = frame[frame["bin"] < onset_bin].groupby(["client", "server"])["gap"].median()
-    after_rows = frame[(frame["bin"] >= onset_bin) & (frame["bin"] < onset_bin + GAP_AFTER_BINS)]
-    after = after_rows.groupby(["client", "server"])["gap"].median()
-    both = pd.concat({"before_ms": before, "after_ms": after}, axis=1).dropna().astype(np.float64)
-    both["rise"] = (np.log1p(both["after_ms"]) - np.log1p(both["before_ms"])).clip(lower=0.0)
-    return both.sort_values("rise", ascending=False, kind="stable")
+    and the log rise (>= 0); indexed by (client, server), largest rise first (ties in (client, server) order)."""
+    clients, servers, before, after = _gap_arrays(scenario, onset_bin)
+    frame = pd.DataFrame({"before_ms": before, "after_ms": after, "rise": _rise(before, after)},
+                         index=pd.MultiIndex.from_arrays([clients, servers], names=["client", "server"]))
+    return frame.sort_values("rise", ascending=False, kind="stable")
 
 
 def edge_gap_rise(scenario: Scenario, onset_bin: int) -> pd.Series:
@@ -49,9 +76,8 @@ def edge_gap_rise(scenario: Scenario, onset_bin: int) -> pd.Series:
 def trace_gap_scores(scenario: Scenario, onset_bin: int) -> dict[str, float]:
     """Per service of the scenario, the largest gap rise among the edges into it (0 without one)."""
     scores = dict.fromkeys(scenario.services, 0.0)
-    rise = edge_gap_rise(scenario, onset_bin)
-    if len(rise):
-        for server, value in rise.groupby(level="server").max().items():
-            if server in scores and np.isfinite(value):
-                scores[str(server)] = float(value)
+    _, servers, before, after = _gap_arrays(scenario, onset_bin)
+    for server, value in zip(servers, _rise(before, after).tolist(), strict=True):
+        if server in scores and value > scores[server]:
+            scores[server] = value
     return scores
