@@ -132,7 +132,7 @@ def examples(cache: PreparedCache, scenarios: list[Scenario]) -> list[tuple[Prep
     ]
 
 
-_GAP_TERMS: dict[str, dict[str, float]] = {}  # scenario id -> call-gap term (label-free, fixed per scenario)
+_GAP_TERMS: dict[tuple, dict[str, float]] = {}  # (id, window, onset) -> call-gap term (label-free)
 
 
 def inner_mrr(model, cache: PreparedCache, val: list[Scenario], crop_bins: int, options: InputOptions,
@@ -144,7 +144,10 @@ def inner_mrr(model, cache: PreparedCache, val: list[Scenario], crop_bins: int, 
         prep = cache(shown)
         probs = service_probabilities(model, prep, s.bin_of(s.onset), crop_bins, options)
         base = Ranking.from_scores(dict(zip(prep.services, probs.tolist(), strict=True)))
-        gap = _GAP_TERMS.setdefault(s.id, gap_term(shown)) if any(gap_weights) else {}
+        key = (s.id, s.start, s.n_bins, s.onset)
+        if any(gap_weights) and key not in _GAP_TERMS:
+            _GAP_TERMS[key] = gap_term(shown)
+        gap = _GAP_TERMS.get(key, {})
         for w in gap_weights:
             rr[w].append(1.0 / fuse(base, gap, w).rank_of(s.label.root_cause_service))
     return {w: float(np.mean(v)) for w, v in rr.items()}
