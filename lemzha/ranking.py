@@ -17,7 +17,8 @@ from lemzha.scenario import Scenario
 
 @dataclass(frozen=True)
 class Ranking:
-    """Services from most to least likely root cause, with their scores (probabilities for the model)."""
+    """Services from most to least likely root cause, with their scores (for the model, probabilities, plus the
+    call-gap trace term when a bundle carries a gap weight: `lemzha.fusion`)."""
 
     services: tuple[str, ...]
     scores: tuple[float, ...]
