@@ -35,6 +35,7 @@ FULL: dict[str, Any] = {
     "caBundle": {"configMapName": "corp-ca"},
     "watch": {"namespaces": ["ts", "shop"]},
     "ha": {"enabled": True, "replicas": 3},
+    "operator": {"watchTickSeconds": 7, "ttlCheckSeconds": 45},  # not the defaults, so the env must carry them
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
     "networkPolicy": {
         "enabled": True,
@@ -323,6 +324,14 @@ def test_operator_pod(rendered, config):
     for writable in (variables["LEMZHA_TEMPLATE_CACHE"], "/tmp"):
         assert "emptyDir" in volumes[mounts[writable]], f"{name}: {writable} must be a writable emptyDir"
     assert int(variables["LEMZHA_CONCURRENCY"]) >= 1
+    # the operator's settings read what the chart sets, the loop periods included
+    from lemzha_operator.settings import Settings
+
+    settings = Settings.from_env({k: v for k, v in variables.items() if isinstance(v, str)})
+    chart_defaults = yaml.safe_load((CHART / "values.yaml").read_text())["operator"]
+    operator_values = {**chart_defaults, **values.get("operator", {})}
+    assert settings.watch_tick_seconds == float(operator_values["watchTickSeconds"])
+    assert settings.ttl_check_seconds == float(operator_values["ttlCheckSeconds"])
     # no telemetry of any kind; test_live_requirements proves these switches keep HOME empty
     assert {k: variables.get(k) for k in CHART_ENV} == CHART_ENV, "telemetry switches missing (see deployment.yaml)"
 
