@@ -82,8 +82,10 @@ class Prepared:
         return self.metrics.shape[0]
 
 
-def prepare(scenario: Scenario, embedder: TextEmbedder) -> Prepared:
-    """Everything that does not depend on the crop. Reads inputs only (never the label)."""
+def prepare(scenario: Scenario, embedder: TextEmbedder, traces: bool = True) -> Prepared:
+    """Everything that does not depend on the crop. Reads inputs only (never the label). `traces=False` leaves the
+    trace arrays out (None, as for a scenario without traces): a model without trace inputs never reads them, and
+    building them costs about 4 ms on a 46-service scenario."""
     values = np.full((scenario.n_bins, len(scenario.pods), N_METRICS), np.nan, dtype=np.float32)
     for m, name in enumerate(scenario.metrics):
         values[:, :, METRIC_NAMES.index(name)] = transform(scenario.values[:, :, m], name)
@@ -116,7 +118,7 @@ def prepare(scenario: Scenario, embedder: TextEmbedder) -> Prepared:
         log_warn=warn,
         template_vectors=embedder.embed(templates) if templates else np.zeros((0, DIM), np.float32),
         name_vectors=embedder.embed([service_name_text(s) for s in services]),
-        **trace_arrays(scenario),
+        **(trace_arrays(scenario) if traces else {}),
     )
 
 

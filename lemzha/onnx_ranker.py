@@ -99,7 +99,7 @@ class OnnxRanker:
         raise RuntimeError("bundles are trained offline (python -m offline.export); OnnxRanker only ranks")
 
     def probabilities(self, scenario: Scenario) -> tuple[tuple[str, ...], np.ndarray]:
-        prep = prepare(scenario, self.embedder)
+        prep = prepare(scenario, self.embedder, traces=self.bundle.use_traces)
         probs = inference.service_probabilities(self.logits_fn, prep, scenario.onset_bin, self.bundle.crop_bins,
                                                 self.bundle.use_logs, self.bundle.use_traces)
         return prep.services, probs

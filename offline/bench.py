@@ -164,10 +164,11 @@ def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, ep
             "warm_ms": _ms(lambda: ranker.rank(scenario), repeat),
             "warm_no_onset_ms": _ms(lambda: ranker.rank(without_onset), max(3, repeat // 4)),
         }
-        prep = prepare_features(scenario, ranker.embedder)
+        traced = ranker.bundle.use_traces  # as OnnxRanker prepares
+        prep = prepare_features(scenario, ranker.embedder, traces=traced)
         crops = inference.crops_for(prep, scenario.onset_bin, crop_bins)
         onnx["breakdown_ms"] = {
-            "features_prepare": _ms(lambda: prepare_features(scenario, ranker.embedder), repeat),
+            "features_prepare": _ms(lambda: prepare_features(scenario, ranker.embedder, traces=traced), repeat),
             "features_crop": _ms(lambda: inference.crops_for(prep, scenario.onset_bin, crop_bins), repeat),
             "model_onnx": _ms(lambda: ranker.logits_fn(crops), repeat),
         }

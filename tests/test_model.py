@@ -253,3 +253,11 @@ def test_trace_model_learns_a_cause_that_only_traces_show(graph):
     assert a.services == b.services and np.allclose(a.scores, b.scores)
     hits = [ranker.rank(traced(c, 100 + i).without_label()).top(1)[0] == c for i, c in enumerate(SERVICES)]
     assert sum(hits) >= 3
+
+
+def test_prepare_without_traces_leaves_them_out_and_crops_alike():
+    s = traced("charlie", 0)
+    full, bare = prepare(s, FakeEmbedder()), prepare(s, FakeEmbedder(), traces=False)
+    assert full.service_traces is not None and bare.service_traces is None and bare.edge_pairs is None
+    a, b = crop(full, 10, 20, 10), crop(bare, 10, 20, 10)  # a model without trace inputs sees the same crop
+    assert np.array_equal(a.metrics, b.metrics, equal_nan=True) and np.array_equal(a.logs, b.logs)
