@@ -68,11 +68,6 @@ def edge_gaps(scenario: Scenario, onset_bin: int) -> pd.DataFrame:
     return frame.sort_values("rise", ascending=False, kind="stable")
 
 
-def edge_gap_rise(scenario: Scenario, onset_bin: int) -> pd.Series:
-    """Per (client, server) edge measured on both sides of the onset, the log rise of its median gap (>= 0)."""
-    return edge_gaps(scenario, onset_bin)["rise"]
-
-
 def trace_gap_scores(scenario: Scenario, onset_bin: int) -> dict[str, float]:
     """Per service of the scenario, the largest gap rise among the edges into it (0 without one)."""
     scores = dict.fromkeys(scenario.services, 0.0)

@@ -270,49 +270,40 @@ def trace_lines(day: traces.DayTraces, namespace: str, windows) -> Iterator[list
     for table, keys, count_lines, hist_lines, count_name, hist_name, bounds, sum_factor, labels_of, members in groups:
         index = pd.MultiIndex.from_frame(table[keys]) if len(table) else None
         bin_pos = pd.Index(bins_ns)
+        # edges also carry the client side of each request; its histogram gets `_count` and `_sum` only, since no
+        # feature reads its buckets
+        client = hist_name == GRAPH_SERVER_SECONDS.name
+        read = [*columns, "client_duration_sum_ms"] if client else columns
+        last = len(columns) - 1  # le_inf: the count
         for member in members:
-            increments = np.zeros((len(bins_ns), len(columns)), dtype=np.float64)
+            increments = np.zeros((len(bins_ns), len(read)), dtype=np.float64)
             if index is not None:
                 sel = table.loc[index.isin([member])]
                 pos = bin_pos.get_indexer(sel["bin_time"].to_numpy())
                 ok = pos >= 0
-                increments[pos[ok]] = sel.loc[:, columns].to_numpy(dtype=np.float64)[ok]
+                increments[pos[ok]] = sel.loc[:, read].to_numpy(dtype=np.float64)[ok]
             increments[:, 0] *= sum_factor
+            if client:
+                increments[:, -1] *= sum_factor
             times, values = _counter_pairs(starts_ms, increments)
             stamps = [_fmt_ts(int(ms)) for ms in times.tolist()]
             label_pairs = labels_of(member)
             head = _fmt_labels(label_pairs)
-            count_lines += [f"{count_name}{{{head}}} {v!r} {t}" for v, t in zip(values[:, -1].tolist(), stamps,
-                                                                                   strict=True)]
+
+            def lines(name: str, column: int, head=head, values=values, stamps=stamps) -> list[str]:
+                return [f"{name}{{{head}}} {v!r} {t}" for v, t in zip(values[:, column].tolist(), stamps, strict=True)]
+
+            count_lines += lines(count_name, last)
             for i, bound in enumerate([*bounds, None]):
                 le = "+Inf" if bound is None else _fmt_le(bound)
                 bucket_head = f"{hist_name}_bucket{{{_fmt_labels([*label_pairs, ('le', le)])}}} "
                 hist_lines += [f"{bucket_head}{v!r} {t}" for v, t in zip(values[:, 1 + i].tolist(), stamps,
                                                                          strict=True)]
-            hist_lines += [f"{hist_name}_count{{{head}}} {v!r} {t}" for v, t in zip(values[:, -1].tolist(), stamps,
-                                                                                   strict=True)]
-            hist_lines += [f"{hist_name}_sum{{{head}}} {v!r} {t}" for v, t in zip(values[:, 0].tolist(), stamps,
-                                                                                 strict=True)]
-            if hist_name == GRAPH_SERVER_SECONDS.name:
-                client_graph += _client_seconds_lines(table, index, member, bin_pos, starts_ms, head, stamps)
+            hist_lines += lines(f"{hist_name}_count", last) + lines(f"{hist_name}_sum", 0)
+            if client:
+                client_graph += lines(f"{GRAPH_CLIENT_SECONDS.name}_count", last)
+                client_graph += lines(f"{GRAPH_CLIENT_SECONDS.name}_sum", len(read) - 1)
     yield from (calls, spans, requests, graph, client_graph)
-
-
-def _client_seconds_lines(table: pd.DataFrame, index, member: tuple, bin_pos: pd.Index, starts_ms: np.ndarray,
-                          head: str, stamps: list[str]) -> list[str]:
-    """The client-side histogram's `_count` and `_sum` (seconds) of one edge; no feature reads its buckets, so
-    none are written (the connector would write them; `histogram_quantile` of them is never asked for)."""
-    increments = np.zeros((len(bin_pos), 2), dtype=np.float64)
-    if index is not None:
-        sel = table.loc[index.isin([member])]
-        pos = bin_pos.get_indexer(sel["bin_time"].to_numpy())
-        ok = pos >= 0
-        increments[pos[ok], 0] = sel["edge_requests"].to_numpy(dtype=np.float64)[ok]
-        increments[pos[ok], 1] = sel["client_duration_sum_ms"].to_numpy(dtype=np.float64)[ok] * 1e-3
-    _, values = _counter_pairs(starts_ms, increments)
-    name = GRAPH_CLIENT_SECONDS.name
-    return ([f"{name}_count{{{head}}} {v!r} {t}" for v, t in zip(values[:, 0].tolist(), stamps, strict=True)]
-            + [f"{name}_sum{{{head}}} {v!r} {t}" for v, t in zip(values[:, 1].tolist(), stamps, strict=True)])
 
 
 def _keep_bins(starts_ms: np.ndarray, windows) -> np.ndarray:

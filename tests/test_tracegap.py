@@ -10,7 +10,7 @@ import pytest
 from lemzha.baselines import TraceGap
 from lemzha.fusion import GAP_WEIGHTS, GapFusion, fuse, gap_term
 from lemzha.ranking import Ranking
-from lemzha.tracegap import GAP_AFTER_BINS, edge_gap_rise, trace_gap_scores
+from lemzha.tracegap import GAP_AFTER_BINS, edge_gaps, trace_gap_scores
 from tests.test_model import traced
 
 
@@ -26,7 +26,7 @@ def delayed(cause_server: str, wait_ms: float = 2000.0, seed: int = 0, from_bin:
 
 def test_the_edge_whose_gap_rises_names_its_callee():
     s = delayed("delta")
-    rise = edge_gap_rise(s, 20)
+    rise = edge_gaps(s, 20)["rise"]
     assert rise[("charlie", "delta")] == pytest.approx(np.log1p(2003.0) - np.log1p(3.0))
     assert rise.drop(("charlie", "delta")).eq(0).all()  # the other edges keep their 3 ms gap
     scores = trace_gap_scores(s, 20)
@@ -37,7 +37,7 @@ def test_the_edge_whose_gap_rises_names_its_callee():
 
 def test_a_rise_before_the_onset_or_after_the_horizon_is_not_counted():
     early = delayed("delta", from_bin=0)  # waits the whole window: no change at the onset
-    assert edge_gap_rise(early, 20).eq(0).all()
+    assert edge_gaps(early, 20)["rise"].eq(0).all()
     late = delayed("delta", from_bin=20 + GAP_AFTER_BINS)  # only after the 10-bin horizon
     assert trace_gap_scores(late, 20)["delta"] == 0.0
 
