@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from lemzha.evidence import IQR_FLOOR_ABS, IQR_FLOOR_FRACTION, max_after, robust_z
+from lemzha.logs import ERROR_LEVELS
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.tracegap import trace_gap_scores
 
-ERROR_LEVELS: tuple[str, ...] = ("ERROR", "FATAL")
 # The std floor mirrors the IQR floor of robust_z, so that both z-scores treat a flat reference alike.
 STD_FLOOR_FRACTION = IQR_FLOOR_FRACTION
 STD_FLOOR_ABS = IQR_FLOOR_ABS

@@ -32,8 +32,8 @@ def nan_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> list[np.n
     return out
 
 
-def robust_z(values: np.ndarray, onset_bin: int) -> np.ndarray:
-    """|x - median_pre| / max(IQR_pre, floor) for every bin, with bins [0, onset_bin) as the reference.
+def robust_deviation(values: np.ndarray, onset_bin: int) -> np.ndarray:
+    """Signed (x - median_pre) / max(IQR_pre, floor) for every bin, with bins [0, onset_bin) as the reference.
 
     values is (T, ...) with NaN for missing; the result has the same shape and is NaN where x is missing or a
     series has no reference sample.
@@ -43,7 +43,12 @@ def robust_z(values: np.ndarray, onset_bin: int) -> np.ndarray:
     reference = values[:onset_bin]
     q25, median, q75 = nan_quantiles(reference, (0.25, 0.5, 0.75))
     scale = np.maximum(q75 - q25, np.maximum(np.abs(median) * IQR_FLOOR_FRACTION, IQR_FLOOR_ABS))
-    return np.abs(values - median) / scale
+    return (values - median) / scale
+
+
+def robust_z(values: np.ndarray, onset_bin: int) -> np.ndarray:
+    """|robust_deviation|: BARO's score."""
+    return np.abs(robust_deviation(values, onset_bin))
 
 
 def max_after(z: np.ndarray, onset_bin: int) -> np.ndarray:

@@ -124,6 +124,9 @@ _HTTP_CONTEXTS = (
         r"|internal server error|not implemented|bad gateway|service unavailable|gateway timeout)\b"
     ),
 )
+# A Java logger's code location ("p.c.PriceController#46"): the line number names the statement that logged, so it
+# is kept; which statements run, and in what mix, is what a code-level fault changes.
+_CODE_LOCATION = re.compile(r"[a-z_$\]]#(\d{1,5})(?![\w<])")
 _VERSION = re.compile(r"\bv?\d+(?:\.\d+)+\b")  # the old cleaner kept versions and decimals but dropped their "v"
 # Any digit run, except a short one glued to letters (log4j, http11, ts-travel2-service, utf8).
 _NUMBER = re.compile(r"(?<![a-z0-9])\d+|(?<=[a-z])\d{3,}")
@@ -174,6 +177,7 @@ _RULES: tuple = (
     (_HTTP_CONTEXTS[1], _protect_code, _any("http/")),
     (_HTTP_CONTEXTS[2], _protect_code, _any("<")),
     (_HTTP_CONTEXTS[3], _protect_code, _any(*_HTTP_REASONS)),
+    (_CODE_LOCATION, _protect_code, _any("#")),
     (_VERSION, "<num>", None),
     (_NUMBER, "<num>", None),
     (_NUMBER_RUN, "<num>", _any("<num>.")),
@@ -243,3 +247,28 @@ def templates_and_levels(raw_lines: Iterable[str]) -> tuple[list[str], list[str]
     unwrapped = {raw: extract_message(raw) for raw in dict.fromkeys(lines)}
     messages = [unwrapped[raw][0] for raw in lines]
     return clean_many(messages), [unwrapped[raw][1] for raw in lines]
+
+
+# -- events ---------------------------------------------------------------------------------------------------------
+# A template up to a Java code location ("<time> info p.c.pricecontroller#46"): the statement that logged, whatever
+# the message body says. Without one, the template's first EVENT_TOKENS tokens: log formats put the event first and
+# the variable details (ids, lists, payloads) after it.
+_EVENT_LOCATION = re.compile(r"^(.*?[a-z_$\]]#\d{1,5})(?=\s|$)")
+EVENT_TOKENS = 10
+ERROR_KEYWORDS = re.compile(r"error|fail|exception|timeout|refused")
+ERROR_LEVELS = ("ERROR", "FATAL")
+
+
+def event_key(template: str) -> str:
+    """The log event a template belongs to: what a statement logs, without its variable tail."""
+    found = _EVENT_LOCATION.match(template)
+    if found:
+        return found.group(1)
+    return " ".join(template.split()[:EVENT_TOKENS])
+
+
+def is_error_line(template: str, level: str) -> bool:
+    """An ERROR/FATAL line, or one naming an error (SimpleRCA's keywords: error, fail, exception, timeout,
+    refused)."""
+    return level in ERROR_LEVELS or bool(ERROR_KEYWORDS.search(template))
+

@@ -20,7 +20,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cache", type=Path, help=f"cache directory (default .cache, ${CACHE_ENV})")
     parser.add_argument("--source", type=Path, help="an already-unpacked Nezha tree (with rca_data/) to use instead")
-    parser.add_argument("--before", type=float, default=10.0, help="window minutes before the fault (default 10)")
+    parser.add_argument("--before", type=float, default=60.0, help="window minutes before the fault (default 60: the reference)")
     parser.add_argument("--after", type=float, default=10.0, help="window minutes after the fault (default 10)")
 
 

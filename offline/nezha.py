@@ -53,7 +53,7 @@ DAYS: tuple[NezhaDay, ...] = (
 class Window:
     """Scenario window around the fault time; the default leaves room for random training crops."""
 
-    before: timedelta = timedelta(minutes=10)
+    before: timedelta = timedelta(minutes=60)
     after: timedelta = timedelta(minutes=10)
 
     def bounds(self, fault_time: datetime) -> tuple[datetime, int]:
@@ -101,6 +101,14 @@ def day_dir(root: Path, day: NezhaDay) -> Path:
     if not path.is_dir():
         raise DataError(f"Nezha day directory missing: {path}")
     return path
+
+
+def day_folders(root: Path, day: NezhaDay, kind: str) -> list[Path]:
+    """The day's `kind` folders ("log", "trace", "traceid") that exist: `rca_data/<day>/<kind>`, then
+    `construct_data/<day>/<kind>`. Nezha recorded the construct_data minute as the day's fault-free reference
+    (its README); it is the same day's data at its own times, so it joins the fault-time files."""
+    folders = [day_dir(root, day) / kind, Path(root) / "construct_data" / day.day / kind]
+    return [f for f in folders if f.is_dir()]
 
 
 def list_faults(root: Path, day: NezhaDay) -> list[Fault]:
@@ -212,8 +220,7 @@ def _file_minute(day: NezhaDay, path: Path) -> int | None:
 
 
 def read_day_logs(root: Path, day: NezhaDay) -> DayLogs:
-    folder = day_dir(root, day) / "log"
-    files = sorted(folder.glob("*_log.csv")) if folder.is_dir() else []
+    files = sorted((p for f in day_folders(root, day, "log") for p in f.glob("*_log.csv")), key=lambda p: p.name)
     quality = Quality()
     frames = []
     minutes = set()

@@ -52,7 +52,7 @@ from lemzha.catalog import BUCKET_COLUMNS, BUCKET_NS
 from lemzha.scenario import EDGE_BASE_COLUMNS, SERVICE_METRIC_BASE_COLUMNS, empty_edges, empty_service_metrics
 from lemzha.services import service_of_pod
 from offline import nezha
-from offline.nezha import NezhaDay, day_dir
+from offline.nezha import NezhaDay, day_dir, day_folders
 from offline.store import DataError
 
 BIN_NS = BIN_SECONDS * 1_000_000_000
@@ -170,11 +170,10 @@ def read_day_traces(root: Path, day: NezhaDay, metric_services: set[str] | None 
     """Read and aggregate one day's trace files. `metric_services` (the services with metric pods) is only used to
     report traced services that no scenario can hold."""
     folder = day_dir(root, day) / "trace"
-    files = sorted(folder.glob("*_trace.csv")) if folder.is_dir() else []
+    files = sorted((p for f in day_folders(root, day, "trace") for p in f.glob("*_trace.csv")), key=lambda p: p.name)
     quality = TraceQuality()
     quality.files = [h for h in (_hhmm(p) for p in files) if h]
-    id_folder = day_dir(root, day) / "traceid"
-    listed = [_hhmm(p) for p in id_folder.glob("*_traceid.csv")] if id_folder.is_dir() else []
+    listed = [_hhmm(p) for f in day_folders(root, day, "traceid") for p in f.glob("*_traceid.csv")]
     quality.expected = sorted({h for h in listed if h} | set(quality.files))
     tables, raw_intervals = [], []
     for path in files:

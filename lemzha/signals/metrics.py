@@ -1,0 +1,68 @@
+"""Metric signals: how far each pod metric moved from its pre-onset median, in pre-onset IQRs.
+
+A signal groups the catalog metrics that measure one thing (`METRIC_SIGNALS`). Resources and latencies count only
+when they rise (a fault consumes CPU or slows requests; a drop follows from less traffic), traffic and I/O count
+either way. Node-scoped metrics are left out: they are copied onto every pod of a node, so they cannot point at one
+service. A service takes the largest value over its pods and the group's metrics.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from lemzha.evidence import robust_deviation
+from lemzha.scenario import Scenario
+
+# signal -> (catalog metrics, counts a rise only)
+METRIC_SIGNALS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "cpu": (("cpu_millicores", "cpu_percent"), True),
+    "memory": (("memory_bytes", "memory_percent"), True),
+    "server_latency": (("latency_server_p90", "latency_server_p95", "latency_server_p99"), True),
+    "client_latency": (("latency_client_p90", "latency_client_p95", "latency_client_p99"), True),
+    "workload": (("workload",), False),
+    "network": (("network_receive", "network_transmit"), False),
+    "syscalls": (("syscall_read", "syscall_write"), False),
+}
+
+
+def metric_signals(scenario: Scenario, onset_bin: int, horizon: int
+                   ) -> tuple[tuple[str, ...], np.ndarray, dict[tuple[str, str], dict]]:
+    """(signal names, (S, K) values, detail) for the metric signals."""
+    services = scenario.services
+    names = tuple(METRIC_SIGNALS)
+    values = np.zeros((len(services), len(names)))
+    detail: dict[tuple[str, str], dict] = {}
+    after = slice(onset_bin, min(scenario.n_bins, onset_bin + horizon))
+    columns = {m: j for j, m in enumerate(scenario.metrics)}
+    wanted = sorted({columns[m] for group, _ in METRIC_SIGNALS.values() for m in group if m in columns})
+    if not wanted or after.start >= after.stop:
+        return names, values, detail
+    deviation = robust_deviation(scenario.values[:, :, wanted], onset_bin)[after]  # (H, P, m)
+    position = {c: i for i, c in enumerate(wanted)}
+    pod_service = scenario.pod_service_index()
+    for k, (signal, (group, rise_only)) in enumerate(METRIC_SIGNALS.items()):
+        cols = [position[columns[m]] for m in group if m in columns]
+        if not cols:
+            continue
+        block = deviation[:, :, cols]
+        block = block if rise_only else np.abs(block)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # series without a sample after the onset
+            peak = np.nanmax(block, axis=0)  # (P, len(cols))
+        peak = np.where(np.isnan(peak), 0.0, np.maximum(peak, 0.0))
+        for s in range(len(services)):
+            pods = np.flatnonzero(pod_service == s)
+            if not len(pods):
+                continue
+            sub = peak[pods]
+            flat = int(np.argmax(sub))
+            value = float(sub.flat[flat])
+            if value <= 0:
+                continue
+            values[s, k] = value
+            pod, metric = scenario.pods[pods[flat // sub.shape[1]]], group[0]
+            metric = [m for m in group if m in columns][flat % sub.shape[1]]
+            detail[(services[s], signal)] = {"metric": metric, "pod": pod, "z": round(value, 2)}
+    return names, values, detail
