@@ -3,9 +3,10 @@
 - `ServicePrior`: how often each service was the root cause in training.
 - `NSigma`: max over bins from onset, metrics and pods of |x - mean_pre| / std_pre.
 - `Baro`: the same with BARO's robust z (`lemzha.evidence.robust_z`).
-- `SimpleRCA`: rank-average of the N-sigma score and the rise in the share of ERROR/FATAL log lines.
-- `SimpleRCATraces`: the same plus SimpleRCA's trace term, the N-sigma score of each service's span P95 latency
-  (issue #8; uncovered bins are missing, a scenario without traces gives every service the same trace rank).
+- `NSigmaLogShare`: rank-average of the N-sigma score and the rise in the share of ERROR/FATAL log lines (called
+  "SimpleRCA-style" before the faithful SimpleRCA, `lemzha.rules.SimpleRCA`, was written).
+- `NSigmaLogShareTraces`: the same plus the N-sigma score of each service's span P95 latency (uncovered bins are
+  missing; a scenario without traces gives every service the same trace rank).
 - `TraceP95`: that trace term alone.
 - `TraceGap`: the call-gap term of `lemzha.tracegap` alone (the rise of the client - server duration on the edges
   into a service).
@@ -202,10 +203,10 @@ class Baro:
         return Ranking.from_scores(baro_scores(scenario))
 
 
-class SimpleRCA:
+class NSigmaLogShare:
     """Rank-average of the N-sigma service score and the rise in the service's ERROR/FATAL log share."""
 
-    name = "simplerca"
+    name = "nsigma_logshare"
 
     def fit(self, train: Sequence[Scenario]) -> None:
         """Training-free."""
@@ -235,11 +236,11 @@ def trace_p95_scores(scenario: Scenario, onset_bin: int) -> dict[str, float]:
     return scores
 
 
-class SimpleRCATraces:
-    """SimpleRCA with its trace term: rank-average of the N-sigma metric score, the rise in the ERROR/FATAL log
+class NSigmaLogShareTraces:
+    """`NSigmaLogShare` with a trace term: rank-average of the N-sigma metric score, the rise in the ERROR/FATAL log
     share and the N-sigma score of the service's span P95 latency."""
 
-    name = "simplerca_traces"
+    name = "nsigma_logshare_traces"
 
     def fit(self, train: Sequence[Scenario]) -> None:
         """Training-free."""
@@ -252,7 +253,7 @@ class SimpleRCATraces:
 
 
 class TraceP95:
-    """Traces alone: the N-sigma score of each service's span P95 latency (SimpleRCA's trace term by itself), to
+    """Traces alone: the N-sigma score of each service's span P95 latency (`NSigmaLogShareTraces`' term), to
     show what the trace modality carries without metrics or logs."""
 
     name = "trace_p95"
@@ -276,7 +277,7 @@ class TraceGap:
         return Ranking.from_scores(trace_gap_scores(scenario, resolve_onset_bin(scenario)))
 
 
-BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, SimpleRCA, SimpleRCATraces, TraceP95, TraceGap)
+BASELINES: tuple[type, ...] = (ServicePrior, NSigma, Baro, NSigmaLogShare, NSigmaLogShareTraces, TraceP95, TraceGap)
 
 
 # -- random floor --------------------------------------------------------------------------------------------------

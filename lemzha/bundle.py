@@ -1,5 +1,10 @@
-"""The model bundle: a directory that `offline.export` writes and `lemzha.onnx_ranker` reads, torch-free.
+"""Bundles: the directory `offline.export` writes and the operator ranks with, torch-free. Two kinds:
 
+**evidence** (`kind: "evidence"`, schema_version 2, the default export): the shipped ranker,
+`lemzha.rules.EvidenceRanker`. `bundle.json` holds its configuration and calibration (a few hundred numbers per
+signal), how the configuration was chosen, and the sha256 of `MODEL_CARD.md`; nothing else is needed to rank.
+
+**model** (schema_version 1, `offline.export --ranker model`): the neural model of earlier rounds.
 - `model.onnx`: one crop -> per-service logits (inputs metrics, valid, onset_pos, logs, names, pod_service; a
   bundle trained with traces also takes traces, edge_pairs and edge_traces, see `input_options` in bundle.json)
 - `text_encoder.onnx` + `tokenizer.json`: MiniLM for templates never seen in training
@@ -27,7 +32,9 @@ from lemzha.features import EDGE_TRACE_FEATURES_N, LOG_FEATURES, METRIC_FEATURES
 from lemzha.fsutil import file_sha256
 from lemzha.text import DIM
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # the model kind's
+EVIDENCE_SCHEMA_VERSION = 2
+EVIDENCE_KIND = "evidence"
 MANIFEST = "bundle.json"
 MODEL_FILE = "model.onnx"
 TEXT_ENCODER_FILE = "text_encoder.onnx"
@@ -67,6 +74,10 @@ class Bundle:
     directory: Path
     meta: dict
     sha: str  # sha256 of bundle.json: names this exact bundle in outputs
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", "model"))
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -111,8 +122,34 @@ def write_manifest(directory: Path, meta: dict) -> dict:
     return manifest
 
 
+def write_evidence_bundle(directory: Path, ranker_json: dict, meta: dict, card: str) -> dict:
+    """Write an evidence bundle into the (empty or absent) `directory`: MODEL_CARD.md, then bundle.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MODEL_CARD_FILE).write_text(card)
+    manifest = {"schema_version": EVIDENCE_SCHEMA_VERSION, "kind": EVIDENCE_KIND,
+                "catalog_version": catalog_version(), "metrics": list(METRIC_NAMES), **meta,
+                "ranker": ranker_json, "files": {MODEL_CARD_FILE: file_sha256(directory / MODEL_CARD_FILE)}}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def open_ranker(directory: Path | str, cache_dir: Path | None = None):
+    """The ranker a verified bundle carries: an `EvidenceRanker` (evidence kind) or an `OnnxRanker` (model kind),
+    with `.bundle` set to the verified `Bundle`."""
+    bundle = load_bundle(directory)
+    if bundle.kind == EVIDENCE_KIND:
+        from lemzha.rules import EvidenceRanker
+
+        ranker = EvidenceRanker.from_json(bundle.meta["ranker"])
+        ranker.bundle = bundle
+        return ranker
+    from lemzha.onnx_ranker import OnnxRanker
+
+    return OnnxRanker(bundle.directory, cache_dir=cache_dir)
+
+
 def load_bundle(directory: Path | str) -> Bundle:
-    """Read and verify a bundle: schema version, metric catalog, feature sizes and every file's sha256."""
+    """Read and verify a bundle: schema version, metric catalog, the kind's own fields and every file's sha256."""
     root = Path(directory)
     manifest_path = root / MANIFEST
     if not root.is_dir():
@@ -126,12 +163,21 @@ def load_bundle(directory: Path | str) -> Bundle:
         raise BundleError(f"{manifest_path}: invalid JSON ({err})") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{manifest_path}: expected a JSON object")
+    kind = meta.get("kind", "model")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(f"{manifest_path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}")
+    expected = EVIDENCE_SCHEMA_VERSION if kind == EVIDENCE_KIND else SCHEMA_VERSION
+    if kind not in (EVIDENCE_KIND, "model"):
+        raise BundleError(f"{manifest_path}: unknown bundle kind {kind!r} (this code reads evidence and model)")
+    if version != expected:
+        raise BundleError(f"{manifest_path}: schema_version {version!r}, this code reads {expected} for {kind} "
+                          "bundles")
     if meta.get("catalog_version") != catalog_version() or meta.get("metrics") != list(METRIC_NAMES):
         raise BundleError(f"{manifest_path}: built for another metric catalog (catalog_version "
                           f"{str(meta.get('catalog_version'))[:12]}…, this code has {catalog_version()[:12]}…)")
+    if kind == EVIDENCE_KIND:
+        _check_evidence(meta, manifest_path)
+        _check_files(root, meta, manifest_path, (MODEL_CARD_FILE,))
+        return Bundle(root, meta, hashlib.sha256(raw).hexdigest())
     if meta.get("features") != features_spec():
         raise BundleError(f"{manifest_path}: feature sizes {meta.get('features')} differ from this code's "
                           f"{features_spec()}")
@@ -139,7 +185,7 @@ def load_bundle(directory: Path | str) -> Bundle:
     if isinstance(options, dict) and options.get("use_traces") and meta.get("trace_features") != trace_features_spec():
         raise BundleError(f"{manifest_path}: trace feature sizes {meta.get('trace_features')} differ from this "
                           f"code's {trace_features_spec()}")
-    for key in ("crop_bins", "encoder_sha", "files"):
+    for key in ("crop_bins", "encoder_sha"):
         if key not in meta:
             raise BundleError(f"{manifest_path}: lacks {key!r}")
     gap = meta.get("gap_fusion", {})
@@ -147,10 +193,26 @@ def load_bundle(directory: Path | str) -> Bundle:
     if (not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight)
             or weight < 0):
         raise BundleError(f"{manifest_path}: gap_fusion.weight must be a finite number >= 0, got {weight!r}")
+    _check_files(root, meta, manifest_path, REQUIRED_FILES)
+    return Bundle(root, meta, hashlib.sha256(raw).hexdigest())
+
+
+def _check_evidence(meta: dict, manifest_path: Path) -> None:
+    from lemzha.rules import EvidenceRanker
+
+    try:
+        EvidenceRanker.from_json(meta["ranker"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{manifest_path}: invalid evidence ranker ({err})") from None
+
+
+def _check_files(root: Path, meta: dict, manifest_path: Path, required: tuple[str, ...]) -> None:
+    if "files" not in meta:
+        raise BundleError(f"{manifest_path}: lacks 'files'")
     files = meta["files"]
     if not isinstance(files, dict):
         raise BundleError(f"{manifest_path}: 'files' must map file names to sha256")
-    for name in REQUIRED_FILES:
+    for name in required:
         if name not in files:
             raise BundleError(f"{manifest_path}: does not list {name}")
     for name, expected in files.items():
@@ -161,7 +223,6 @@ def load_bundle(directory: Path | str) -> Bundle:
             raise BundleError(f"{path}: missing from the bundle")
         if file_sha256(path) != expected:
             raise BundleError(f"{path}: sha256 does not match bundle.json (corrupt or modified {name})")
-    return Bundle(root, meta, hashlib.sha256(raw).hexdigest())
 
 
 def write_templates(path: Path, texts: Sequence[str], keys: Sequence[str], vectors: np.ndarray) -> None:

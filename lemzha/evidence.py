@@ -32,17 +32,27 @@ def nan_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> list[np.n
     return out
 
 
-def robust_deviation(values: np.ndarray, onset_bin: int) -> np.ndarray:
-    """Signed (x - median_pre) / max(IQR_pre, floor) for every bin, with bins [0, onset_bin) as the reference.
+def robust_deviation(values: np.ndarray, onset_bin: int, spread: str = "iqr") -> np.ndarray:
+    """Signed (x - median_pre) / max(spread_pre, floor) for every bin, with bins [0, onset_bin) as the reference.
 
-    values is (T, ...) with NaN for missing; the result has the same shape and is NaN where x is missing or a
-    series has no reference sample.
+    `spread` is "iqr" (BARO's) or "mad" (1.4826 x the median absolute deviation, a sigma under normal noise, and
+    unmoved until half the reference is disturbed, where the IQR gives way at a quarter: a long reference holds
+    earlier incidents). values is (T, ...) with NaN for missing; the result has the same shape and is NaN where x
+    is missing or a series has no reference sample.
     """
     values = np.asarray(values, dtype=np.float64)
     onset_bin = int(np.clip(onset_bin, 1, values.shape[0]))
     reference = values[:onset_bin]
-    q25, median, q75 = nan_quantiles(reference, (0.25, 0.5, 0.75))
-    scale = np.maximum(q75 - q25, np.maximum(np.abs(median) * IQR_FLOOR_FRACTION, IQR_FLOOR_ABS))
+    if spread == "iqr":
+        q25, median, q75 = nan_quantiles(reference, (0.25, 0.5, 0.75))
+        width = q75 - q25
+    elif spread == "mad":
+        (median,) = nan_quantiles(reference, (0.5,))
+        (width,) = nan_quantiles(np.abs(reference - median), (0.5,))
+        width = width * 1.4826
+    else:
+        raise ValueError(f"spread must be 'iqr' or 'mad', not {spread!r}")
+    scale = np.maximum(width, np.maximum(np.abs(median) * IQR_FLOOR_FRACTION, IQR_FLOOR_ABS))
     return (values - median) / scale
 
 

@@ -6,7 +6,9 @@ service scores the sum of its alerts' evidence above the threshold:
 
     score(s) = sum_j max(0, evidence_j(s) - threshold)  +  1e-3 sum_j evidence_j(s)
 
-(the small second term orders services that raise no alert). Only the signals in `signals` count. The signal set
+(the small second term orders services that raise no alert). Only the signals in `signals` count. A caller echoes
+its callee's failure in its own error lines, so the `log_errors` evidence of a service is halved (`ECHO_FACTOR`)
+when a service it calls (in the window's traces) raises an alert of its own. The signal set
 is chosen by mechanism (`MECHANISM_SIGNALS`: what a fault does to its own service) and inner validation picks
 among `CANDIDATES`; `fit` only calibrates, on the training scenarios, without reading a label.
 
@@ -38,6 +40,15 @@ from lemzha.signals import HORIZON_BINS, SignalTable, signal_table
 # their traffic), which is why those are left out.
 MECHANISM_SIGNALS = ("cpu", "memory", "log_errors", "log_vanished", "call_gap")
 THRESHOLDS = (0.5, 1.0, 1.5)
+ECHO_FACTOR = 0.5
+ONSET_SCAN_STEP = 3  # bins between the onsets tried when a scenario gives none
+
+
+def onset_candidates(n_bins: int) -> range:
+    """The onsets an evidence ranker tries without a given one: from a sixth of the window (a reference to compare
+    with) to two bins before its end (something to compare)."""
+    first = max(2, n_bins // 6)
+    return range(first, max(first + 1, n_bins - 1), ONSET_SCAN_STEP)
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ class EvidenceRanker:
     calibration: Calibration | None = None
     name: str = "evidence"
     horizon: int = HORIZON_BINS
+    bundle: object = None  # the verified `lemzha.bundle.Bundle` it was read from, if any
 
     def fit(self, train: Sequence[Scenario]) -> None:
         """Calibrate on the training scenarios (their own onsets, never their labels)."""
@@ -109,11 +121,21 @@ class EvidenceRanker:
         return [signal_table(s.without_label(), resolve_onset_bin(s), self.horizon) for s in scenarios]
 
     def assess(self, scenario: Scenario, table: SignalTable | None = None) -> Assessment:
+        """The assessment at the scenario's onset; without one, at the onset that tells the strongest story: the
+        candidate bin (every ONSET_SCAN_STEP from a sixth of the window on) whose top service scores highest."""
         if self.calibration is None:
             raise RuntimeError(f"{self.name}: fit() or a calibration is needed before ranking")
-        if table is None:
-            table = signal_table(scenario, resolve_onset_bin(scenario), self.horizon)
-        return assess_table(table, self.calibration, self.config)
+        if table is not None:
+            return assess_table(table, self.calibration, self.config)
+        if scenario.onset_bin is not None:
+            return assess_table(signal_table(scenario, resolve_onset_bin(scenario), self.horizon), self.calibration,
+                                self.config)
+        best: Assessment | None = None
+        for onset in onset_candidates(scenario.n_bins):
+            candidate = assess_table(signal_table(scenario, onset, self.horizon), self.calibration, self.config)
+            if best is None or candidate.ranking.scores[0] > best.ranking.scores[0]:
+                best = candidate
+        return best
 
     def rank(self, scenario: Scenario) -> Ranking:
         return self.assess(scenario).ranking
@@ -133,6 +155,11 @@ class EvidenceRanker:
 def assess_table(table: SignalTable, calibration: Calibration, config: EvidenceConfig) -> Assessment:
     """Score a precomputed signal table (lodocv computes each table once and scores it under every candidate)."""
     evidence = calibration.evidence(table, config.signals)
+    if "log_errors" in config.signals and table.calls:
+        alerting = np.clip(evidence - config.threshold, 0.0, None).sum(axis=1) > 0
+        index = {s: i for i, s in enumerate(table.services)}
+        echo = {index[a] for a, b in table.calls if a in index and b in index and alerting[index[b]]}
+        evidence[sorted(echo), config.signals.index("log_errors")] *= ECHO_FACTOR
     scores = np.clip(evidence - config.threshold, 0.0, None).sum(axis=1) + 1e-3 * evidence.sum(axis=1)
     ranking = Ranking.from_scores(dict(zip(table.services, scores.tolist(), strict=True)))
     return Assessment(ranking, table, config.signals, evidence, config.threshold)

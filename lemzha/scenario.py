@@ -140,6 +140,7 @@ class Scenario:
     bin_seconds: int = BIN_SECONDS
     service_metrics: pd.DataFrame | None = None  # None: no trace data (an empty frame after construction)
     edges: pd.DataFrame | None = None
+    dataset: str = ""  # where it came from: "nezha", "lemma", "live" (folds and reports group by it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", as_utc(self.start))

@@ -41,6 +41,7 @@ def scenario_to_json(scenario: Scenario) -> dict:
         "services": list(scenario.services),
         "metrics": list(scenario.metrics),
         "onset": scenario.onset.isoformat() if scenario.onset else None,
+        "dataset": scenario.dataset,
     }
 
 
@@ -122,6 +123,7 @@ def load_scenario(directory: Path | str, *, with_label: bool = True) -> Scenario
         bin_seconds=int(meta["bin_seconds"]),
         service_metrics=traces["service_metrics"],
         edges=traces["edges"],
+        dataset=str(meta.get("dataset", "")),
     )
     if list(scenario.services) != list(meta["services"]):
         raise ScenarioError(f"{meta_path}: services do not match pod_service")

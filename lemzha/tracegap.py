@@ -17,29 +17,40 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lemzha.memo import memo
 from lemzha.scenario import Scenario
 
 GAP_AFTER_BINS = 10  # 5 min from the onset: the fault, not what follows it (set before any run, not tuned)
 GAP_FEATURE = "edge_client_gap_ms"
 
 
-def _gap_arrays(scenario: Scenario, onset_bin: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """(clients, servers, median gap before, median gap from the onset) of the edges measured on both sides, in
-    (client, server) order. numpy, not groupby: the operator ranks with this term, and groupby costs ~6 ms."""
+def _measured_gaps(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(client codes, client names, server codes, server names, bins, gaps) of the measured edge bins; onset-free,
+    so remembered per scenario (`lemzha.memo`)."""
     edges = scenario.edges
     if edges is None or not len(edges):
-        return [], [], np.zeros(0), np.zeros(0)
+        return (np.zeros(0, np.int64),) * 6
     gap = edges[GAP_FEATURE].to_numpy(np.float64)
-    bins = edges["bin"].to_numpy()
-    keep = ~np.isnan(gap) & (bins < onset_bin + GAP_AFTER_BINS)
-    if not keep.any():
-        return [], [], np.zeros(0), np.zeros(0)
+    keep = ~np.isnan(gap)
     client_code, client_names = pd.factorize(edges["client"].to_numpy(object)[keep], sort=True)
     server_code, server_names = pd.factorize(edges["server"].to_numpy(object)[keep], sort=True)
     gap = np.maximum(gap[keep], 0.0)  # a gap below 0 is clock skew between pods; it carries no waiting time
-    side = (bins[keep] >= onset_bin).astype(np.int64)  # 0 before the onset, 1 from it
+    return (client_code.astype(np.int64), client_names, server_code.astype(np.int64), server_names,
+            edges["bin"].to_numpy()[keep], gap)
+
+
+def _gap_arrays(scenario: Scenario, onset_bin: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(clients, servers, median gap before, median gap from the onset) of the edges measured on both sides, in
+    (client, server) order. numpy, not groupby: the operator ranks with this term, and groupby costs ~6 ms."""
+    client_code, client_names, server_code, server_names, bins, gap = memo(
+        scenario, "measured_gaps", lambda: _measured_gaps(scenario))
+    keep = bins < onset_bin + GAP_AFTER_BINS
+    if not keep.any():
+        return [], [], np.zeros(0), np.zeros(0)
+    client_code, server_code, gap, bins = client_code[keep], server_code[keep], gap[keep], bins[keep]
+    side = (bins >= onset_bin).astype(np.int64)  # 0 before the onset, 1 from it
     n_servers = len(server_names)
-    group = (client_code.astype(np.int64) * n_servers + server_code) * 2 + side
+    group = (client_code * n_servers + server_code) * 2 + side
     order = np.lexsort((gap, group))  # by group, then gap: each group's values sorted, for its median
     group, values = group[order], gap[order]
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
@@ -57,6 +68,12 @@ def _gap_arrays(scenario: Scenario, onset_bin: int) -> tuple[list[str], list[str
 
 def _rise(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.maximum(np.log1p(after) - np.log1p(before), 0.0)
+
+
+def gap_rises(scenario: Scenario, onset_bin: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(clients, servers, median gap before, median gap from the onset, rise) per edge measured on both sides."""
+    clients, servers, before, after = _gap_arrays(scenario, onset_bin)
+    return clients, servers, before, after, _rise(before, after)
 
 
 def edge_gaps(scenario: Scenario, onset_bin: int) -> pd.DataFrame:

@@ -20,7 +20,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cache", type=Path, help=f"cache directory (default .cache, ${CACHE_ENV})")
     parser.add_argument("--source", type=Path, help="an already-unpacked Nezha tree (with rca_data/) to use instead")
-    parser.add_argument("--before", type=float, default=60.0, help="window minutes before the fault (default 60: the reference)")
+    parser.add_argument("--before", type=float, default=60.0,
+                        help="window minutes before the fault: the rankers' reference (default 60)")
     parser.add_argument("--after", type=float, default=10.0, help="window minutes after the fault (default 10)")
 
 
@@ -42,12 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     p_validate.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p_validate.add_argument("--id", action="append", dest="ids", metavar="ID",
                             help="report only this scenario id (repeatable), e.g. nezha/20230129_03")
+    p_audit = sub.add_parser("audit", help="per-case audit of the shipped ranker's misses (JSON + Markdown)")
+    add_data_arguments(p_audit)
+    p_audit.add_argument("--out", type=Path, default=Path("runs/audit"), help="report directory")
+    p_audit.add_argument("--all", action="store_true", help="audit every case, not only the misses")
+    p_audit.add_argument("--id", action="append", dest="ids", metavar="ID",
+                         help="audit only this case (repeatable), e.g. nezha/20230129_15")
     args = parser.parse_args(argv)
 
     prepared = prepared_from_args(args, progress=not getattr(args, "json", False))
     if args.command == "prepare":
         print(f"{len(prepared.ids)} scenarios ready in {prepared.directory}")
         return 0
+
+    if args.command == "audit":
+        return run_audit(prepared, args)
 
     from offline.validate import build_report, render_markdown
 
@@ -63,6 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         for item in report["card"]:
             print(f"- {item}")
         print(f"report: {args.out / 'validate.md'}")
+    return 0
+
+
+def run_audit(prepared, args: argparse.Namespace) -> int:
+    from offline.audit import audit, write_audit
+
+    scenarios = prepared.load_all()
+    if args.ids:
+        unknown = sorted(set(args.ids) - set(prepared.ids))
+        if unknown:
+            raise ValueError(f"unknown case id(s) {unknown}")
+    cases = audit(scenarios, misses_only=not args.all)
+    if args.ids:
+        cases = [c for c in cases if c.case in args.ids]
+    n_total = sum(s.dataset == "nezha" for s in scenarios)
+    write_audit(cases, n_total, args.out)
+    print(f"{len(cases)} of {n_total} cases audited; report: {args.out / 'audit.md'}")
     return 0
 
 

@@ -355,6 +355,7 @@ def _load_lemma_scenario(root: Path, sid: str) -> Scenario:
         logs=logs,
         onset=injection,
         label=label,
+        dataset="lemma",
     )
 
 

@@ -345,5 +345,6 @@ def build_scenario(
         logs=logs,
         onset=fault.time,
         label=label,
+        dataset="nezha",
     )
     return BuiltScenario(scenario, source, coverage, fault.epoch_offset_s)

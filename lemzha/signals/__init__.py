@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lemzha.memo import memo
 from lemzha.scenario import Scenario
 
 HORIZON_BINS = 10  # 5 min from the onset: the fault itself, not its aftermath (fixed before any evaluation)
@@ -35,6 +36,7 @@ class SignalTable:
     signals: tuple[str, ...]
     values: np.ndarray
     detail: dict[tuple[str, str], dict] = field(default_factory=dict)
+    calls: tuple[tuple[str, str], ...] = ()  # (caller, callee) pairs the window's traces saw, callers != callees
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=np.float64)
@@ -56,6 +58,27 @@ class SignalTable:
         return out
 
 
+def best_per_group(scores: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(largest score per group, index of the item holding it); groups without items get -inf and -1."""
+    best = np.full(n_groups, -np.inf)
+    where = np.full(n_groups, -1, dtype=np.int64)
+    if len(scores):
+        order = np.lexsort((-scores, group))
+        first = order[np.r_[True, group[order][1:] != group[order][:-1]]]
+        best[group[first]] = scores[first]
+        where[group[first]] = first
+    return best, where
+
+
+def signal_names() -> tuple[str, ...]:
+    """Every signal a table has, in table order."""
+    from lemzha.signals.logs import LOG_SIGNALS
+    from lemzha.signals.metrics import METRIC_SIGNALS
+    from lemzha.signals.traces import TRACE_SIGNALS
+
+    return (*METRIC_SIGNALS, *LOG_SIGNALS, *TRACE_SIGNALS)
+
+
 def signal_table(scenario: Scenario, onset_bin: int, horizon: int = HORIZON_BINS) -> SignalTable:
     """Every signal of every service of `scenario`, the reference being the bins before `onset_bin`."""
     from lemzha.signals.logs import log_signals
@@ -68,4 +91,12 @@ def signal_table(scenario: Scenario, onset_bin: int, horizon: int = HORIZON_BINS
     names = tuple(name for part in parts for name in part[0])
     values = np.concatenate([part[1] for part in parts], axis=1)
     detail = {key: value for part in parts for key, value in part[2].items()}
-    return SignalTable(scenario.services, names, values, detail)
+    return SignalTable(scenario.services, names, values, detail, memo(scenario, "calls", lambda: _calls(scenario)))
+
+
+def _calls(scenario: Scenario) -> tuple[tuple[str, str], ...]:
+    edges = scenario.edges
+    if edges is None or not len(edges):
+        return ()
+    pairs = edges.loc[:, ["client", "server"]].drop_duplicates()
+    return tuple(sorted((str(a), str(b)) for a, b in zip(pairs["client"], pairs["server"], strict=True) if a != b))

@@ -21,14 +21,50 @@ Events are `lemzha.logs.event_key` of the templates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from lemzha.logs import ERROR_LEVELS, event_key, is_error_line
+from lemzha.memo import memo
 from lemzha.scenario import Scenario
+from lemzha.signals import best_per_group
 
 LOG_SIGNALS = ("log_errors", "log_vanished", "log_new", "log_volume_drop")
 MIN_REFERENCE_BINS = 2  # fewer covered reference bins give no rate to compare with
+
+
+@dataclass(frozen=True)
+class _LogRows:
+    """A scenario's log rows coded once (onset-free): per row its bin, count, service, (service, event) pair and
+    error flag; per pair its service, event text and whether it is an error event."""
+
+    bins: np.ndarray
+    counts: np.ndarray
+    service: np.ndarray
+    pair: np.ndarray
+    error: np.ndarray
+    pair_service: np.ndarray
+    pair_event: np.ndarray
+    pair_error: np.ndarray
+    events: np.ndarray
+
+
+def _code_rows(scenario: Scenario) -> _LogRows:
+    logs = scenario.logs
+    templates = logs["template"].to_numpy(object)
+    template_code, unique_templates = pd.factorize(templates)
+    event_code, events = pd.factorize(np.array([event_key(t) for t in unique_templates], dtype=object))
+    named_error = np.array([is_error_line(t, "") for t in unique_templates], dtype=bool)
+    error = named_error[template_code] | np.isin(logs["level"].to_numpy(object), ERROR_LEVELS)
+    index = {s: i for i, s in enumerate(scenario.services)}
+    service = np.array([index[s] for s in logs["service"].to_numpy(object)], dtype=np.int64)
+    # one key per (service, event): the same event text in two services is two events
+    pair, pair_keys = pd.factorize(service * len(events) + event_code[template_code])
+    pair_error = np.bincount(pair, weights=error, minlength=len(pair_keys)) > 0
+    return _LogRows(logs["bin"].to_numpy(), logs["count"].to_numpy(np.float64), service, pair, error,
+                    pair_keys // len(events), pair_keys % len(events), pair_error, np.asarray(events, dtype=object))
 
 
 def log_signals(scenario: Scenario, onset_bin: int, horizon: int
@@ -38,30 +74,20 @@ def log_signals(scenario: Scenario, onset_bin: int, horizon: int
     n_services = len(services)
     values = np.zeros((n_services, len(LOG_SIGNALS)))
     detail: dict[tuple[str, str], dict] = {}
-    logs = scenario.logs
-    if not len(logs):
+    if not len(scenario.logs):
         return LOG_SIGNALS, values, detail
-    keep = logs["bin"].to_numpy() < onset_bin + horizon
-    bins = logs["bin"].to_numpy()[keep]
+    coded = memo(scenario, "log_rows", lambda: _code_rows(scenario))
+    keep = coded.bins < onset_bin + horizon
+    bins = coded.bins[keep]
     covered = np.unique(bins)
     ref_bins = covered[covered < onset_bin]
     n_ref, n_after = len(ref_bins), int((covered >= onset_bin).sum())
     if n_ref < MIN_REFERENCE_BINS or not n_after:
         return LOG_SIGNALS, values, detail
-    templates = logs["template"].to_numpy(object)[keep]
-    levels = logs["level"].to_numpy(object)[keep]
-    counts = logs["count"].to_numpy(np.float64)[keep]
-    service_index = {s: i for i, s in enumerate(services)}
-    service = np.array([service_index[s] for s in logs["service"].to_numpy(object)[keep]], dtype=np.int64)
-    template_code, unique_templates = pd.factorize(templates)
-    event_code, events = pd.factorize(np.array([event_key(t) for t in unique_templates], dtype=object))
-    names_error = np.array([is_error_line(t, "") for t in unique_templates], dtype=bool)
-    error_of_row = names_error[template_code] | np.isin(levels, ERROR_LEVELS)
-    # one key per (service, event): the same event text in two services is two events
-    pair, pair_keys = pd.factorize(service * len(events) + event_code[template_code])
-    n_pairs = len(pair_keys)
-    pair_service, pair_event = pair_keys // len(events), pair_keys % len(events)
-    pair_error = np.bincount(pair, weights=error_of_row, minlength=n_pairs) > 0
+    counts, service, pair, error_of_row = coded.counts[keep], coded.service[keep], coded.pair[keep], coded.error[keep]
+    pair_service, pair_event, pair_error, events = (coded.pair_service, coded.pair_event, coded.pair_error,
+                                                    coded.events)
+    n_pairs = len(pair_service)
     after = bins >= onset_bin
     ref_pos = np.searchsorted(ref_bins, bins)
     ref_rows = ~after
@@ -105,9 +131,13 @@ def log_signals(scenario: Scenario, onset_bin: int, horizon: int
     expected_after = total_after * share
     z = (pair_after - expected_after) / np.sqrt(np.maximum(dispersion * total_after * spread, 1.0))
     drop = np.where(pair_error | (share <= 0) | (total_after <= 0), 0.0, -z)
-    _segment_best(drop, pair_service, values[:, 1], detail, services, "log_vanished",
-                  lambda k: {"event": str(events[pair_event[k]]), "lines": int(pair_after[k]),
-                             "expected": round(float(expected_after[k]), 1)})
+    best, where = best_per_group(drop, pair_service, n_services)
+    for i in np.flatnonzero(best > 0):
+        k = where[i]
+        values[i, 1] = best[i]
+        detail[(services[i], "log_vanished")] = {"event": str(events[pair_event[k]]), "lines": int(pair_after[k]),
+                                                 "expected": round(float(expected_after[k]), 1),
+                                                 "z": round(float(best[i]), 2)}
 
     # log_new: lines of events the reference never saw, against the service's rate of one-bin events
     seen = pair_ref.sum(axis=1) > 0
@@ -127,14 +157,3 @@ def log_signals(scenario: Scenario, onset_bin: int, horizon: int
         detail[(services[i], "log_new")] = {"lines": int(new_lines[i]), "expected": round(float(expected_new[i]), 1),
                                             "event": str(events[pair_event[k]]), "z": round(float(values[i, 2]), 2)}
     return LOG_SIGNALS, values, detail
-
-
-def _segment_best(scores: np.ndarray, owner: np.ndarray, out: np.ndarray, detail: dict, services: tuple[str, ...],
-                  signal: str, describe) -> None:
-    """out[s] = the largest positive score among the items `owner` assigns to s, with its description."""
-    order = np.lexsort((-scores, owner))
-    first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
-    for k in first:
-        if scores[k] > 0:
-            out[owner[k]] = float(scores[k])
-            detail[(services[owner[k]], signal)] = {**describe(k), "z": round(float(scores[k]), 2)}

@@ -1,4 +1,4 @@
-"""Metric signals: how far each pod metric moved from its pre-onset median, in pre-onset IQRs.
+"""Metric signals: how far each pod metric moved from its pre-onset median, in robust sigmas (1.4826 MAD).
 
 A signal groups the catalog metrics that measure one thing (`METRIC_SIGNALS`). Resources and latencies count only
 when they rise (a fault consumes CPU or slows requests; a drop follows from less traffic), traffic and I/O count
@@ -13,7 +13,9 @@ import warnings
 import numpy as np
 
 from lemzha.evidence import robust_deviation
+from lemzha.memo import memo
 from lemzha.scenario import Scenario
+from lemzha.signals import best_per_group
 
 # signal -> (catalog metrics, counts a rise only)
 METRIC_SIGNALS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -39,30 +41,25 @@ def metric_signals(scenario: Scenario, onset_bin: int, horizon: int
     wanted = sorted({columns[m] for group, _ in METRIC_SIGNALS.values() for m in group if m in columns})
     if not wanted or after.start >= after.stop:
         return names, values, detail
-    deviation = robust_deviation(scenario.values[:, :, wanted], onset_bin)[after]  # (H, P, m)
+    series = memo(scenario, "metric_series", lambda: scenario.values[:, :, wanted].astype(np.float64))
+    deviation = robust_deviation(series, onset_bin, spread="mad")[after]  # (H, P, m)
     position = {c: i for i, c in enumerate(wanted)}
     pod_service = scenario.pod_service_index()
     for k, (signal, (group, rise_only)) in enumerate(METRIC_SIGNALS.items()):
-        cols = [position[columns[m]] for m in group if m in columns]
-        if not cols:
+        present = [m for m in group if m in columns]
+        if not present:
             continue
-        block = deviation[:, :, cols]
+        block = deviation[:, :, [position[columns[m]] for m in present]]
         block = block if rise_only else np.abs(block)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # series without a sample after the onset
-            peak = np.nanmax(block, axis=0)  # (P, len(cols))
+            peak = np.nanmax(block, axis=0)  # (P, len(present))
         peak = np.where(np.isnan(peak), 0.0, np.maximum(peak, 0.0))
-        for s in range(len(services)):
-            pods = np.flatnonzero(pod_service == s)
-            if not len(pods):
-                continue
-            sub = peak[pods]
-            flat = int(np.argmax(sub))
-            value = float(sub.flat[flat])
-            if value <= 0:
-                continue
-            values[s, k] = value
-            pod, metric = scenario.pods[pods[flat // sub.shape[1]]], group[0]
-            metric = [m for m in group if m in columns][flat % sub.shape[1]]
-            detail[(services[s], signal)] = {"metric": metric, "pod": pod, "z": round(value, 2)}
+        best_metric = np.argmax(peak, axis=1)
+        pod_peak = peak[np.arange(len(peak)), best_metric]
+        best, pod = best_per_group(pod_peak, pod_service, len(services))
+        for s in np.flatnonzero(best > 0):
+            values[s, k] = best[s]
+            detail[(services[s], signal)] = {"metric": present[best_metric[pod[s]]], "pod": scenario.pods[pod[s]],
+                                             "z": round(float(best[s]), 2)}
     return names, values, detail

@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lemzha.memo import memo
 from lemzha.scenario import Scenario
-from lemzha.tracegap import edge_gaps
+from lemzha.signals import best_per_group
+from lemzha.tracegap import gap_rises
 
 TRACE_SIGNALS = ("call_gap", "span_p95")
 
@@ -24,28 +26,48 @@ def trace_signals(scenario: Scenario, onset_bin: int, horizon: int
     index = {s: i for i, s in enumerate(services)}
     values = np.zeros((len(services), len(TRACE_SIGNALS)))
     detail: dict[tuple[str, str], dict] = {}
-    gaps = edge_gaps(scenario, onset_bin)
-    for (client, server), row in gaps.iterrows():  # largest rise first: the first edge of a server is its best
-        i = index.get(str(server))
-        if i is None or row["rise"] <= values[i, 0]:
-            continue
-        values[i, 0] = float(row["rise"])
-        detail[(str(server), "call_gap")] = {"client": str(client), "before_ms": round(float(row["before_ms"]), 1),
-                                             "after_ms": round(float(row["after_ms"]), 1)}
+    clients, servers, before, after, rise = gap_rises(scenario, onset_bin)
+    if len(rise):
+        owner = np.array([index.get(s, -1) for s in servers], dtype=np.int64)
+        known = owner >= 0
+        best, where = best_per_group(rise[known], owner[known], len(services))
+        items = np.flatnonzero(known)
+        for i in np.flatnonzero(best > 0):
+            e = items[where[i]]
+            values[i, 0] = best[i]
+            detail[(services[i], "call_gap")] = {"client": clients[e], "before_ms": round(float(before[e]), 1),
+                                                 "after_ms": round(float(after[e]), 1)}
     frame = scenario.service_metrics
     if frame is None or not len(frame):
         return TRACE_SIGNALS, values, detail
-    bins = frame["bin"].to_numpy()
+    code, names, bins, p95 = memo(scenario, "span_p95", lambda: _span_p95(frame))
     side = np.where(bins < onset_bin, 0, np.where(bins < onset_bin + horizon, 1, -1))
-    keep = side >= 0
-    medians = (pd.DataFrame({"service": frame["service"].to_numpy(object)[keep], "side": side[keep],
-                             "p95": frame["trace_latency_p95_ms"].to_numpy(np.float64)[keep]})
-               .groupby(["service", "side"])["p95"].median().unstack("side").reindex(columns=[0, 1]))
-    p95_before, p95_after = medians[0].to_numpy(), medians[1].to_numpy()
+    p95_before, p95_after = (_group_median(code[side == k], p95[side == k], len(names)) for k in (0, 1))
     rise = np.log1p(p95_after) - np.log1p(p95_before)
-    for service, value, old, new in zip(medians.index, rise, p95_before, p95_after, strict=True):
+    for service, value, old, new in zip(names, rise, p95_before, p95_after, strict=True):
         i = index.get(str(service))
         if i is not None and np.isfinite(value) and value > 0:
             values[i, 1] = float(value)
             detail[(str(service), "span_p95")] = {"before_ms": round(float(old), 1), "after_ms": round(float(new), 1)}
     return TRACE_SIGNALS, values, detail
+
+
+def _span_p95(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(service codes, service names, bins, P95) of the covered service bins that had calls (onset-free)."""
+    p95 = frame["trace_latency_p95_ms"].to_numpy(np.float64)
+    keep = ~np.isnan(p95)
+    code, names = pd.factorize(frame["service"].to_numpy(object)[keep])
+    return code.astype(np.int64), np.asarray(names, dtype=object), frame["bin"].to_numpy()[keep], p95[keep]
+
+
+def _group_median(code: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Median of `values` per group code; NaN for a group without values."""
+    out = np.full(n_groups, np.nan)
+    if not len(code):
+        return out
+    order = np.lexsort((values, code))
+    code, values = code[order], values[order]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    counts = np.diff(np.r_[starts, len(code)])
+    out[code[starts]] = (values[starts + (counts - 1) // 2] + values[starts + counts // 2]) / 2
+    return out
