@@ -8,7 +8,8 @@ random, a vanished log event rarely exceeds 3. Calibration maps each value onto 
 
 over the values of that signal for *every* service of the reference scenarios. No label is read: root causes are
 one service per scenario among 10 to 46, so the sample is the ordinary services' distribution up to a small share.
-Evidence 2 means "a value this large occurs for 1 service in 100".
+Evidence 2 means "a value this large occurs for 1 service in 100". Beyond the largest reference value the tail is
+extended as a Pareto tail of index 1.
 
 A calibration stores, per signal, the values at evidence levels 0, STEP, 2 STEP, ... (a compact quantile table),
 and reads evidence back by interpolation, so a bundle carries a few hundred numbers per signal.
@@ -48,10 +49,19 @@ class Calibration:
 
     def _evidence(self, x: np.ndarray, signal: str) -> np.ndarray:
         levels = self.levels[signal]
-        # the highest level reached: levels repeat (many services score 0), and beyond the largest reference value
-        # the evidence stays at the top, since the sample cannot tell one in N from rarer
-        reached = np.searchsorted(levels, x, side="right") - 1
-        return np.where((x > 0) & (reached >= 0), np.maximum(reached, 0) * STEP, 0.0)
+        grid = np.arange(len(levels)) * STEP
+        # levels repeat where many services share a value (0 above all): each distinct value takes the largest
+        # evidence it reaches, and values between two distinct levels are interpolated linearly
+        last = np.r_[levels[1:] != levels[:-1], True]
+        knots, at = levels[last], grid[last]
+        evidence = np.interp(x, knots, at, left=0.0)
+        # beyond the largest reference value the sample says nothing; the tail goes on as a Pareto tail of index 1
+        # (ten times the value, ten times rarer), so values beyond the sample keep their order
+        top = knots[-1]
+        if top > 0:
+            beyond = x > top
+            evidence = np.where(beyond, at[-1] + np.log10(np.where(beyond, x, top) / top), evidence)
+        return np.where(x > 0, evidence, 0.0)
 
     def to_json(self) -> dict:
         return {"step": STEP, "signals": {name: {"n": self.sizes[name], "levels": [round(float(v), 6) for v in lv]}

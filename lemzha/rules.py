@@ -42,6 +42,7 @@ MECHANISM_SIGNALS = ("cpu", "memory", "log_errors", "log_vanished", "call_gap")
 THRESHOLDS = (0.5, 1.0, 1.5)
 ECHO_FACTOR = 0.5
 ONSET_SCAN_STEP = 3  # bins between the onsets tried when a scenario gives none
+ONSET_MARGIN_SHARE = 0.9
 
 
 def onset_candidates(n_bins: int) -> range:
@@ -121,8 +122,10 @@ class EvidenceRanker:
         return [signal_table(s.without_label(), resolve_onset_bin(s), self.horizon) for s in scenarios]
 
     def assess(self, scenario: Scenario, table: SignalTable | None = None) -> Assessment:
-        """The assessment at the scenario's onset; without one, at the onset that tells the strongest story: the
-        candidate bin (every ONSET_SCAN_STEP from a sixth of the window on) whose top service scores highest."""
+        """The assessment at the scenario's onset. Without one, at the onset that singles one service out most: among
+        the candidate bins (every ONSET_SCAN_STEP from a sixth of the window on), those where the top service's lead
+        over the second is within ONSET_MARGIN_SHARE of the largest lead, the latest (an onset a little early still
+        holds the whole fault in its after bins, so leads tie over several candidates)."""
         if self.calibration is None:
             raise RuntimeError(f"{self.name}: fit() or a calibration is needed before ranking")
         if table is not None:
@@ -130,12 +133,11 @@ class EvidenceRanker:
         if scenario.onset_bin is not None:
             return assess_table(signal_table(scenario, resolve_onset_bin(scenario), self.horizon), self.calibration,
                                 self.config)
-        best: Assessment | None = None
-        for onset in onset_candidates(scenario.n_bins):
-            candidate = assess_table(signal_table(scenario, onset, self.horizon), self.calibration, self.config)
-            if best is None or candidate.ranking.scores[0] > best.ranking.scores[0]:
-                best = candidate
-        return best
+        candidates = [assess_table(signal_table(scenario, onset, self.horizon), self.calibration, self.config)
+                      for onset in onset_candidates(scenario.n_bins)]
+        lead = np.array([a.ranking.scores[0] - (a.ranking.scores[1] if len(a.ranking.scores) > 1 else 0.0)
+                         for a in candidates])
+        return candidates[int(np.flatnonzero(lead >= ONSET_MARGIN_SHARE * lead.max())[-1])]
 
     def rank(self, scenario: Scenario) -> Ranking:
         return self.assess(scenario).ranking

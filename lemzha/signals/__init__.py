@@ -25,6 +25,7 @@ from lemzha.memo import memo
 from lemzha.scenario import Scenario
 
 HORIZON_BINS = 10  # 5 min from the onset: the fault itself, not its aftermath (fixed before any evaluation)
+STARVED_CPU_Z = 3.0  # a caller whose CPU rose this many robust sigmas delays its own outgoing calls
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,10 @@ def signal_table(scenario: Scenario, onset_bin: int, horizon: int = HORIZON_BINS
     from lemzha.signals.traces import trace_signals
 
     onset_bin = int(np.clip(onset_bin, 1, max(1, scenario.n_bins - 1)))
-    parts = [metric_signals(scenario, onset_bin, horizon), log_signals(scenario, onset_bin, horizon),
-             trace_signals(scenario, onset_bin, horizon)]
+    metrics = metric_signals(scenario, onset_bin, horizon)
+    cpu = metrics[1][:, metrics[0].index("cpu")]
+    starved = frozenset(s for s, z in zip(scenario.services, cpu, strict=True) if z >= STARVED_CPU_Z)
+    parts = [metrics, log_signals(scenario, onset_bin, horizon), trace_signals(scenario, onset_bin, horizon, starved)]
     names = tuple(name for part in parts for name in part[0])
     values = np.concatenate([part[1] for part in parts], axis=1)
     detail = {key: value for part in parts for key, value in part[2].items()}

@@ -19,9 +19,11 @@ from lemzha.tracegap import gap_rises
 TRACE_SIGNALS = ("call_gap", "span_p95")
 
 
-def trace_signals(scenario: Scenario, onset_bin: int, horizon: int
+def trace_signals(scenario: Scenario, onset_bin: int, horizon: int, starved: frozenset[str] = frozenset()
                   ) -> tuple[tuple[str, ...], np.ndarray, dict[tuple[str, str], dict]]:
-    """(signal names, (S, K) values, detail) for the trace signals."""
+    """(signal names, (S, K) values, detail) for the trace signals. The edges of `starved` callers (their CPU rose
+    with the fault: a caller waiting for CPU is slow to finish its own outgoing calls, which widens the gap of
+    every call it makes) say nothing about their callees and are left out of `call_gap`."""
     services = scenario.services
     index = {s: i for i, s in enumerate(services)}
     values = np.zeros((len(services), len(TRACE_SIGNALS)))
@@ -29,7 +31,7 @@ def trace_signals(scenario: Scenario, onset_bin: int, horizon: int
     clients, servers, before, after, rise = gap_rises(scenario, onset_bin)
     if len(rise):
         owner = np.array([index.get(s, -1) for s in servers], dtype=np.int64)
-        known = owner >= 0
+        known = (owner >= 0) & ~np.isin(np.asarray(clients, dtype=object), list(starved))
         best, where = best_per_group(rise[known], owner[known], len(services))
         items = np.flatnonzero(known)
         for i in np.flatnonzero(best > 0):
