@@ -12,6 +12,7 @@ import numpy as np
 
 from lemzha.baselines import resolve_onset_bin
 from lemzha.evidence import max_after, robust_z
+from lemzha.explain import explain
 from lemzha.ranking import Ranker
 from lemzha.scenario import Scenario
 from lemzha.tracegap import edge_gaps
@@ -53,6 +54,12 @@ def trace_evidence(gaps, service: str) -> list[dict]:
             for (client, _), r in zip(into.index, into.itertuples(), strict=True)]
 
 
+def _alerts(assessment, service: str) -> dict:
+    """The evidence ranker's alerts on a service, in words (`lemzha.explain`), strongest first."""
+    alerts = explain(assessment, service)[:MAX_EVIDENCE * 2]
+    return {"summary": "; ".join(a["text"] for a in alerts) if alerts else "no alert", "alerts": alerts}
+
+
 def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None) -> dict:
     """Rank and explain. The scenario must carry no label (live data has none).
 
@@ -61,7 +68,8 @@ def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None
     None = the CUSUM rule) places the onset for status.onset and the evidence."""
     if scenario.label is not None:
         raise ValueError("analyze() takes live scenarios, which have no label")
-    ranking = ranker.rank(scenario)
+    assessment = ranker.assess(scenario) if hasattr(ranker, "assess") else None
+    ranking = assessment.ranking if assessment is not None else ranker.rank(scenario)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if scenario.onset is None and onset_estimator is not None:
@@ -79,6 +87,7 @@ def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None
             "rank": rank,
             "service": service,
             "score": round(float(score), 4),
+            **(_alerts(assessment, service) if assessment is not None else {}),
             "evidence": {
                 "metrics": metric_evidence(scenario, service, onset_bin),
                 "logs": log_evidence(scenario, service, onset_bin),

@@ -49,16 +49,16 @@ class ModelProblem:
 
 
 def make_ranker(settings: Settings) -> tuple[Ranker, ModelProblem | None]:
-    """The bundle's model (torch-free). Without a bundle, or with one that fails its checks (missing files, a bad
-    checksum, another metric catalog), the BARO baseline ranks instead: the operator must never crash over its
-    model, and every incident then says so (status.method, condition ModelLoaded=False)."""
+    """The bundle's ranker (torch-free: the evidence ranker, or an ONNX model). Without a bundle, or with one that
+    fails its checks (missing files, a bad checksum, another metric catalog), the BARO baseline ranks instead: the
+    operator must never crash over its bundle, and every incident then says so (status.method, condition
+    ModelLoaded=False)."""
     if settings.bundle_dir is None:
         return Fallback(Baro()), ModelProblem("NoBundle", "LEMZHA_BUNDLE is not set: ranking with the BARO baseline")
-    from lemzha.bundle import BundleError
-    from lemzha.onnx_ranker import OnnxRanker
+    from lemzha.bundle import BundleError, open_ranker
 
     try:
-        return OnnxRanker(settings.bundle_dir, cache_dir=settings.cache_dir), None
+        return open_ranker(settings.bundle_dir, cache_dir=settings.cache_dir), None
     except BundleError as err:
         return Fallback(Baro()), ModelProblem("BundleInvalid", f"{err}; ranking with the BARO baseline")
     except Exception as err:  # e.g. an ONNX file onnxruntime cannot load: same fallback, named
