@@ -133,7 +133,7 @@ def write_evidence_bundle(directory: Path, ranker_json: dict, meta: dict, card: 
     return manifest
 
 
-def open_ranker(directory: Path | str, cache_dir: Path | None = None):
+def open_ranker(directory: Path | str, cache_dir: Path | None = None, threads: int = 1):
     """The ranker a verified bundle carries: an `EvidenceRanker` (evidence kind) or an `OnnxRanker` (model kind),
     with `.bundle` set to the verified `Bundle`."""
     bundle = load_bundle(directory)
@@ -145,7 +145,7 @@ def open_ranker(directory: Path | str, cache_dir: Path | None = None):
         return ranker
     from lemzha.onnx_ranker import OnnxRanker
 
-    return OnnxRanker(bundle.directory, cache_dir=cache_dir)
+    return OnnxRanker(bundle.directory, cache_dir=cache_dir, threads=threads)
 
 
 def load_bundle(directory: Path | str) -> Bundle:

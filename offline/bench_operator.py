@@ -127,8 +127,8 @@ steps.append(("kopf + kubernetes client", rss()))
 import numpy, pandas, pyarrow  # noqa: E401
 import lemzha_operator.handlers, lemzha_operator.pipeline, lemzha_operator.sources  # noqa: E401
 steps.append(("numpy + pandas + pyarrow + lemzha", rss()))
-from lemzha.onnx_ranker import OnnxRanker
-ranker = OnnxRanker(sys.argv[1], cache_dir=tempfile.mkdtemp(), seed_templates=False)
+from lemzha.bundle import open_ranker
+ranker = open_ranker(sys.argv[1], cache_dir=tempfile.mkdtemp())
 steps.append(("onnxruntime + model + MiniLM sessions", rss()))
 from lemzha.bundle import TEMPLATES_FILE, read_templates
 ranker.embedder.seed(*read_templates(ranker.bundle.path(TEMPLATES_FILE)))
@@ -170,9 +170,9 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) ->
     ids = _trainticket_ids(prepared, n)
     cases = [(i, prepared.load(i).label.injection_time) for i in ids]
     if bundle is None:
-        from offline.bundle_cache import quick_bundle
+        from offline.bundle_cache import shipped_bundle
 
-        bundle = quick_bundle(prepared)
+        bundle = shipped_bundle(prepared)
     namespace = prepared.load(ids[0]).namespace
     with tempfile.TemporaryDirectory(prefix="lemzha-bench-operator-") as tmp:
         root = Path(tmp)

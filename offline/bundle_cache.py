@@ -1,6 +1,12 @@
-"""A `--quick` bundle per version of the code and data, cached in `.cache/bundles/<hash>/bundle` with the trained
-torch weights beside it (`torch_state.pt`). Tests and the operator benchmark share it; a change to `lemzha/`, the
-params or the export code, or to the prepared data, builds a new one."""
+"""Bundles per version of the code and data, cached in `.cache/bundles/<hash>/bundle`, for tests and benchmarks.
+
+- `shipped_bundle`: what `python -m offline.export` writes by default (the evidence ranker, its configuration
+  chosen on inner validation over every day): the operator's tests and benchmarks rank with it.
+- `model_bundle`: `offline.export --ranker model --quick`, with the trained torch weights beside it
+  (`torch_state.pt`) for the ONNX parity tests.
+
+A change to `lemzha/`, `offline/` or the params, or to the prepared data, builds a new one.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +17,39 @@ from pathlib import Path
 
 from offline.store import REPO_ROOT, default_cache_dir
 
-KEEP_SECONDS = 86400  # other versions (~90 MB each) nobody built for a day are removed
+KEEP_SECONDS = 86400  # other versions nobody built for a day are removed
 
 
-def quick_bundle(prepared) -> Path:
-    """The bundle directory; `<it>.parent / "torch_state.pt"` holds the torch weights it was exported from."""
-    digest = hashlib.sha256(str(prepared.index.get("key")).encode())
-    for path in sorted([*REPO_ROOT.glob("lemzha/*.py"), *REPO_ROOT.glob("offline/params/*.json"),
-                        REPO_ROOT / "offline" / "export.py", REPO_ROOT / "offline" / "params.py"]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    root = default_cache_dir() / "bundles" / digest.hexdigest()[:16]
+def _root(prepared, kind: str) -> Path:
+    digest = hashlib.sha256(f"{kind}\0{prepared.index.get('key')}".encode())
+    for path in sorted([*REPO_ROOT.glob("lemzha/**/*.py"), *REPO_ROOT.glob("offline/*.py"),
+                        *REPO_ROOT.glob("offline/params/*.json")]):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return default_cache_dir() / "bundles" / digest.hexdigest()[:16]
+
+
+def _build(root: Path, argv: list[str], done: list[Path]) -> None:
+    if all(p.exists() for p in done):
+        return
+    from offline.export import main as export
+
+    if export(argv) != 0:
+        raise RuntimeError(f"python -m offline.export {' '.join(argv)} failed")
+    for old in root.parent.iterdir():
+        if old != root and old.stat().st_mtime < time.time() - KEEP_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def shipped_bundle(prepared) -> Path:
+    bundle = _root(prepared, "evidence") / "bundle"
+    _build(bundle.parent, ["--out", str(bundle)], [bundle / "bundle.json"])
+    return bundle
+
+
+def model_bundle(prepared) -> Path:
+    """The model bundle directory; `<it>.parent / "torch_state.pt"` holds the torch weights it was exported from."""
+    root = _root(prepared, "model")
     bundle, state = root / "bundle", root / "torch_state.pt"
-    if not ((bundle / "bundle.json").is_file() and state.is_file()):
-        from offline.export import main as export
-
-        if export(["--quick", "--out", str(bundle), "--torch-state", str(state)]) != 0:
-            raise RuntimeError("offline.export --quick failed")
-        for old in root.parent.iterdir():
-            if old != root and old.stat().st_mtime < time.time() - KEEP_SECONDS:
-                shutil.rmtree(old, ignore_errors=True)
+    _build(root, ["--ranker", "model", "--quick", "--out", str(bundle), "--torch-state", str(state)],
+           [bundle / "bundle.json", state])
     return bundle

@@ -362,7 +362,7 @@ def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, 
             raise RuntimeError(f"export parity check failed: {checks}")
 
         entries = Counter(s.app for s in scenarios)
-        days = {s.label.injection_time.date().isoformat(): s.id.startswith("nezha/") for s in scenarios}
+        days = {s.label.injection_time.date().isoformat(): s.dataset == "nezha" for s in scenarios}
         meta = {
             "crop_bins": params.crop_bins,
             "onset_rule": ONSET_RULE,
@@ -459,9 +459,10 @@ def choose_gap_weight(choice: str | float, scenarios: Sequence[Scenario], config
     picks, with the inner MRR of every weight. Needs at least two Nezha days for auto."""
     if choice != "auto":
         return {"weight": float(choice), "chosen": "given (--gap-weight)"}
-    from offline.lodocv import day_of, select_epochs
+    from offline.folds import day_of
+    from offline.model_cv import select_epochs
 
-    days = sorted({day_of(s) for s in scenarios if s.id.startswith("nezha/")})
+    days = sorted({day_of(s) for s in scenarios if s.dataset == "nezha"})
     if len(days) < 2:
         raise DataError(f"--gap-weight auto needs at least two Nezha training days (inner validation), got {days}; "
                         "give a number instead")

@@ -44,7 +44,8 @@ from lemzha.train import InputOptions, PreparedCache, TrainParams
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
 from offline.dataset import Prepared
-from offline.lodocv import day_of, select_epochs
+from offline.folds import day_of
+from offline.model_cv import select_epochs
 from offline.params import DEFAULT_PARAMS, load_params
 from offline.store import DataError, default_cache_dir
 
@@ -128,7 +129,7 @@ def nezha_days(index: dict) -> list[str]:
 def load_allowed(prepared: Prepared, held_out: str | None) -> list[Scenario]:
     """Load only the allowed scenarios: the held-out day is filtered out of the index before any file is opened."""
     scenarios = [prepared.load(e["id"]) for e in allowed_entries(prepared.index, held_out)]
-    leaked = [s.id for s in scenarios if s.id.startswith("nezha/") and day_of(s) == held_out]
+    leaked = [s.id for s in scenarios if s.dataset == "nezha" and day_of(s) == held_out]
     if leaked:  # the index day and the label day disagree: refuse rather than search on the test day
         raise DataError(f"scenarios {leaked[:3]} belong to the held-out day {held_out} but the index says otherwise")
     return scenarios
@@ -253,9 +254,9 @@ def run_search(prepared: Prepared, settings: SearchSettings, embedding_dir: Path
             study.set_user_attr(key, value)
 
     train = load_allowed(prepared, held_out)
-    if sorted({day_of(s) for s in train if s.id.startswith("nezha/")}) != inner_days:
+    if sorted({day_of(s) for s in train if s.dataset == "nezha"}) != inner_days:
         raise DataError(f"the loaded scenarios do not cover the inner days {inner_days}")
-    n_lemma = sum(1 for s in train if not s.id.startswith("nezha/"))
+    n_lemma = sum(1 for s in train if s.dataset != "nezha")
     print(f"search {study_name}: held-out day {held_out or 'none (all days)'} never read; inner days "
           f"{', '.join(inner_days)} + {n_lemma} LEMMA incidents; storage {redacted(storage_url)}", file=sys.stderr)
     embedder = TextEmbedder(embedding_dir or default_cache_dir() / "embeddings", progress=settings.progress)

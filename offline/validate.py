@@ -70,7 +70,7 @@ def _trace_report(scenario: Scenario, fault_bin: int) -> dict:
     services and edges carry trace series (None: the scenario has no trace data)."""
     sm = scenario.service_metrics
     if len(sm) == 0:
-        return {"trace_coverage": 0.0 if scenario.id.startswith("nezha/") else None, "trace_fault_bin_covered": False,
+        return {"trace_coverage": 0.0 if scenario.dataset == "nezha" else None, "trace_fault_bin_covered": False,
                 "trace_services": 0, "trace_edges": 0}
     covered = sm.groupby("bin")["covered"].first().reindex(range(scenario.n_bins), fill_value=False).to_numpy()
     edges = scenario.edges

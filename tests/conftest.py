@@ -28,10 +28,19 @@ def prepared():
 
 
 @pytest.fixture(scope="session")
-def quick_bundle(prepared) -> Path:
-    """One `offline.export --quick` bundle per version of the code and data (offline/bundle_cache.py), with the
-    trained torch weights beside it (torch_state.pt) for parity tests."""
-    from offline.bundle_cache import quick_bundle as cached
+def shipped_bundle(prepared) -> Path:
+    """The bundle `python -m offline.export` writes by default (the evidence ranker), once per version of the code
+    and data (offline/bundle_cache.py)."""
+    from offline.bundle_cache import shipped_bundle as cached
+
+    return cached(prepared)
+
+
+@pytest.fixture(scope="session")
+def model_bundle(prepared) -> Path:
+    """One `offline.export --ranker model --quick` bundle per version of the code and data, with the trained torch
+    weights beside it (torch_state.pt) for parity tests."""
+    from offline.bundle_cache import model_bundle as cached
 
     return cached(prepared)
 

@@ -11,9 +11,9 @@ import pytest
 from lemzha.baselines import (
     Baro,
     NSigma,
+    NSigmaLogShare,
+    NSigmaLogShareTraces,
     ServicePrior,
-    SimpleRCA,
-    SimpleRCATraces,
     TraceP95,
     error_share_increase,
     estimate_onset_bin,
@@ -176,7 +176,7 @@ def test_random_metrics_closed_form():
 
 # -- rankers ---------------------------------------------------------------------------------------------------------
 def all_rankers(train: list[Scenario]) -> list[Ranker]:
-    rankers: list[Ranker] = [ServicePrior(), NSigma(), Baro(), SimpleRCA(), SimpleRCATraces(), TraceP95()]
+    rankers: list[Ranker] = [ServicePrior(), NSigma(), Baro(), NSigmaLogShare(), NSigmaLogShareTraces(), TraceP95()]
     for ranker in rankers:
         assert isinstance(ranker, Ranker)
         ranker.fit(train)
@@ -216,7 +216,7 @@ def test_pod_without_data_does_not_hide_its_sibling():
     values[:, s.pods.index("d-5dc8d4f9fd-llznp"), 0] = np.nan  # d: one metric missing on one pod
     gappy = Scenario(id="gappy", app="t", namespace="ns", start=START, pods=s.pods, pod_service=s.pod_service,
                      metrics=s.metrics, values=values, onset=s.onset)
-    for ranker in (NSigma(), Baro(), SimpleRCA(), SimpleRCATraces()):
+    for ranker in (NSigma(), Baro(), NSigmaLogShare(), NSigmaLogShareTraces()):
         ranking = ranker.rank(gappy)
         assert ranking.services[0] == "c", ranker.name
         assert all(np.isfinite(ranking.scores)), ranker.name
@@ -233,7 +233,7 @@ def test_flat_scenario_ties_by_name():
         assert len(set(ranking.scores)) == 1, ranker.name
 
 
-def test_error_share_rise_helps_simplerca():
+def test_error_share_rise_helps_nsigma_logshare():
     jumps = {"a": 80.0, "c": 30.0}  # a deviates most in metrics, c second
     quiet = make_scenario(jumps=jumps, logs=log_table(flat_logs()), root="c").without_label()
     noisy = make_scenario(
@@ -242,8 +242,8 @@ def test_error_share_rise_helps_simplerca():
     assert NSigma().rank(noisy).services[:2] == ("a", "c")
     increase = error_share_increase(noisy, 10)
     assert increase["c"] > 0.5 and all(abs(increase[s]) < 1e-9 for s in ("a", "b", "d"))
-    assert SimpleRCA().rank(quiet).rank_of("c") == 2
-    assert SimpleRCA().rank(noisy).rank_of("c") == 1
+    assert NSigmaLogShare().rank(quiet).rank_of("c") == 2
+    assert NSigmaLogShare().rank(noisy).rank_of("c") == 1
 
 
 def test_error_share_without_logs_is_zero():
@@ -299,17 +299,18 @@ def _with_p95(s: Scenario, slow: str, covered=range(6, 16)) -> Scenario:
     return replace(s, service_metrics=pd.DataFrame(rows))
 
 
-def test_trace_p95_term_helps_simplerca_traces():
+def test_trace_p95_term_helps_nsigma_logshare_traces():
     jumps = {"a": 80.0, "c": 30.0}  # a deviates most in metrics, c second; only c's latency rises
     base = make_scenario(jumps=jumps, logs=log_table(flat_logs()), root="c", onset_bin=10)
     s = _with_p95(base, "c").without_label()
     scores = trace_p95_scores(s, 10)
     assert scores["c"] > 3 and all(scores[x] < 1 for x in ("a", "b", "d"))
-    assert SimpleRCA().rank(s).rank_of("c") == 2
-    assert SimpleRCATraces().rank(s).rank_of("c") == 1
-    assert SimpleRCATraces().rank(s) == SimpleRCATraces().rank(_with_p95(base, "c"))  # label-free
-    # without traces the trace term ties every service, so the ranking is SimpleRCA's
-    assert SimpleRCATraces().rank(base.without_label()).services == SimpleRCA().rank(base.without_label()).services
+    assert NSigmaLogShare().rank(s).rank_of("c") == 2
+    assert NSigmaLogShareTraces().rank(s).rank_of("c") == 1
+    assert NSigmaLogShareTraces().rank(s) == NSigmaLogShareTraces().rank(_with_p95(base, "c"))  # label-free
+    # without traces the trace term ties every service, so the ranking is NSigmaLogShare's
+    plain = base.without_label()
+    assert NSigmaLogShareTraces().rank(plain).services == NSigmaLogShare().rank(plain).services
     # uncovered bins are missing, never zeros: a service covered only after the onset scores 0
     late = _with_p95(base, "c", covered=range(10, 16)).without_label()
     assert all(v == 0 for v in trace_p95_scores(late, 10).values())

@@ -60,18 +60,17 @@ def test_corrupt_archive_is_one_line_error_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "c" / "raw" / "nezha").exists()
 
 
-def test_lodocv_rejects_unknown_fold_and_bad_params(prepared, tmp_path):
+def test_lodocv_rejects_unknown_fold_protocol_and_bad_params(prepared, tmp_path):
     result = run("offline.lodocv", "--quick", "--folds", "2099-01-01", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "unknown fold" in result.stderr
+    result = run("offline.lodocv", "--quick", "--protocol", "week", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "unknown protocol" in result.stderr and len(result.stderr.splitlines()) == 1
+    result = run("offline.lodocv", "--quick", "--protocol", "app", "--folds", "2023-01-29",
+                 "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "unknown fold" in result.stderr and "onlineboutique" in result.stderr
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"model": {"d_model": 30, "n_heads": 4}, "train": {}}))
-    result = run("offline.lodocv", "--quick", "--params", str(bad), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "divisible" in result.stderr
-    bad.write_text(json.dumps({"model": {}, "train": {"epochz": 3}}))
-    result = run("offline.lodocv", "--quick", "--params", str(bad), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "unknown keys" in result.stderr
     bad.write_text("{not json")
-    result = run("offline.lodocv", "--quick", "--params", str(bad), "--out", str(tmp_path / "o"))
+    result = run("offline.lodocv", "--quick", "--with-model", "--params", str(bad), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "invalid JSON" in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -82,35 +81,33 @@ def test_lodocv_quick_end_to_end(prepared, tmp_path):
     result = run("offline.lodocv", "--quick", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["n_cases"] == 101
-    assert set(results["baselines"]) == {"random", "service_prior", "nsigma", "baro", "simplerca"}
-    assert "unknown_onset" in results["ablations"]
-    for section in ("pooled", "fold_mean", "per_fold", "per_app", "per_fault_type"):
-        assert section in results["model"]
-    assert set(results["model"]["per_fold"]) == {"2022-08-22", "2022-08-23", "2023-01-29", "2023-01-30"}
-    metric = results["model"]["pooled"]["acc1"]
-    assert set(metric) == {"mean", "std", "ci95", "n"} and metric["n"] == 101
-    assert metric["ci95"][0] <= metric["mean"] <= metric["ci95"][1]
-    assert results["provenance"]["git_sha"] and results["provenance"]["params_hash"]
+    assert results["shipped"] == "evidence" and set(results["protocols"]) == {"day", "app"}
+    day, app = results["protocols"]["day"], results["protocols"]["app"]
+    assert day["n_cases"] == app["n_cases"] == 101
+    assert day["folds"] == ["2022-08-22", "2022-08-23", "2023-01-29", "2023-01-30"]
+    assert app["folds"] == ["onlineboutique", "trainticket"]
+    for block in (day, app):
+        names = set(block["rankers"])
+        assert {"evidence", "simplerca", "nsigma_logshare", "baro", "random", "unknown_onset:evidence",
+                "neutral_names:evidence"} <= names
+        for summary in block["rankers"].values():  # one shape for every ranker
+            assert {"pooled", "fold_mean", "per_fold", "per_app", "per_fault_type"} <= set(summary)
+        metric = block["rankers"]["evidence"]["pooled"]["acc1"]
+        assert set(metric) == {"mean", "std", "ci95", "n"} and metric["n"] == 101
+        assert metric["ci95"][0] <= metric["mean"] <= metric["ci95"][1]
+        # names never matter: the renamed cases rank the same
+        assert block["rankers"]["neutral_names:evidence"]["pooled"] == block["rankers"]["evidence"]["pooled"]
+        for fold, info in block["inner_validation"].items():
+            assert fold not in info["inner_days"] and info["name"] in info["mrr"]
+        assert set(block["significance"]) >= {"simplerca", "nsigma_logshare", "baro"}
+    assert results["provenance"]["git_sha"] and results["target_check"]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    model_rows = [r for r in rows if r["ranker"] == "model"]
-    assert len(model_rows) == 101 and all(r["rank"] >= 1 for r in model_rows)
-    for name in ("report.md", "per_fold_acc1.png", "per_fault_type_mrr.png", "timing.json"):
+    shipped = [r for r in rows if r["ranker"] == "evidence" and r["protocol"] == "day"]
+    assert len(shipped) == 101 and all(r["rank"] >= 1 for r in shipped)
+    for name in ("report.md", "day_per_fold_acc1.png", "app_per_fault_type_acc1.png", "timing.json"):
         assert (out / name).stat().st_size > 0
-    # every epoch count was picked on inner validation, never more than --quick allows
-    assert all(1 <= e <= 3 for e in results["epochs_per_fold"].values())
-    for fold, info in results["inner_validation"].items():
-        assert fold not in info["inner_days"]
-    # the call-gap fusion: its weight chosen per fold on inner validation, its rows and the selected ranker reported
-    from lemzha.fusion import GAP_WEIGHTS
-
-    assert set(results["trace_baselines"]) == {"simplerca_traces", "trace_p95", "trace_gap"}
-    for fold, info in results["inner_validation"].items():
-        assert info["gap_weight"] in GAP_WEIGHTS and results["gap_weight_per_fold"][fold] == info["gap_weight"]
-        assert round(info["variants"]["gap_fused"]["mrr"], 4) == max(info["gap_mrr_by_weight"].values())
-        assert info["selected"] in {"model", "gap_fused"}
-    assert len([r for r in rows if r["ranker"] == "gap_fused"]) == 101
-    assert set(results["selected_significance"]) >= {"simplerca", "simplerca_traces", "trace_gap"}
+    report = (out / "report.md").read_text()
+    assert report.index("| **evidence** |") < report.index("| baro |")  # the shipped ranker first
 
 
 def test_scenario_file_with_service_without_pods_is_refused(prepared, tmp_path):

@@ -25,12 +25,12 @@ import importlib.util, json, sys
 from pathlib import Path
 
 import lemzha_operator.handlers  # the module `kopf run -m` loads
-from lemzha.onnx_ranker import OnnxRanker
+from lemzha.bundle import open_ranker
 from lemzha.scenario_io import load_scenario
 
 bundle, scenario_dir, cache = map(Path, sys.argv[1:4])
 training_only = json.loads(sys.argv[4])
-ranking = OnnxRanker(bundle, cache_dir=cache).rank(load_scenario(scenario_dir, with_label=False))
+ranking = open_ranker(bundle, cache_dir=cache).rank(load_scenario(scenario_dir, with_label=False))
 print(json.dumps({
     "services": list(ranking.services),
     "scores": [float(s) for s in ranking.scores],
@@ -52,8 +52,8 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_live_requirements_rank_a_real_scenario(tmp_path, prepared, quick_bundle):
-    from lemzha.onnx_ranker import OnnxRanker
+def test_live_requirements_rank_a_real_scenario(tmp_path, prepared, shipped_bundle):
+    from lemzha.bundle import open_ranker
     from lemzha.scenario_io import load_scenario
 
     venv = tmp_path / "live-venv"
@@ -68,7 +68,7 @@ def test_live_requirements_rank_a_real_scenario(tmp_path, prepared, quick_bundle
     home.mkdir()
     env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "XDG_CACHE_HOME")},
            "HOME": str(home), **CHART_ENV}
-    probe = run([str(python), "-c", PROBE, str(quick_bundle), str(scenario), str(tmp_path / "cache"),
+    probe = run([str(python), "-c", PROBE, str(shipped_bundle), str(scenario), str(tmp_path / "cache"),
                  json.dumps(TRAINING_ONLY)],
                 cwd=tmp_path, env=env)
     out = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -79,7 +79,7 @@ def test_live_requirements_rank_a_real_scenario(tmp_path, prepared, quick_bundle
     assert out["loaded"] == [], f"the live path imported training-only modules: {out['loaded']}"
     assert out["installed"] == [], f"operator/requirements.txt pulls in training-only packages: {out['installed']}"
     # the same ranking as the full environment gives
-    reference = OnnxRanker(quick_bundle, cache_dir=tmp_path / "ref-cache").rank(load_scenario(scenario,
+    reference = open_ranker(shipped_bundle, cache_dir=tmp_path / "ref-cache").rank(load_scenario(scenario,
                                                                                               with_label=False))
     assert out["services"] == list(reference.services)
     assert out["scores"] == pytest.approx([float(s) for s in reference.scores], abs=1e-5)

@@ -56,17 +56,17 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def cluster(replayed, quick_bundle, tmp_path_factory) -> Iterator[Env]:
+def cluster(replayed, shipped_bundle, tmp_path_factory) -> Iterator[Env]:
     """Prometheus + Loki stand-in + kube stand-in + the operator subprocess; yields once all are up."""
     root = tmp_path_factory.mktemp("e2e")
     with prometheus_server(replayed["data"]) as prom_url, LokiStandIn() as loki, \
             KubeStandin(root / "kubeconfig") as kube:
         loki.load_jsonl(replayed["logs"])
-        env = Env(prom_url, loki.url, kube.kubeconfig, root, quick_bundle)
+        env = Env(prom_url, loki.url, kube.kubeconfig, root, shipped_bundle)
         # the stand-in registers crds/*.yaml itself; nothing to apply
         assert "rcaincidents" in env.kubectl("api-resources", "--api-group=lemzha.io").stdout
         env.operator = OperatorProcess({"KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url,
-                                        "LEMZHA_LOKI_URL": loki.url, "LEMZHA_BUNDLE": str(quick_bundle),
+                                        "LEMZHA_LOKI_URL": loki.url, "LEMZHA_BUNDLE": str(shipped_bundle),
                                         "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
                                         "LEMZHA_TTL_CHECK_SECONDS": "1"}, root / "operator.log", root)
         with env.operator:
@@ -116,7 +116,7 @@ def _live_scenario(env: Env, status: dict, namespace: str, incident_id: str):
     (TT_ID, "ts", "nezha-20230129-05"),
     (OB_ID, "hipster", OB_NAME),
 ])
-def test_incident_completes_like_offline(cluster: Env, prepared, quick_bundle, tmp_path,
+def test_incident_completes_like_offline(cluster: Env, prepared, shipped_bundle, tmp_path,
                                          scenario_id: str, namespace: str, name: str) -> None:
     if scenario_id == TT_ID:
         cluster.kubectl("apply", "--validate=false", "-f", str(EXAMPLE))
@@ -142,7 +142,7 @@ def test_incident_completes_like_offline(cluster: Env, prepared, quick_bundle, t
     import hashlib
 
     assert status["method"] == "model" and status["model"] == {
-        "bundle": quick_bundle.name, "sha": hashlib.sha256((quick_bundle / "bundle.json").read_bytes()).hexdigest()}
+        "bundle": shipped_bundle.name, "sha": hashlib.sha256((shipped_bundle / "bundle.json").read_bytes()).hexdigest()}
     assert status["finishedAt"] and status["observedGeneration"] == obj["metadata"]["generation"]
     assert status["dataCoverage"]["logs"] == "complete" and "finalizers" not in obj["metadata"]
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -177,7 +177,7 @@ def test_incident_completes_like_offline(cluster: Env, prepared, quick_bundle, t
     assert mine == [("Completed", f"top cause: {causes[0]['service']}")], events
 
     # the same ranking as offline.rank with the same bundle
-    ranking = _offline_rank(prepared, scenario_id, quick_bundle)
+    ranking = _offline_rank(prepared, scenario_id, shipped_bundle)
     assert [c["service"] for c in causes] == [r["service"] for r in ranking[:len(causes)]]
     np.testing.assert_allclose([float(c["score"]) for c in causes], [r["score"] for r in ranking[:len(causes)]],
                                rtol=0, atol=5.1e-5)  # status rounds scores to 4 decimals

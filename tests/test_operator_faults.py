@@ -70,13 +70,13 @@ class Faults:
 
 
 @pytest.fixture(scope="module")
-def faults(replayed, quick_bundle, tmp_path_factory) -> Iterator[Faults]:
+def faults(replayed, shipped_bundle, tmp_path_factory) -> Iterator[Faults]:
     root = tmp_path_factory.mktemp("faults")
     with prometheus_server(replayed["data"]) as prom_url, LokiStandIn() as loki_server, \
             FaultProxy(prom_url) as prom, FaultProxy(loki_server.url) as loki, \
             KubeStandin(root / "kubeconfig") as kube:
         loki_server.load_jsonl(replayed["logs"])
-        env = Faults(root, prom, loki, kube, quick_bundle)
+        env = Faults(root, prom, loki, kube, shipped_bundle)
         try:
             yield env
         finally:
@@ -161,7 +161,7 @@ def test_prometheus_warnings_are_surfaced(faults: Faults, reference) -> None:
     assert answer(done["status"]) == answer(reference)
 
 
-def test_loki_down_gives_a_metrics_only_answer(faults: Faults, prepared, quick_bundle) -> None:
+def test_loki_down_gives_a_metrics_only_answer(faults: Faults, prepared, shipped_bundle) -> None:
     faults.start()
     faults.loki.set("refuse")
     faults.apply(incident("loki-down"))
@@ -174,11 +174,11 @@ def test_loki_down_gives_a_metrics_only_answer(faults: Faults, prepared, quick_b
     # the same ranking as the bundle gives the offline scenario without its logs
     import dataclasses
 
-    from lemzha.onnx_ranker import OnnxRanker
+    from lemzha.bundle import open_ranker
     from lemzha.scenario import empty_logs
 
     offline = dataclasses.replace(prepared.load("nezha/20220822_03").without_label(), logs=empty_logs())
-    expected = OnnxRanker(quick_bundle).rank(offline)
+    expected = open_ranker(shipped_bundle).rank(offline)
     assert [c["service"] for c in status["rootCauses"]] == list(expected.services[:len(status["rootCauses"])])
 
 

@@ -19,7 +19,7 @@ from lemzha.train import InputOptions, PreparedCache
 from offline import search
 from offline.cli import run_cli
 from offline.dataset import Prepared
-from offline.lodocv import select_epochs
+from offline.model_cv import select_epochs
 from offline.params import load_params
 from offline.store import REPO_ROOT, DataError, default_cache_dir
 

@@ -28,9 +28,9 @@ def test_no_bundle_falls_back_to_baro_and_says_so(tmp_path, prepared):
 
 
 @pytest.mark.slow
-def test_a_bundle_with_a_bad_checksum_falls_back(tmp_path, quick_bundle):
+def test_a_bundle_with_a_bad_checksum_falls_back(tmp_path, shipped_bundle):
     broken = tmp_path / "bundle"
-    shutil.copytree(quick_bundle, broken)
+    shutil.copytree(shipped_bundle, broken)
     model = broken / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -46,6 +46,6 @@ def test_a_missing_bundle_directory_falls_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_good_bundle_ranks_with_the_model(tmp_path, quick_bundle):
-    ranker, problem = make_ranker(settings(tmp_path, quick_bundle))
+def test_a_good_bundle_ranks_with_the_model(tmp_path, shipped_bundle):
+    ranker, problem = make_ranker(settings(tmp_path, shipped_bundle))
     assert problem is None and ranker.name == "model" and method_name(ranker, "complete") == "model"
