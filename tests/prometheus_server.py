@@ -6,6 +6,7 @@ The server compacts and writes into its data dir, so every start works on a fres
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -35,16 +36,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _config(rules: str | None, alertmanager: str | None) -> str:
+    """No scrapes; with `rules`, a rule file evaluated every second, its alerts sent to `alertmanager` (host:port)."""
+    if rules is None:
+        return _CONFIG
+    config = {"global": {"scrape_interval": "1h", "evaluation_interval": "1s"}, "rule_files": ["rules.yml"],
+              "scrape_configs": []}
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    return json.dumps(config)  # JSON is YAML
+
+
 @contextmanager
-def prometheus_server(data_dir: Path, timeout: float = 30.0) -> Iterator[str]:
+def prometheus_server(data_dir: Path, timeout: float = 30.0, rules: str | None = None,
+                      alertmanager: str | None = None) -> Iterator[str]:
     """Serve a temporary copy of `data_dir`; yields the base URL. Retention is 10 years, because it counts back from
-    the newest block and the Nezha data is from 2022 and 2023."""
+    the newest block and the Nezha data is from 2022 and 2023. `rules` (a rule file's text) are evaluated every
+    second and their alerts go to `alertmanager` (host:port)."""
     if not PROMETHEUS.is_file():
         pytest.skip(SKIP_REASON)
     with tempfile.TemporaryDirectory(prefix="lemzha-prom-") as tmp:
         root = Path(tmp)
         shutil.copytree(data_dir, root / "data")
-        (root / "prometheus.yml").write_text(_CONFIG)
+        (root / "prometheus.yml").write_text(_config(rules, alertmanager))
+        if rules is not None:
+            (root / "rules.yml").write_text(rules)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = (root / "prometheus.log").open("w")
