@@ -117,10 +117,13 @@ class WebhookRelay:
                     status, content = 502, str(err).encode()
                 with relay._lock:
                     relay.posts.append(Post(at, body, auth, status))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(content)))
+                    self.end_headers()
+                    self.wfile.write(content)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # Alertmanager gave up on this post (it retries on its own)
 
             def log_message(self, *args: object) -> None:
                 pass

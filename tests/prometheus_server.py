@@ -49,10 +49,10 @@ def _config(rules: str | None, alertmanager: str | None) -> str:
 
 @contextmanager
 def prometheus_server(data_dir: Path, timeout: float = 30.0, rules: str | None = None,
-                      alertmanager: str | None = None) -> Iterator[str]:
+                      alertmanager: str | None = None, port: int | None = None) -> Iterator[str]:
     """Serve a temporary copy of `data_dir`; yields the base URL. Retention is 10 years, because it counts back from
     the newest block and the Nezha data is from 2022 and 2023. `rules` (a rule file's text) are evaluated every
-    second and their alerts go to `alertmanager` (host:port)."""
+    second and their alerts go to `alertmanager` (host:port). `port`: a free one chosen beforehand (default: any)."""
     if not PROMETHEUS.is_file():
         pytest.skip(SKIP_REASON)
     with tempfile.TemporaryDirectory(prefix="lemzha-prom-") as tmp:
@@ -61,12 +61,14 @@ def prometheus_server(data_dir: Path, timeout: float = 30.0, rules: str | None =
         (root / "prometheus.yml").write_text(_config(rules, alertmanager))
         if rules is not None:
             (root / "rules.yml").write_text(rules)
-        port = free_port()
+        port = port or free_port()
         url = f"http://127.0.0.1:{port}"
         log = (root / "prometheus.log").open("w")
         proc = subprocess.Popen(
             [str(PROMETHEUS), f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-             "--storage.tsdb.retention.time=10y", f"--web.listen-address=127.0.0.1:{port}"],
+             "--storage.tsdb.retention.time=10y", f"--web.listen-address=127.0.0.1:{port}",
+             # alerts sent before the Alertmanager is discovered (a few seconds) are dropped: resend every second
+             *(["--rules.alert.resend-delay=1s"] if rules is not None else [])],
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:

@@ -37,14 +37,12 @@ def send(url: str, body: bytes, headers: dict[str, str]) -> requests.Response:
                                                               "Authorization": f"Bearer {TOKEN}", **headers})
 
 
-def refuses_each_hostile_post(url: str, created: list) -> None:
-    """Every HOSTILE post gets its status and message, and nothing is created (`created` stays as it was)."""
-    before = list(created)
+def refuses_each_hostile_post(url: str) -> None:
+    """Every HOSTILE post gets its status and message (callers check that nothing was created)."""
     for what, body, headers, status, message in HOSTILE:
         answer = send(url, body, headers)
         assert answer.status_code == status, f"{what}: {answer.status_code} {answer.text[:300]}"
         assert message in answer.json()["error"], f"{what}: {answer.text[:300]}"
-    assert list(created) == before, "a refused post created an incident"
 
 
 class Server:
@@ -82,8 +80,8 @@ def code_count(code: int) -> float:
 def test_hostile_posts_are_refused_with_status_and_message(served):
     url, creator = served
     counts = {code: code_count(code) for code in (400, 401, 413)}
-    refuses_each_hostile_post(url, list(creator.store))
-    assert creator.calls == 0
+    refuses_each_hostile_post(url)
+    assert creator.calls == 0, "a refused post reached the API"
     assert code_count(400) == counts[400] + 3 and code_count(401) == counts[401] + 2
     assert code_count(413) == counts[413] + 1
 
