@@ -9,7 +9,6 @@ and keeps its body, so a test can re-send a captured post (a retry) and the benc
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.prometheus_server import free_port
+from tests.prometheus_server import free_port, served_process
 
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 SKIP_REASON = "Alertmanager not installed here (apt-get install prometheus-alertmanager; CI installs it)"
@@ -51,33 +50,10 @@ def alertmanager_server(webhook_url: str, token_file: Path | None = None, repeat
                                                                               repeat_interval)))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        log = (root / "alertmanager.log").open("w")
-        proc = subprocess.Popen([str(ALERTMANAGER), f"--config.file={root / 'alertmanager.yml'}",
-                                 f"--storage.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                                 "--cluster.listen-address="], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"alertmanager exited with {proc.returncode}: "
-                                       f"{(root / 'alertmanager.log').read_text()[-2000:]}")
-                try:
-                    if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"alertmanager not ready after {timeout} s")
-                time.sleep(0.05)
+        command = [str(ALERTMANAGER), f"--config.file={root / 'alertmanager.yml'}", f"--storage.path={root / 'data'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+        with served_process(command, root / "alertmanager.log", f"{url}/-/ready", timeout):
             yield url
-        finally:
-            proc.terminate()  # by PID, only the process this helper started
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
 
 
 def push_alerts(alertmanager_url: str, alerts: list[dict]) -> None:
