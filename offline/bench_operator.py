@@ -15,8 +15,9 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
   machine do not inflate the way they inflate wall time; the 1-minute load average is printed beside it;
 - alerts: the N faults as alerts pushed into a real Alertmanager ONE AT A TIME (startsAt = the end of each fault's
   window, so the window is in when the alert fires), posted by Alertmanager to the operator's webhook through a
-  recording relay; the seconds from the post's arrival to Completed, from the push to Completed, and Alertmanager's
-  own push-to-post delay, p50 and p95 (after the warm pass, so the template cache is warm).
+  recording relay; the seconds from the post's arrival to Completed, from the push to Completed, Alertmanager's
+  own push-to-post delay, and the webhook's own post-to-created time, p50 and p95 (run after cold or warm, the
+  template cache is warm).
 
 `--passes` picks which passes run (default all, in the order cold, warm, burst, alerts).
 
@@ -122,7 +123,7 @@ def _alerts(api, alertmanager: str, relay, cases: list[tuple[str, object, object
     from lemzha_operator.alerts import incident_name, parse_payload
     from tests.alertmanager_server import push_alerts
 
-    post_to_done, push_to_done, push_to_post = [], [], []
+    post_to_done, push_to_done, push_to_post, post_to_created = [], [], [], []
     stamp = f"{time.time():.0f}"  # a fresh label set per run: fresh fingerprints
     for i, (_, _, window_end) in enumerate(cases):
         key = f"{stamp}-{i:03d}"
@@ -136,20 +137,22 @@ def _alerts(api, alertmanager: str, relay, cases: list[tuple[str, object, object
             for posted in relay.received():
                 for alert in parse_payload(posted.body):
                     if alert.labels.get("case") == key and alert.status == "firing":
-                        found = (incident_name(alert), posted.at, posted.status)
+                        found = (incident_name(alert), posted, posted.status)
                         break
                 if found is not None:
                     break
             time.sleep(0.005)
-        name, posted_at, status = found
+        name, posted, status = found
         if status != 200:
             raise RuntimeError(f"the webhook answered {status} to alert {key}")
         done = _wait_completed(api, [name], namespace, 300)[name]
-        post_to_done.append(done - posted_at)
+        post_to_done.append(done - posted.at)
         push_to_done.append(done - t0)
-        push_to_post.append(posted_at - t0)
+        push_to_post.append(posted.at - t0)
+        post_to_created.append(posted.answered - posted.at)  # the webhook answers once it has created the incident
     return {"post_to_completed": _percentiles(post_to_done), "push_to_completed": _percentiles(push_to_done),
-            "alertmanager_push_to_post": _percentiles(push_to_post)}
+            "alertmanager_push_to_post": _percentiles(push_to_post),
+            "webhook_post_to_created": _percentiles(post_to_created)}
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

@@ -64,6 +64,7 @@ def push_alerts(alertmanager_url: str, alerts: list[dict]) -> None:
 @dataclass(frozen=True)
 class Post:
     at: float  # time.monotonic() on arrival
+    answered: float  # time.monotonic() when the operator's answer came back (its incidents are created by then)
     body: bytes
     authorization: str | None
     status: int  # what the operator answered
@@ -92,7 +93,7 @@ class WebhookRelay:
                 except requests.RequestException as err:
                     status, content = 502, str(err).encode()
                 with relay._lock:
-                    relay.posts.append(Post(at, body, auth, status))
+                    relay.posts.append(Post(at, time.monotonic(), body, auth, status))
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(content)))
