@@ -219,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     op.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
     op.add_argument("--bundle", type=Path, help="bundle directory (default: a --quick export, cached)")
+    op.add_argument("--passes", help="cold,warm,burst,alerts or some of them, in that order (default all)")
+    op.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.what == "operator":
         from offline import bench_operator
 
         argv_op = ["--n", str(args.n), "--concurrency", str(args.concurrency)]
-        return bench_operator.main(argv_op + (["--bundle", str(args.bundle)] if args.bundle else []))
+        for flag, value in (("--bundle", args.bundle), ("--passes", args.passes), ("--out", args.out)):
+            argv_op += [flag, str(value)] if value else []
+        return bench_operator.main(argv_op)
     if args.what == "traces":
         figures = bench_traces(args.datasets, max(1, args.workers))
     elif args.what == "prepare":

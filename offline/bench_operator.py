@@ -12,7 +12,14 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
 - throughput: the N incidents applied AT ONCE at the configured concurrency; incidents per minute from the first
   create to the last Completed;
 - CPU: the operator's CPU seconds per incident in each pass (its own process counter), which other jobs on the
-  machine do not inflate the way they inflate wall time; the 1-minute load average is printed beside it.
+  machine do not inflate the way they inflate wall time; the 1-minute load average is printed beside it;
+- alerts: the N faults as alerts pushed into a real Alertmanager ONE AT A TIME (startsAt = the end of each fault's
+  window, so the window is in when the alert fires), posted by Alertmanager to the operator's webhook through a
+  recording relay; the seconds from the post's arrival to Completed, from the push to Completed, Alertmanager's
+  own push-to-post delay, and the webhook's own post-to-created time, p50 and p95 (run after cold or warm, the
+  template cache is warm).
+
+`--passes` picks which passes run (default all, in the order cold, warm, burst, alerts).
 
 It uses the test harness (tests/), so run it from a checkout with the test extra installed.
 """
@@ -30,7 +37,9 @@ from pathlib import Path
 
 from offline.store import REPO_ROOT
 
-TARGETS = {"p95_warm_s": 1.5, "rss_mib": 350}
+TARGETS = {"p95_warm_s": 1.5, "rss_mib": 350, "alert_post_to_completed_p95_s": 3.0}
+PASSES = ("cold", "warm", "burst", "alerts")
+ALERTNAME = "LemzhaBench"
 STAGES = ("metrics", "pod_info", "logs", "traces", "scenario", "rank")
 
 
@@ -109,6 +118,43 @@ def _sequential(api, cases: list[tuple[str, object]], namespace: str, prefix: st
     return latencies
 
 
+def _alerts(api, alertmanager: str, relay, cases: list[tuple[str, object, object]], namespace: str) -> dict:
+    """Each fault as one alert (startsAt = its window's end), pushed into Alertmanager and awaited before the next."""
+    from lemzha_operator.alerts import incident_name, parse_payload
+    from tests.alertmanager_server import push_alerts
+
+    post_to_done, push_to_done, push_to_post, post_to_created = [], [], [], []
+    stamp = f"{time.time():.0f}"  # a fresh label set per run: fresh fingerprints
+    for i, (_, _, window_end) in enumerate(cases):
+        key = f"{stamp}-{i:03d}"
+        t0 = time.monotonic()
+        push_alerts(alertmanager, [{"labels": {"alertname": ALERTNAME, "namespace": namespace, "case": key},
+                                    "startsAt": window_end.strftime("%Y-%m-%dT%H:%M:%SZ")}])
+        deadline, found = t0 + 60, None
+        while found is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Alertmanager did not post alert {key} within 60 s")
+            for posted in relay.received():
+                for alert in parse_payload(posted.body):
+                    if alert.labels.get("case") == key and alert.status == "firing":
+                        found = (incident_name(alert), posted, posted.status)
+                        break
+                if found is not None:
+                    break
+            time.sleep(0.005)
+        name, posted, status = found
+        if status != 200:
+            raise RuntimeError(f"the webhook answered {status} to alert {key}")
+        done = _wait_completed(api, [name], namespace, 300)[name]
+        post_to_done.append(done - posted.at)
+        push_to_done.append(done - t0)
+        push_to_post.append(posted.at - t0)
+        post_to_created.append(posted.answered - posted.at)  # the webhook answers once it has created the incident
+    return {"post_to_completed": _percentiles(post_to_done), "push_to_completed": _percentiles(push_to_done),
+            "alertmanager_push_to_post": _percentiles(push_to_post),
+            "webhook_post_to_created": _percentiles(post_to_created)}
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
@@ -153,22 +199,26 @@ def _rss_breakdown(bundle: Path, scenario_dir: Path) -> list[dict]:
     return rows
 
 
-def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) -> dict:
+def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, passes: tuple[str, ...] = PASSES) -> dict:
     import kubernetes
     from tqdm import tqdm
 
     from offline import replay
     from offline.dataset import prepare
+    from tests.alertmanager_server import ALERTMANAGER, WebhookRelay, alertmanager_server
     from tests.kube_standin import KubeStandin
     from tests.loki_standin import LokiStandIn
     from tests.operator_harness import OperatorProcess
-    from tests.prometheus_server import PROMTOOL, prometheus_server
+    from tests.prometheus_server import PROMTOOL, free_port, prometheus_server
 
     if not PROMTOOL.is_file():
         raise FileNotFoundError("promtool not installed (apt-get install prometheus)")
+    if "alerts" in passes and not ALERTMANAGER.is_file():
+        raise FileNotFoundError("Alertmanager not installed (apt-get install prometheus-alertmanager)")
     prepared = prepare(progress=progress)
     ids = _trainticket_ids(prepared, n)
     cases = [(i, prepared.load(i).label.injection_time) for i in ids]
+    alert_cases = [(i, t, prepared.load(i).end) for i, t in cases]
     if bundle is None:
         from offline.bundle_cache import shipped_bundle
 
@@ -186,41 +236,54 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True) ->
             config = kubernetes.client.Configuration()
             kubernetes.config.load_kube_config(str(kube.kubeconfig), client_configuration=config)
             api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
+            webhook_port = free_port()
             env = {"KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url, "LEMZHA_LOKI_URL": loki.url,
                    "LEMZHA_BUNDLE": str(bundle), "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
-                   "LEMZHA_CONCURRENCY": str(concurrency), "MALLOC_ARENA_MAX": "2"}  # as the chart and image set
-            with OperatorProcess(env, root / "operator.log", root) as operator:
-                bar = tqdm(total=3, desc="operator bench", disable=not progress)
-                s0 = _stage_totals(operator.metrics_url)
-                cold = _sequential(api, cases, namespace, "cold")
-                bar.update()
-                s1 = _stage_totals(operator.metrics_url)
-                warm = _sequential(api, cases, namespace, "warm")
-                bar.update()
-                s2 = _stage_totals(operator.metrics_url)
-                names = [f"burst-{i:03d}" for i in range(len(cases))]
-                t0 = time.monotonic()
-                for name, (_, fault_time) in zip(names, cases, strict=True):
-                    api.create_namespaced_custom_object("lemzha.io", "v1alpha1", namespace, "rcaincidents",
-                                                        _incident(name, namespace, fault_time))
-                done = _wait_completed(api, names, namespace, 900)
-                burst = max(done.values()) - t0
-                bar.update()
+                   "LEMZHA_CONCURRENCY": str(concurrency), "MALLOC_ARENA_MAX": "2",  # as the chart and image set
+                   "LEMZHA_ALERTS_PORT": str(webhook_port), "LEMZHA_ALERTS_HOST": "127.0.0.1",
+                   "LEMZHA_ALERTS_MAX_PER_MINUTE": str(max(10, n))}
+            with OperatorProcess(env, root / "operator.log", root) as operator, \
+                    WebhookRelay(f"http://127.0.0.1:{webhook_port}/alerts") as relay:
+                bar = tqdm(total=len(passes), desc="operator bench", disable=not progress)
+                totals = {"start": _stage_totals(operator.metrics_url)}
+                latency, burst = {}, None
+                for name in passes:
+                    if name in ("cold", "warm"):
+                        latency[f"{name}_template_cache"] = _percentiles(_sequential(api, cases, namespace, name))
+                    elif name == "burst":
+                        names = [f"burst-{i:03d}" for i in range(len(cases))]
+                        t0 = time.monotonic()
+                        for incident, (_, fault_time) in zip(names, cases, strict=True):
+                            api.create_namespaced_custom_object("lemzha.io", "v1alpha1", namespace, "rcaincidents",
+                                                                _incident(incident, namespace, fault_time))
+                        done = _wait_completed(api, names, namespace, 900)
+                        burst = max(done.values()) - t0
+                    else:
+                        with alertmanager_server(relay.url, repeat_interval="1h") as alertmanager:
+                            latency["alerts"] = _alerts(api, alertmanager, relay, alert_cases, namespace)
+                    totals[name] = _stage_totals(operator.metrics_url)
+                    bar.update()
                 bar.close()
-                rss = _stage_totals(operator.metrics_url).get("__rss__", (0.0, 1.0))[0] / 2**20
+                rss = totals[passes[-1]].get("__rss__", (0.0, 1.0))[0] / 2**20
+    previous = ["start", *passes]
+    stage_means = {name: _stage_means(totals[previous[k]], totals[name]) for k, name in enumerate(passes)}
+    cpu = {name: round((totals[name]["__cpu__"][0] - totals[previous[k]]["__cpu__"][0]) / n, 3)
+           for k, name in enumerate(passes)}
+    alerts = latency.pop("alerts", None)
     return {
         "incidents": n, "scenarios": ids, "namespace": namespace, "bundle": str(bundle), "log_lines_loaded": lines,
-        "concurrency": concurrency,
-        "latency_created_to_completed": {"cold_template_cache": _percentiles(cold),
-                                         "warm_template_cache": _percentiles(warm)},
-        "stage_mean_s": {"cold": _stage_means(s0, s1), "warm": _stage_means(s1, s2)},
+        "concurrency": concurrency, "passes": list(passes),
+        "latency_created_to_completed": latency,
+        # alert pushed into Alertmanager -> posted to the webhook -> incident Completed, one at a time
+        **({"latency_alert_to_completed": alerts} if alerts else {}),
+        "stage_mean_s": stage_means,
         # CPU seconds the operator process spent per incident: unlike wall time, not inflated by other jobs
-        "operator_cpu_s_per_incident": {"cold": round((s1["__cpu__"][0] - s0["__cpu__"][0]) / n, 3),
-                                        "warm": round((s2["__cpu__"][0] - s1["__cpu__"][0]) / n, 3)},
+        "operator_cpu_s_per_incident": cpu,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "operator_rss_mib": round(rss, 1),
         "rss_breakdown": _rss_breakdown(bundle, prepared.directory / ids[0]),
-        "throughput": {"incidents": n, "wall_s": round(burst, 2), "per_minute": round(n / burst * 60, 1)},
+        **({"throughput": {"incidents": n, "wall_s": round(burst, 2), "per_minute": round(n / burst * 60, 1)}}
+           if burst is not None else {}),
         "targets": TARGETS,
     }
 
@@ -233,14 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     parser.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
     parser.add_argument("--bundle", type=Path, help="bundle directory (default: a --quick export, cached)")
+    parser.add_argument("--passes", default=",".join(PASSES),
+                        help=f"comma-separated, in this order: {','.join(PASSES)} (default all)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.n < 1 or args.concurrency < 1:
         raise ValueError("--n and --concurrency must be at least 1")
+    passes = tuple(p.strip() for p in args.passes.split(",") if p.strip())
+    if not passes or any(p not in PASSES for p in passes) or list(passes) != sorted(set(passes), key=PASSES.index):
+        raise ValueError(f"--passes {args.passes!r}: give some of {','.join(PASSES)}, once each, in that order")
     if args.bundle is not None and not (args.bundle / "bundle.json").is_file():
         raise FileNotFoundError(f"--bundle {args.bundle}: no bundle.json there")
-    figures = run(args.n, args.concurrency, args.bundle, progress=not args.no_progress)
+    figures = run(args.n, args.concurrency, args.bundle, progress=not args.no_progress, passes=passes)
     text = json.dumps(figures, indent=1)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

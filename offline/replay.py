@@ -1,6 +1,7 @@
 """Replay raw Nezha metrics into a Prometheus TSDB (and logs into a JSON-lines file for the Loki stand-in).
 
     python -m offline.replay --ids nezha/20230129_05[,...] | --days 2023-01-29[,...] --prom-data DIR [--logs FILE]
+                             [--shift-to-now | --shift-to TIME]
 
 Metrics: every raw per-pod sample (exact time, floored to the millisecond Prometheus stores) is written through
 the catalog's replay inverse, so that `MetricSpec.promql` evaluated at bin end minus 1 ms reads the offline binned
@@ -22,6 +23,13 @@ the offline buckets. Bins the trace files do not cover get no sample, so live th
 The service graph's client-side histogram is written as `_count` and `_sum` only: the call-gap feature reads its sum,
 and no feature reads its buckets.
 
+Shift (--shift-to-now, --shift-to TIME; with --ids): Prometheus evaluates alerting rules only at the present time,
+so a replayed fault can fire an alert only when its data sits at the present. The shift moves each day's metrics,
+pod info, trace series and logs together by one whole number of 30 s bins, so that the day's last replayed window
+ends at TIME rounded down to a bin, or with --shift-to-now at the first bin boundary after the data is read (at
+most 30 s ahead). Every sample keeps its place in its bin, so the live scenario of the shifted window is the
+offline one. Two shifted days of one namespace would overlap and are refused.
+
 Logs (--logs FILE): one JSON object per line, {"labels": {"namespace", "pod"}, "ts_ns": int, "line": str}, sorted
 by ts_ns. TrainTicket lines are the raw log CSV rows (deduplicated on TimeUnixNano, PodName, Log), at the outer
 `Timestamp`, line = the `Log` column. OnlineBoutique raw logs are mostly missing, so its lines are the prepared
@@ -32,6 +40,7 @@ scenarios' template rows expanded: `count` lines per row, the i-th at bin start 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -41,6 +50,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +79,7 @@ from offline.cli import run_cli
 from offline.store import DataError
 
 PROMTOOL = "/usr/bin/promtool"
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 BIN_MS = BIN_SECONDS * 1000
 IRATE_RANGE_MS = 120_000  # the catalog's irate(...[2m])
 STEP_MS = 60_000  # Nezha's sampling step: where a counter's anchor normally goes
@@ -85,6 +96,7 @@ class Target:
     day: nezha.NezhaDay
     windows: tuple[tuple[int, int], ...] | None
     scenario_ids: tuple[str, ...] = ()
+    shift_ms: int = 0  # added to every written time (a whole number of bins)
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
@@ -162,8 +174,10 @@ def _keep(times_ms: np.ndarray, windows: tuple[tuple[int, int], ...] | None) -> 
     return keep
 
 
-def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: bool = False) -> Iterator[list[str]]:
-    """OpenMetrics lines per catalog metric family (`# TYPE` + every pod's series, time-sorted)."""
+def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: bool = False,
+                 shift_ms: int = 0) -> Iterator[list[str]]:
+    """OpenMetrics lines per catalog metric family (`# TYPE` + every pod's series, time-sorted); `windows` select in
+    the data's own time, `shift_ms` moves what is written."""
     for m, spec in enumerate(tqdm(CATALOG, desc=f"replay {namespace}", unit="metric", disable=not progress)):
         name = spec.replay.series
         lines = [f"# TYPE {name} {'counter' if spec.replay.kind == 'counter' else 'gauge'}"]
@@ -187,7 +201,7 @@ def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: b
             else:
                 out_t, out_v = t.tolist(), (v * spec.replay.factor).tolist()
             head = f"{name}{{{_fmt_labels(series_labels(spec, namespace, pod))}}} "
-            lines += [f"{head}{value!r} {_fmt_ts(ms)}" for ms, value in zip(out_t, out_v, strict=True)]
+            lines += [f"{head}{value!r} {_fmt_ts(ms + shift_ms)}" for ms, value in zip(out_t, out_v, strict=True)]
         yield lines
 
 
@@ -199,7 +213,7 @@ def pod_owners(pod: str) -> tuple[str, str, str]:
     return replicaset, template_hash, workload_of_pod(pod)
 
 
-def pod_info_lines(metrics: nezha.DayMetrics, namespace: str, windows) -> Iterator[list[str]]:
+def pod_info_lines(metrics: nezha.DayMetrics, namespace: str, windows, shift_ms: int = 0) -> Iterator[list[str]]:
     """kube-state-metrics info families (`kube_pod_owner`, `kube_replicaset_owner`, `kube_pod_labels`), value 1 at
     every kept sample time of each pod, so the pod's owners and labels exist over any window it has metrics in."""
     owner, rs_owner, labels = (["# TYPE kube_pod_owner gauge"], ["# TYPE kube_replicaset_owner gauge"],
@@ -208,7 +222,7 @@ def pod_info_lines(metrics: nezha.DayMetrics, namespace: str, windows) -> Iterat
         series = metrics.series[pod]
         times_ms = epoch_ns(series.times) // 1_000_000
         ok = ~np.isnan(series.values).all(axis=1) & _keep(times_ms, windows)
-        stamps = [_fmt_ts(ms) for ms in np.unique(times_ms[ok]).tolist()]
+        stamps = [_fmt_ts(ms + shift_ms) for ms in np.unique(times_ms[ok]).tolist()]
         if not stamps:
             continue
         replicaset, template_hash, deployment = pod_owners(pod)
@@ -242,7 +256,7 @@ def _counter_pairs(bin_starts_ms: np.ndarray, increments: np.ndarray) -> tuple[n
     return times, values
 
 
-def trace_lines(day: traces.DayTraces, namespace: str, windows) -> Iterator[list[str]]:
+def trace_lines(day: traces.DayTraces, namespace: str, windows, shift_ms: int = 0) -> Iterator[list[str]]:
     """OpenMetrics families of the span-metrics and service-graph series of one day (see the module doc)."""
     bins_ns = day.covered_bins
     starts_ms = bins_ns // 1_000_000
@@ -285,7 +299,7 @@ def trace_lines(day: traces.DayTraces, namespace: str, windows) -> Iterator[list
             increments[:, 0] *= sum_factor
             if client:
                 increments[:, -1] *= sum_factor
-            times, values = _counter_pairs(starts_ms, increments)
+            times, values = _counter_pairs(starts_ms + shift_ms, increments)
             stamps = [_fmt_ts(int(ms)) for ms in times.tolist()]
             label_pairs = labels_of(member)
             head = _fmt_labels(label_pairs)
@@ -316,15 +330,19 @@ def _keep_bins(starts_ms: np.ndarray, windows) -> np.ndarray:
 
 
 def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], path: Path, progress: bool,
-                      day_traces: list[traces.DayTraces | None] | None = None) -> int:
+                      day_traces: list[traces.DayTraces | None] | None = None,
+                      shifts_ms: list[int] | None = None) -> int:
     """One OpenMetrics file for (day metrics, namespace, windows or None) triples, and each day's trace series when
-    `day_traces` gives them (same order, None for a day without); returns the number of samples."""
+    `day_traces` gives them (same order, None for a day without), each day moved by its `shifts_ms` (default 0);
+    returns the number of samples."""
     families: dict[str, list[str]] = {}
     for d, (metrics, namespace, windows) in enumerate(days):
         trace_day = day_traces[d] if day_traces else None
-        for lines in itertools.chain(metric_lines(metrics, namespace, windows, progress),
-                                     pod_info_lines(metrics, namespace, windows),
-                                     trace_lines(trace_day, namespace, windows) if trace_day is not None else ()):
+        shift = shifts_ms[d] if shifts_ms else 0
+        for lines in itertools.chain(metric_lines(metrics, namespace, windows, progress, shift),
+                                     pod_info_lines(metrics, namespace, windows, shift),
+                                     trace_lines(trace_day, namespace, windows, shift) if trace_day is not None
+                                     else ()):
             # a family must be contiguous in OpenMetrics: merge the days under one TYPE line
             families.setdefault(lines[0], []).extend(lines[1:])
     n = 0
@@ -438,7 +456,28 @@ def resolve_targets(ids: list[str], days: list[str], prepared) -> list[Target]:
     return [Target(_day(d), tuple(w for _, w in v), tuple(i for i, _ in v)) for d, v in by_day.items()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def shifted(targets: list[Target], end_ms: int) -> list[Target]:
+    """Each day moved so that its last window ends at `end_ms` rounded down to a bin (whole bins, so every sample
+    keeps its place in its bin). Two days of one namespace would overlap there: refused."""
+    namespaces = [t.day.namespace for t in targets]
+    if len(set(namespaces)) < len(namespaces):
+        raise ValueError("shifting two days of one namespace would overlap them: replay one day per namespace")
+    end = end_ms - end_ms % BIN_MS
+    return [dataclasses.replace(t, shift_ms=end - max(hi for _, hi in t.windows)) for t in targets]
+
+
+def parse_time_ms(text: str) -> int:
+    """An RFC 3339 time (with its zone) in epoch milliseconds."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--shift-to {text!r} is not an RFC 3339 time such as 2026-01-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"--shift-to {text!r} has no time zone (add Z for UTC)")
+    return int(moment.timestamp() * 1000)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m offline.replay", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -450,14 +489,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, help="cache directory (default .cache)")
     parser.add_argument("--source", type=Path, help="an unpacked Nezha tree to read instead of the archive")
     parser.add_argument("--no-traces", action="store_true", help="do not write the trace-derived series")
+    shift = parser.add_mutually_exclusive_group()
+    shift.add_argument("--shift-to-now", action="store_true",
+                       help="with --ids: move each day's data so its last window ends at the next 30 s boundary "
+                            "after the data is read (for alerting rules, which Prometheus evaluates only now)")
+    shift.add_argument("--shift-to", metavar="TIME", help="with --ids: the same, ending at TIME (RFC 3339)")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Replay as `args` say; returns what was written: samples, log lines and, per shifted day, the shift and the
+    time its last window now ends."""
     ids = [s.strip() for s in (args.ids or "").split(",") if s.strip()]
     days = [s.strip() for s in (args.days or "").split(",") if s.strip()]
     if not ids and not days:
         raise ValueError("--ids or --days is empty")
     if days:
         [_day(d) for d in days]  # fail fast on a bad day, before any extraction
+    if (args.shift_to_now or args.shift_to) and not ids:
+        raise ValueError("--shift-to-now and --shift-to move fault windows: give --ids")
+    shift_to = parse_time_ms(args.shift_to) if args.shift_to else None
     from offline.dataset import prepare, traces_root
     from offline.store import resolve_sources
 
@@ -466,34 +518,58 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare(args.datasets_dir, args.cache_dir, args.source, progress=progress) if needs_prepared else None
     nezha_root = resolve_sources(args.datasets_dir, args.cache_dir, args.source).nezha
     targets = resolve_targets(ids, days, prepared)  # an unknown id fails here, before anything is written
+    if shift_to is not None:
+        targets = shifted(targets, shift_to)  # a namespace shared by two days fails here too
     if shutil.which("promtool") is None and not Path(PROMTOOL).is_file():
         raise FileNotFoundError("promtool not found: apt-get install prometheus")
 
     t0 = time.perf_counter()
+    day_data = [(nezha.read_day_metrics(nezha_root, t.day), t.day.namespace, t.windows) for t in targets]
+    traces_dir = None if args.no_traces else traces_root(args.datasets_dir, args.cache_dir, args.source)
+    day_traces = None if traces_dir is None else [traces.read_day_traces(traces_dir, t.day) for t in targets]
+    records = _log_records(targets, nezha_root, prepared) if args.logs is not None else None
+    if args.shift_to_now:  # decided once everything is read, so only the writing lies between it and now
+        now_ms = int(time.time() * 1000)
+        targets = shifted(targets, now_ms - now_ms % BIN_MS + BIN_MS)
     args.prom_data.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.prom_data.parent, prefix=".replay-") as scratch:
         om = Path(scratch) / "replay.om.txt"
-        day_data = [(nezha.read_day_metrics(nezha_root, t.day), t.day.namespace, t.windows) for t in targets]
-        traces_dir = None if args.no_traces else traces_root(args.datasets_dir, args.cache_dir, args.source)
-        day_traces = None if traces_dir is None else [traces.read_day_traces(traces_dir, t.day) for t in targets]
-        n = write_openmetrics(day_data, om, progress, day_traces)
+        n = write_openmetrics(day_data, om, progress, day_traces, [t.shift_ms for t in targets])
         t1 = time.perf_counter()
         backfill(om, args.prom_data)
     t2 = time.perf_counter()
     print(f"replay: {n} samples written in {t1 - t0:.1f} s, backfilled into {args.prom_data} in {t2 - t1:.1f} s")
-    if args.logs is not None:
-        records = []
-        for target in targets:
-            if target.day.app == "trainticket":
-                records.append((target.day.namespace, trainticket_log_records(nezha_root, target)))
-            else:
-                ids_of_day = target.scenario_ids or tuple(
-                    e["id"] for e in prepared.index["scenarios"]
-                    if e["dataset"] == "nezha" and e["day"] == target.day.day
-                )
-                records.append((target.day.namespace, template_log_records([prepared.load(i) for i in ids_of_day])))
-        n_lines = write_logs(records, args.logs)
-        print(f"replay: {n_lines} log lines written to {args.logs}")
+    report: dict = {"samples": n, "shifts": {}}
+    for t in targets:
+        if t.shift_ms:
+            end = datetime.fromtimestamp((max(hi for _, hi in t.windows) + t.shift_ms) / 1000, UTC)
+            report["shifts"][t.day.day] = {"seconds": t.shift_ms // 1000, "window_end": end.strftime(RFC3339)}
+            print(f"replay: {t.day.day} moved by {t.shift_ms // 1000} s; its last window ends at "
+                  f"{end.strftime(RFC3339)}")
+    if records is not None:
+        shifts = {t.day.namespace: t.shift_ms for t in targets}
+        report["log_lines"] = write_logs([(ns, frame.assign(ts_ns=frame["ts_ns"] + shifts[ns] * 1_000_000))
+                                          for ns, frame in records], args.logs)
+        print(f"replay: {report['log_lines']} log lines written to {args.logs}")
+    return report
+
+
+def _log_records(targets: list[Target], nezha_root: Path, prepared) -> list[tuple[str, pd.DataFrame]]:
+    records = []
+    for target in targets:
+        if target.day.app == "trainticket":
+            records.append((target.day.namespace, trainticket_log_records(nezha_root, target)))
+        else:
+            ids_of_day = target.scenario_ids or tuple(
+                e["id"] for e in prepared.index["scenarios"]
+                if e["dataset"] == "nezha" and e["day"] == target.day.day
+            )
+            records.append((target.day.namespace, template_log_records([prepared.load(i) for i in ids_of_day])))
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
     return 0
 
 

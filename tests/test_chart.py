@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ FULL: dict[str, Any] = {
                        "podSelector": {"matchLabels": {"app": "prometheus"}}},
         "loki": {"cidrs": ["10.20.0.0/16"]},
     },
+    "alerts": {"enabled": True, "tokenSecret": {"name": "am-token"}, "maxIncidentsPerMinute": 4,
+               "podSelectorLabels": [{"alertLabel": "deployment", "podLabel": "app"},
+                                     {"alertLabel": "pod", "podLabel": "statefulset.kubernetes.io/pod-name"}]},
 }
 FULL_ALL = {**FULL, "watch": {"allNamespaces": True}}
 CONFIGS = {"defaults": DEFAULTS, "full": FULL, "full-all-namespaces": FULL_ALL}
@@ -160,7 +164,7 @@ def test_servicemonitor_matches_its_schema_and_service(tmp_path):
     broken = copy.deepcopy(monitor)
     broken["spec"]["endpoints"][0]["prot"] = broken["spec"]["endpoints"][0].pop("port")
     assert servicemonitor_errors(broken), "the vendored schema accepts a misspelt field: it checks nothing"
-    (service,) = of_kind(objs, "Service")
+    (service,) = [s for s in of_kind(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     labels = service["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
@@ -206,6 +210,15 @@ def test_notes_tell_how_to_apply_the_example(tmp_path):
     assert (ROOT / applied).is_file(), f"NOTES.txt applies {applied}, which does not exist"
     assert "does not watch namespace ts" in shown, "the example's namespace is not watched by default: say so"
     assert "does not watch" not in text({**DEFAULTS, "watch": {"namespaces": ["ts"]}})
+    assert "RCAWatch" in shown and "alerts.enabled=true" in shown, "without alerts: point to both ways of opening"
+    # with the receiver: an Alertmanager route snippet that parses and posts to the receiver's Service
+    with_alerts = text({**DEFAULTS, "alerts": {"enabled": True, "tokenSecret": {"name": "am-token"}}})
+    snippet = textwrap.dedent(with_alerts[with_alerts.index("  route:"):].split("\n\n")[0].split("\nMount")[0])
+    config = yaml.safe_load(snippet)
+    assert config["route"]["routes"] == [{"receiver": "lemzha", "continue": True}]
+    (webhook,) = config["receivers"][0]["webhook_configs"]
+    assert webhook["url"] == f"http://{RELEASE}-lemzha-alerts.{NAMESPACE}.svc:9095/alerts"
+    assert webhook["http_config"]["authorization"]["credentials_file"].endswith("/am-token/token")
 
 
 # -- what the chart promises -----------------------------------------------------------------------------------------
@@ -357,7 +370,7 @@ def test_tokens_and_ca_are_mounted_files_never_env(tmp_path):
 
 
 def test_networkpolicy_allows_only_dns_api_prometheus_loki(tmp_path):
-    (policy,) = of_kind(objects(FULL, tmp_path), "NetworkPolicy")
+    (policy,) = [p for p in of_kind(objects(FULL, tmp_path), "NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Egress"]
     rules = spec["egress"]
@@ -407,6 +420,51 @@ def test_metrics_service(tmp_path):
     assert not of_kind(off, "Service") and env(operator_container(off))["LEMZHA_METRICS_PORT"] == "0"
 
 
+def test_alert_receiver_service_policy_and_settings(tmp_path):
+    """alerts.enabled: a Service for the receiver, an ingress NetworkPolicy admitting only Alertmanager to its port,
+    the token as a mounted file, and settings the operator parses as the values say."""
+    from lemzha_operator.alerts import AlertSettings
+
+    objs = objects(FULL, tmp_path)
+    container = operator_container(objs)
+    (service,) = [s for s in of_kind(objs, "Service") if s["metadata"]["name"] == f"{RELEASE}-lemzha-alerts"]
+    assert service["spec"]["ports"] == [{"name": "alerts", "port": 9095, "targetPort": "alerts", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == deployment(objs)["spec"]["selector"]["matchLabels"]
+    assert {"name": "alerts", "containerPort": 9095} in container["ports"]
+    (policy,) = [p for p in of_kind(objs, "NetworkPolicy") if p["spec"]["policyTypes"] == ["Ingress"]]
+    receiver, others = policy["spec"]["ingress"]
+    assert receiver["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "alertmanager"}}}]
+    assert receiver["ports"] == [{"protocol": "TCP", "port": 9095}]
+    assert "from" not in others and {p["port"] for p in others["ports"]} == {8080, 8000}, "probes and scrapes open"
+    settings = AlertSettings.from_env({k: v for k, v in env(container).items() if isinstance(v, str)})
+    assert (settings.port, settings.max_per_minute, settings.onset, settings.before, settings.after) == (
+        9095, 4, "estimated", "20m", "0s")
+    assert settings.selector_labels == (("deployment", "app"), ("pod", "statefulset.kubernetes.io/pod-name"))
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == settings.token_file.parent]
+    volumes = {v["name"]: v for v in deployment(objs)["spec"]["template"]["spec"]["volumes"]}
+    assert mount["readOnly"] is True and volumes[mount["name"]]["secret"] == {
+        "secretName": "am-token", "items": [{"key": "token", "path": "token"}]}
+    default = objects(DEFAULTS, tmp_path)
+    assert not [e for e in env(operator_container(default)) if e.startswith("LEMZHA_ALERTS_")], "off by default"
+    assert [s["metadata"]["name"] for s in of_kind(default, "Service")] == [f"{RELEASE}-lemzha-metrics"]
+    assert AlertSettings.from_env(env(operator_container(default))).port == 0
+
+
+def test_alert_receiver_needs_no_new_rights(tmp_path):
+    """The receiver creates incidents with the incident rules the watched namespaces already grant, so enabling it
+    changes no Role or ClusterRole: incidents can be created in the watched namespaces only."""
+    def rbac(values: dict[str, Any]) -> list[dict[str, Any]]:
+        return [o for o in objects(values, tmp_path) if o["kind"] in ("Role", "ClusterRole", "RoleBinding",
+                                                                      "ClusterRoleBinding")]
+
+    watched = {**DEFAULTS, "watch": {"namespaces": ["ts", "shop"]}}
+    assert rbac({**watched, "alerts": {"enabled": True}}) == rbac(watched)
+    creators = [o for o in rbac({**watched, "alerts": {"enabled": True}})
+                if any("rcaincidents" in r["resources"] and "create" in r["verbs"] for r in o.get("rules", []))]
+    assert sorted((o["kind"], o["metadata"].get("namespace")) for o in creators) == [("Role", "shop"), ("Role", "ts")]
+
+
 # -- values.schema.json ----------------------------------------------------------------------------------------------
 BAD_VALUES = {
     "missing required url": ({"prometheus": {"url": ""}}, "url"),
@@ -426,6 +484,13 @@ BAD_VALUES = {
                                          "cidrs"),
     "CA from two sources": ({"caBundle": {"configMapName": "a", "secretName": "b"}}, "caBundle"),
     "bad CIDR": ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}}, "cidrs"),
+    "unknown alert onset": ({"alerts": {"onset": "soon"}}, "onset"),
+    "alert window not a duration": ({"alerts": {"before": "20 minutes"}}, "before"),
+    "alert port on the health port": ({"alerts": {"port": 8080}}, "port"),
+    "selector mapping without a pod label": ({"alerts": {"podSelectorLabels": [{"alertLabel": "pod"}]}}, "podLabel"),
+    "alert label that is no label name": ({"alerts": {"namespaceLabel": "k8s-namespace"}}, "namespaceLabel"),
+    "alert NetworkPolicy without peers": ({"alerts": {"networkPolicy": {"namespaceSelector": None,
+                                                                        "podSelector": None}}}, "networkPolicy"),
 }
 
 

@@ -163,6 +163,47 @@ def test_pod_info_resolves_the_top_controller(monkeypatch):
         assert time_s == pytest.approx(start.timestamp() + 120 - 0.001, abs=1e-6)
 
 
+def test_a_shift_moves_every_sample_by_the_same_whole_bins(tmp_path):
+    """--shift-to moves metrics and pod info alike (traces and logs take the same shift_ms); values unchanged."""
+    day = _edge_day(EDGE_OFFSETS_MS)
+    plain, moved = tmp_path / "plain.om.txt", tmp_path / "moved.om.txt"
+    shift = 1_000 * 30_000
+    replay.write_openmetrics([(day, "edge", None)], plain, progress=False)
+    replay.write_openmetrics([(day, "edge", None)], moved, progress=False, shifts_ms=[shift])
+    pairs = list(zip(plain.read_text().splitlines(), moved.read_text().splitlines(), strict=True))
+    samples = [(a, b) for a, b in pairs if not a.startswith("#")]
+    assert samples and all(a == b for a, b in pairs if a.startswith("#"))
+    for a, b in samples:
+        head_a, t_a = a.rsplit(" ", 1)
+        head_b, t_b = b.rsplit(" ", 1)
+        assert head_a == head_b and round((float(t_b) - float(t_a)) * 1000) == shift, (a, b)
+
+
+def test_shifted_targets_end_at_the_bin_and_never_overlap():
+    ts, ob = replay._day("2023-01-29"), replay._day("2022-08-22")
+    targets = [replay.Target(ts, ((1_000_000_020_000, 1_000_001_220_000),)),
+               replay.Target(ob, ((2_000_000_010_000, 2_000_000_610_000), (2_000_000_910_000, 2_000_002_110_000)))]
+    end = 1_796_000_012_345  # not on a bin: rounded down
+    for target in replay.shifted(targets, end):
+        assert target.shift_ms % 30_000 == 0
+        assert max(hi for _, hi in target.windows) + target.shift_ms == end - end % 30_000
+    with pytest.raises(ValueError, match="overlap"):
+        replay.shifted([targets[0], replay.Target(replay._day("2023-01-30"), targets[0].windows)], end)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--days", "2023-01-29", "--shift-to-now"], "give --ids"),
+    (["--ids", TT_ID, "--shift-to", "tomorrow"], "not an RFC 3339 time"),
+    (["--ids", TT_ID, "--shift-to", "2026-01-01T00:00:00"], "no time zone"),
+])
+def test_shift_arguments_are_checked_first(argv, message, capsys):
+    from offline.cli import run_cli
+
+    assert run_cli(replay.main, [*argv, "--prom-data", "/tmp/unused-lemzha-prom"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
 def test_info_series_for_every_replayed_pod(tmp_path):
     day = _edge_day(EDGE_OFFSETS_MS)
     om = tmp_path / "edge.om.txt"

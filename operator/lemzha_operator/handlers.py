@@ -297,4 +297,5 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
     elif outcome.retry_after is not None:
         logger.info("%s: %s, retrying in %.0f s", meta["name"], outcome.phase, outcome.retry_after)
         raise kopf.TemporaryError(outcome.conditions[-1]["message"], delay=outcome.retry_after)
-from lemzha_operator import watches  # noqa: E402,F401  (registers the RCAWatch handlers)
+# registers the RCAWatch handlers and the Alertmanager webhook receiver
+from lemzha_operator import watches, webhook  # noqa: E402,F401

@@ -25,6 +25,16 @@ SOURCE_ERRORS = Counter("lemzha_source_errors_total", "Failed requests to a data
 IN_PROGRESS = Gauge("lemzha_analyses_in_progress", "Incident attempts running now", registry=REGISTRY)
 WATCH_STALE = Gauge("lemzha_watch_stale_objects", "Listed incident changes the watch has not delivered in time",
                     registry=REGISTRY)
+# the Alertmanager webhook (alerts.py): every alert of an accepted post is received, then opens an incident, finds
+# its incident open already, or is skipped for a reason; posts are counted by their HTTP status
+ALERTS_RECEIVED = Counter("lemzha_alerts_received_total", "Alerts in accepted webhook posts, by alert status",
+                          ["status"], registry=REGISTRY)
+ALERT_INCIDENTS = Counter("lemzha_alert_incidents_total", "Firing alerts that opened an incident (opened) or whose "
+                          "incident existed already (already_open: a repeat or a retried post)", ["result"],
+                          registry=REGISTRY)
+ALERTS_SKIPPED = Counter("lemzha_alerts_skipped_total", "Alerts that opened no incident, by reason (resolved, "
+                         "no_namespace_label, unwatched_namespace, rate_limited)", ["reason"], registry=REGISTRY)
+ALERT_POSTS = Counter("lemzha_alert_posts_total", "Webhook posts by HTTP status code", ["code"], registry=REGISTRY)
 
 
 class TemplateCacheCollector:

@@ -97,3 +97,10 @@ seccompProfile:
   resources: [pods]
   verbs: [get, list, watch]
 {{- end -}}
+
+{{/* alerts.podSelectorLabels as LEMZHA_ALERTS_SELECTOR_LABELS: alertLabel=podLabel, comma-separated, in order. */}}
+{{- define "lemzha.alertSelectorLabels" -}}
+{{- $pairs := list -}}
+{{- range .podSelectorLabels }}{{ $pairs = append $pairs (printf "%s=%s" .alertLabel .podLabel) }}{{ end -}}
+{{- join "," $pairs -}}
+{{- end -}}
