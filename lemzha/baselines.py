@@ -4,7 +4,7 @@
 - `NSigma`: max over bins from onset, metrics and pods of |x - mean_pre| / std_pre.
 - `Baro`: the same with BARO's robust z (`lemzha.evidence.robust_z`).
 - `NSigmaLogShare`: rank-average of the N-sigma score and the rise in the share of ERROR/FATAL log lines (called
-  "SimpleRCA-style" before the faithful SimpleRCA, `lemzha.rules.SimpleRCA`, was written).
+  "SimpleRCA-style" before the faithful SimpleRCA, `lemzha.rankers.SimpleRCA`, was written).
 - `NSigmaLogShareTraces`: the same plus the N-sigma score of each service's span P95 latency (uncovered bins are
   missing; a scenario without traces gives every service the same trace rank).
 - `TraceP95`: that trace term alone.

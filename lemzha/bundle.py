@@ -1,7 +1,7 @@
 """Bundles: the directory `offline.export` writes and the operator ranks with, torch-free. Two kinds:
 
 **evidence** (`kind: "evidence"`, schema_version 2, the default export): the shipped ranker,
-`lemzha.rules.EvidenceRanker`. `bundle.json` holds its configuration and calibration (a few hundred numbers per
+`lemzha.rankers.EvidenceRanker`. `bundle.json` holds its configuration and calibration (a few hundred numbers per
 signal), how the configuration was chosen, and the sha256 of `MODEL_CARD.md`; nothing else is needed to rank.
 
 **model** (schema_version 1, `offline.export --ranker model`): the neural model of earlier rounds.
@@ -138,7 +138,7 @@ def open_ranker(directory: Path | str, cache_dir: Path | None = None, threads: i
     with `.bundle` set to the verified `Bundle`."""
     bundle = load_bundle(directory)
     if bundle.kind == EVIDENCE_KIND:
-        from lemzha.rules import EvidenceRanker
+        from lemzha.rankers import EvidenceRanker
 
         ranker = EvidenceRanker.from_json(bundle.meta["ranker"])
         ranker.bundle = bundle
@@ -198,7 +198,7 @@ def load_bundle(directory: Path | str) -> Bundle:
 
 
 def _check_evidence(meta: dict, manifest_path: Path) -> None:
-    from lemzha.rules import EvidenceRanker
+    from lemzha.rankers import EvidenceRanker
 
     try:
         EvidenceRanker.from_json(meta["ranker"])

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from lemzha.rules import Assessment
+from lemzha.rankers import Assessment
 
 MAX_EVENT_CHARS = 60
 

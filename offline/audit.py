@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from lemzha.calibration import fit_calibration
 from lemzha.explain import alert_text
-from lemzha.rules import EvidenceConfig, EvidenceRanker, assess_table
+from lemzha.rankers import EvidenceConfig, EvidenceRanker, assess_table
 from lemzha.scenario import Scenario
 from lemzha.signals import SignalTable
 from offline.evidence_cv import inner_select, tables_of

@@ -1,11 +1,12 @@
-"""`python -m offline.bench prepare|lodocv|onnx|traces|operator`: wall time and peak memory, printed as figures.
+"""`python -m offline.bench prepare|lodocv|ranker|onnx|traces|operator`: wall time and peak memory, printed as figures.
 
 Each measurement runs in a fresh child process so its peak RSS is its own. `prepare` measures a cold build into an
 empty temporary cache (extraction included) and then a warm run on that cache. `onnx` times the bundle's ranker
 against torch on one TrainTicket scenario (46 services) and the RSS of a torch-free process holding the bundle.
 `traces` derives the trace series of all 101 Nezha scenarios cold (`python -m offline.traces` into an empty
 temporary cache: both Nezha archives verified and extracted, every trace CSV read), then warm (archives extracted).
-`operator` runs the live operator against replayed TrainTicket faults (`offline/bench_operator.py`).
+`operator` runs the live operator against replayed TrainTicket faults (`offline/bench_operator.py`). `ranker` times the
+shipped bundle's ranker on every Nezha case (`offline/bench_ranker.py`); `onnx` is the model bundle's.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, ep
         if bundle_dir is None:  # a default-size model; its weights do not change the timing
             from dataclasses import replace
 
-            from offline.export import build_bundle
+            from offline.export_model import build_bundle
             from offline.params import load_params
 
             config, params, _ = load_params()
@@ -207,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     lo = sub.add_parser("lodocv", help="a full `offline.lodocv` run (3 seeds) with cached embeddings")
     lo.add_argument("--out", type=Path, default=Path("runs/lodocv"))
     lo.add_argument("extra", nargs=argparse.REMAINDER, help="more lodocv arguments after --")
-    ox = sub.add_parser("onnx", help="bundle ranking ms (cold/warm), torch vs ONNX, torch-free RSS")
+    rk = sub.add_parser("ranker", help="the shipped ranker's ms per case (known and unknown onset) and RSS")
+    rk.add_argument("--bundle", type=Path, help="bundle to time (default: the shipped export, cached)")
+    rk.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    ox = sub.add_parser("onnx", help="model bundle ranking ms (cold/warm), torch vs ONNX, torch-free RSS")
     ox.add_argument("--bundle", type=Path, help="bundle to time (default: export a default-size one to a temp dir)")
     ox.add_argument("--scenario", help="scenario id (default: the first TrainTicket fault, 46 services)")
     ox.add_argument("--repeat", type=int, default=20, help="timed calls per warm figure (median)")
@@ -233,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         figures = bench_traces(args.datasets, max(1, args.workers))
     elif args.what == "prepare":
         figures = bench_prepare(args.datasets)
+    elif args.what == "ranker":
+        from offline.bench_ranker import bench_ranker
+
+        figures = bench_ranker(args.bundle)
     elif args.what == "onnx":
         figures = bench_onnx(args.bundle, args.scenario, max(1, args.repeat), max(1, args.epochs))
     else:
@@ -241,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         figures = {"lodocv": measure(["offline.lodocv", "--out", str(args.out), *extra]),
                    "targets": {"wall_s": 600}}
     print(json.dumps(figures, indent=1))
+    if getattr(args, "out", None) is not None and args.what != "lodocv":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=1) + "\n")
     return 0
 
 

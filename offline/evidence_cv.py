@@ -2,7 +2,7 @@
 
 Per fold:
 - inner validation over the training Nezha days: each is held out in turn, the ranker is calibrated on the rest
-  (LEMMA included) and every configuration in `lemzha.rules.CANDIDATES` is scored on the held-out day; the
+  (LEMMA included) and every configuration in `lemzha.rankers.CANDIDATES` is scored on the held-out day; the
   configuration with the best mean inner MRR wins (ties: the earlier one). The test fold is never read.
 - the ranker is calibrated on all training scenarios and ranks the test cases with that configuration (`evidence`);
   the same calibration ranks unknown-onset windows (the ranker scans for the onset itself), the same windows with
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from lemzha.baselines import resolve_onset_bin
 from lemzha.calibration import fit_calibration
 from lemzha.ranking import Ranking
-from lemzha.rules import CANDIDATES, EvidenceConfig, EvidenceRanker, assess_table
+from lemzha.rankers import CANDIDATES, EvidenceConfig, EvidenceRanker, assess_table
 from lemzha.scenario import Scenario
 from lemzha.signals import SignalTable, signal_table
 from offline.folds import case_row, day_of, rank_cases, unknown_onset_window

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return export_model(rest)
     args = build_parser().parse_args(argv)
     from lemzha.bundle import load_bundle
-    from lemzha.rules import EvidenceConfig
+    from lemzha.rankers import EvidenceConfig
     from offline.export_evidence import build_evidence_bundle, parse_config
 
     out = check_out(args.out)

@@ -15,7 +15,7 @@ from pathlib import Path
 from lemzha.bundle import load_bundle, write_evidence_bundle
 from lemzha.calibration import fit_calibration
 from lemzha.fsutil import replace_directory
-from lemzha.rules import CANDIDATES, EvidenceConfig, EvidenceRanker
+from lemzha.rankers import CANDIDATES, EvidenceConfig, EvidenceRanker
 from lemzha.scenario import Scenario
 from offline.evidence_cv import inner_select, tables_of
 from offline.provenance import provenance

@@ -5,7 +5,7 @@ one app (leave-one-app-out: trained on OnlineBoutique, tested on TrainTicket, an
 an unseen system gets. LEMMA's four incidents are in every fold's training data.
 
 Per fold, everything is fitted on the training cases only:
-- the shipped ranker, `evidence` (`lemzha.rules.EvidenceRanker`), with its configuration picked on inner validation
+- the shipped ranker, `evidence` (`lemzha.rankers.EvidenceRanker`), with its configuration picked on inner validation
   over the training days (`offline.evidence_cv`), plus its unknown-onset, same-window and renamed-services variants;
 - the baselines: every `lemzha.baselines.BASELINES` ranker, the faithful `simplerca`, and the analytic random
   ranking, each also on the unknown-onset windows (a 30 min window, the fault somewhere in it, no onset given);
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from lemzha.baselines import BASELINES
 from lemzha.fsutil import replace_directory
-from lemzha.rules import SimpleRCA
+from lemzha.rankers import SimpleRCA
 from offline import report
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(1 if args.quick else args.seeds))
     if not seeds:
         raise DataError("--seeds must be at least 1")
+    if args.with_model and args.params is not None and not args.params.is_dir():
+        from offline.params import load_params
+
+        load_params(args.params)  # a bad file is refused before any data is read
     command = "python -m offline.lodocv " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                   else sys.argv[1:]))
     started = time.perf_counter()

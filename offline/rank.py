@@ -17,7 +17,7 @@ import numpy as np
 
 from lemzha.baselines import Baro, NSigma, NSigmaLogShare
 from lemzha.catalog import METRIC_NAMES
-from lemzha.rules import SimpleRCA
+from lemzha.rankers import SimpleRCA
 from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario
 from offline.cli import run_cli

@@ -226,7 +226,7 @@ def render_markdown(results: dict) -> str:
     lines = ["# Cross-validation of the shipped ranker and the baselines", "",
              f"Command: `{p['command']}`  ", f"git {p['git_sha'][:12]}{' (dirty)' if p.get('git_dirty') else ''}, "
              f"{p['created']}, seeds {results['seeds']}, {results['timing']['total_s'] / 60:.1f} min", "",
-             f"The shipped ranker is `{results['shipped']}` (`lemzha.rules.EvidenceRanker`).", "",
+             f"The shipped ranker is `{results['shipped']}` (`lemzha.rankers.EvidenceRanker`).", "",
              "## Targets", "", "| target | value | goal | met |", "|---|---|---|---|"]
     for t in results["target_check"]:
         value = "–" if t["value"] is None else f"{t['value']:.3f}"

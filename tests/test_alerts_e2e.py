@@ -84,7 +84,7 @@ def _first_posts(relay: WebhookRelay, namespaces: set[str], timeout: float) -> d
 
 
 @pytest.fixture(scope="module")
-def alerted(prepared, quick_bundle, tmp_path_factory) -> Iterator[AlertEnv]:
+def alerted(prepared, shipped_bundle, tmp_path_factory) -> Iterator[AlertEnv]:
     root = tmp_path_factory.mktemp("alerts-e2e")
     token = root / "token"
     token.write_text(TOKEN)
@@ -94,7 +94,7 @@ def alerted(prepared, quick_bundle, tmp_path_factory) -> Iterator[AlertEnv]:
             alertmanager_server(relay.url, token_file=token, repeat_interval="2s") as am:
         operator = OperatorProcess({
             "KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": f"http://127.0.0.1:{prom_port}",
-            "LEMZHA_LOKI_URL": loki.url, "LEMZHA_BUNDLE": str(quick_bundle),
+            "LEMZHA_LOKI_URL": loki.url, "LEMZHA_BUNDLE": str(shipped_bundle),
             "LEMZHA_TEMPLATE_CACHE": str(root / "templates"), "LEMZHA_WATCH_NAMESPACES": ",".join(APPS),
             "LEMZHA_ALERTS_PORT": str(webhook_port), "LEMZHA_ALERTS_HOST": "127.0.0.1",
             "LEMZHA_ALERTS_TOKEN_FILE": str(token)}, root / "operator.log", root)
@@ -111,7 +111,7 @@ def alerted(prepared, quick_bundle, tmp_path_factory) -> Iterator[AlertEnv]:
             with prometheus_server(root / "data", rules=rules(for_seconds), alertmanager=am.removeprefix("http://"),
                                    port=prom_port) as prom_url:
                 fired = time.time() - end.timestamp()
-                env = AlertEnv(prom_url, loki.url, kube.kubeconfig, root, quick_bundle, relay=relay, alertmanager=am,
+                env = AlertEnv(prom_url, loki.url, kube.kubeconfig, root, shipped_bundle, relay=relay, alertmanager=am,
                                webhook=webhook, window_end=end,
                                names=_first_posts(relay, set(APPS), timeout=for_seconds + 60))
                 env.operator = operator
@@ -142,9 +142,9 @@ def test_a_firing_alert_opens_an_incident_that_ranks_like_offline(alerted: Alert
                                         "to": alerted.window_end.isoformat()}
     assert status["onset"]["source"] == "estimated" and status["method"] == "model"
     # the ranking the offline model gives the unshifted scenario without an onset (it scans the window)
-    from lemzha.onnx_ranker import OnnxRanker
+    from lemzha.bundle import open_ranker
 
-    expected = OnnxRanker(alerted.bundle, cache_dir=alerted.cache / "offline-templates").rank(
+    expected = open_ranker(alerted.bundle, cache_dir=alerted.cache / "offline-templates").rank(
         offline.without_label().with_onset(None))
     causes = status["rootCauses"]
     assert [c["service"] for c in causes] == list(expected.services[:len(causes)])

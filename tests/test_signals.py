@@ -10,7 +10,7 @@ import pytest
 
 from lemzha.calibration import Calibration, fit_calibration
 from lemzha.explain import summary
-from lemzha.rules import EvidenceConfig, EvidenceRanker, SimpleRCA, assess_table, simplerca_alerts
+from lemzha.rankers import EvidenceConfig, EvidenceRanker, SimpleRCA, assess_table, simplerca_alerts
 from lemzha.scenario import Label, Scenario
 from lemzha.signals import SignalTable, signal_names, signal_table
 from offline.renaming import neutral_names
