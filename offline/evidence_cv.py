@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from lemzha.baselines import resolve_onset_bin
 from lemzha.calibration import fit_calibration
-from lemzha.ranking import Ranking
 from lemzha.rankers import CANDIDATES, EvidenceConfig, EvidenceRanker, assess_table
+from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.signals import SignalTable, signal_table
 from offline.folds import case_row, day_of, rank_cases, unknown_onset_window
