@@ -97,3 +97,13 @@ seccompProfile:
   resources: [pods]
   verbs: [get, list, watch]
 {{- end -}}
+
+{{/* The recording-rule files for recordingRules.latencySource: the Kubernetes groups, plus the latency source's
+(generated from the catalog by `python -m lemzha.rules`). */}}
+{{- define "lemzha.ruleFiles" -}}
+{{- $files := list "files/rules/kubernetes.yaml" -}}
+{{- if ne .Values.recordingRules.latencySource "none" -}}
+{{- $files = append $files (printf "files/rules/%s.yaml" .Values.recordingRules.latencySource) -}}
+{{- end -}}
+{{- toYaml $files -}}
+{{- end -}}
