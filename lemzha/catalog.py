@@ -20,6 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from lemzha.binning import BIN_SECONDS
+
+BIN_RANGE = "29999ms"  # one bin at Prometheus' ms resolution, lower end included (2.x semantics)
+RECORDED_PREFIX = "lemzha:"
+
+
+def bin_range(prometheus_version: str, n_bins: int = 1) -> str:
+    """The range selector covering exactly `n_bins` bins, evaluated at their end - 1 ms, on a server of this
+    version: 29999ms per bin for Prometheus 2.x (lower end included), 30s from 3.0 (lower end excluded). An
+    unparsable version is taken as 2.x."""
+    major = prometheus_version.strip().lstrip("v").split(".", 1)[0]
+    if major.isdigit() and int(major) >= 3:
+        return f"{n_bins * BIN_SECONDS}s"
+    return f"{n_bins * BIN_SECONDS * 1000 - 1}ms"
+
 
 class MetricType(StrEnum):
     """Drives normalisation: bounded percentages are scaled, heavy-tailed magnitudes are log-compressed."""
@@ -86,7 +101,7 @@ class MetricSpec:
         """Read live as a `lemzha:*` series of the chart's recording rules, not as an exporter's own series."""
         return self.replay.series.startswith(RECORDED_PREFIX)
 
-    def promql(self, namespace: str, bin_range: str = "29999ms") -> str:
+    def promql(self, namespace: str, bin_range: str = BIN_RANGE) -> str:
         """Per-pod expression whose value at time t is the latest sample at or before t (NaN-free: absent if none).
         `bin_range` is one bin on the server's Prometheus version (`bin_range()`)."""
         matchers = f'namespace="{_escape(namespace)}"'
@@ -111,19 +126,6 @@ def _escape(value: str) -> str:
 
 def _inverse(factor: float) -> float:
     return 1.0 if factor == 1.0 else 1.0 / factor
-
-
-BIN_RANGE = "29999ms"  # one bin at Prometheus' ms resolution, lower end included (2.x semantics)
-BIN_RANGE_OPEN = "30s"  # the same bin where the range's lower end is open (Prometheus 3)
-RECORDED_PREFIX = "lemzha:"
-
-
-def bin_range(prometheus_version: str) -> str:
-    """The range selector covering exactly one bin, evaluated at bin end - 1 ms, on a server of this version:
-    29999ms for Prometheus 2.x (lower end included), 30s from 3.0 (lower end excluded). An unparsable version is
-    taken as 2.x."""
-    major = prometheus_version.strip().lstrip("v").split(".", 1)[0]
-    return BIN_RANGE_OPEN if major.isdigit() and int(major) >= 3 else BIN_RANGE
 
 
 _CADVISOR = 'container!="",container!="POD"'
@@ -403,7 +405,7 @@ class TraceFeature:
     quantile: float | None = None
     doc: str = ""
 
-    def promql(self, namespace: str, namespace_label: str | None = None) -> str:
+    def promql(self, namespace: str, namespace_label: str | None = None, bin_range: str = BIN_RANGE) -> str:
         if self.level == "service":
             label = namespace_label or TRACE_NAMESPACE_LABEL
             sel, by = _span_selector(namespace, label), "service_name"
@@ -413,16 +415,16 @@ class TraceFeature:
             sel, by = _edge_selector(namespace, label), "client, server"
             count, hist = GRAPH_REQUESTS.name, GRAPH_SERVER_SECONDS.name
         if self.kind == "count":
-            return f"sum by ({by}) (increase({count}{{{sel}}}[{BIN_RANGE}]))"
+            return f"sum by ({by}) (increase({count}{{{sel}}}[{bin_range}]))"
         if self.kind == "mean":
-            return (f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{BIN_RANGE}])) / "
-                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{BIN_RANGE}]))")
+            return (f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{bin_range}])) / "
+                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{bin_range}]))")
         if self.kind == "gap":
-            return (f"(sum by ({by}) (increase({GRAPH_CLIENT_SECONDS.name}_sum{{{sel}}}[{BIN_RANGE}])) - "
-                    f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{BIN_RANGE}]))) * 1000 / "
-                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{BIN_RANGE}]))")
+            return (f"(sum by ({by}) (increase({GRAPH_CLIENT_SECONDS.name}_sum{{{sel}}}[{bin_range}])) - "
+                    f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{bin_range}]))) * 1000 / "
+                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{bin_range}]))")
         return (f"histogram_quantile({self.quantile!r}, "
-                f"sum by ({by}, le) (increase({hist}_bucket{{{sel}}}[{BIN_RANGE}])))")
+                f"sum by ({by}, le) (increase({hist}_bucket{{{sel}}}[{bin_range}])))")
 
 
 TRACE_FEATURES: tuple[TraceFeature, ...] = (
@@ -449,15 +451,17 @@ def trace_feature(name: str) -> TraceFeature:
     raise KeyError(f"unknown trace feature {name!r}; the catalog has {', '.join(TRACE_FEATURE_NAMES)}")
 
 
-def service_bucket_promql(namespace: str, namespace_label: str = TRACE_NAMESPACE_LABEL) -> str:
+def service_bucket_promql(namespace: str, namespace_label: str = TRACE_NAMESPACE_LABEL,
+                          bin_range: str = BIN_RANGE) -> str:
     """Per (service_name, le): the bin's increase of the span-duration buckets (what the quantiles are made of)."""
     sel = _span_selector(namespace, namespace_label)
-    return f"sum by (service_name, le) (increase({SPAN_DURATION.name}_bucket{{{sel}}}[{BIN_RANGE}]))"
+    return f"sum by (service_name, le) (increase({SPAN_DURATION.name}_bucket{{{sel}}}[{bin_range}]))"
 
 
-def edge_bucket_promql(namespace: str, namespace_label: str = EDGE_NAMESPACE_LABEL) -> str:
+def edge_bucket_promql(namespace: str, namespace_label: str = EDGE_NAMESPACE_LABEL,
+                       bin_range: str = BIN_RANGE) -> str:
     sel = _edge_selector(namespace, namespace_label)
-    return f"sum by (client, server, le) (increase({GRAPH_SERVER_SECONDS.name}_bucket{{{sel}}}[{BIN_RANGE}]))"
+    return f"sum by (client, server, le) (increase({GRAPH_SERVER_SECONDS.name}_bucket{{{sel}}}[{bin_range}]))"
 
 
 # -- latency sources (issue #17) ----------------------------------------------------------------------------------
