@@ -101,15 +101,19 @@ class MetricSpec:
         """Read live as a `lemzha:*` series of the chart's recording rules, not as an exporter's own series."""
         return self.replay.series.startswith(RECORDED_PREFIX)
 
-    def promql(self, namespace: str, bin_range: str = BIN_RANGE) -> str:
-        """Per-pod expression whose value at time t is the latest sample at or before t (NaN-free: absent if none).
-        `bin_range` is one bin on the server's Prometheus version (`bin_range()`)."""
+    def selector(self, namespace: str) -> str:
+        """The live series of this metric in `namespace`, as a PromQL selector."""
         matchers = f'namespace="{_escape(namespace)}"'
         if self.selector_extra:
             matchers += f",{self.selector_extra}"
         for key, value in self.replay.labels:
             matchers += f',{key}="{value}"'
-        series = f"{self.replay.series}{{{matchers}}}"
+        return f"{self.replay.series}{{{matchers}}}"
+
+    def promql(self, namespace: str, bin_range: str = BIN_RANGE) -> str:
+        """Per-pod expression whose value at time t is the latest sample at or before t (NaN-free: absent if none).
+        `bin_range` is one bin on the server's Prometheus version (`bin_range()`)."""
+        series = self.selector(namespace)
         factor = _inverse(self.replay.factor)
         if self.replay.kind == "counter":
             # irate over two samples is exact for a counter written cumulatively; `and` keeps only pods that

@@ -316,13 +316,21 @@ def _keep_bins(starts_ms: np.ndarray, windows) -> np.ndarray:
 
 
 def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], path: Path, progress: bool,
-                      day_traces: list[traces.DayTraces | None] | None = None) -> int:
+                      day_traces: list[traces.DayTraces | None] | None = None,
+                      exporters: str | list[str] | None = None) -> int:
     """One OpenMetrics file for (day metrics, namespace, windows or None) triples, and each day's trace series when
-    `day_traces` gives them (same order, None for a day without); returns the number of samples."""
+    `day_traces` gives them (same order, None for a day without); returns the number of samples. `exporters`
+    (istio or none; or one per day) writes the raw exporter series of `offline.exporter_replay` in place of the
+    catalog's series."""
+    from offline.exporter_replay import exporter_lines
+
     families: dict[str, list[str]] = {}
     for d, (metrics, namespace, windows) in enumerate(days):
         trace_day = day_traces[d] if day_traces else None
-        for lines in itertools.chain(metric_lines(metrics, namespace, windows, progress),
+        mesh = exporters[d] if isinstance(exporters, list) else exporters
+        pod_metrics = (metric_lines(metrics, namespace, windows, progress) if mesh is None
+                       else exporter_lines(metrics, namespace, windows, mesh))
+        for lines in itertools.chain(pod_metrics,
                                      pod_info_lines(metrics, namespace, windows),
                                      trace_lines(trace_day, namespace, windows) if trace_day is not None else ()):
             # a family must be contiguous in OpenMetrics: merge the days under one TYPE line
@@ -450,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, help="cache directory (default .cache)")
     parser.add_argument("--source", type=Path, help="an unpacked Nezha tree to read instead of the archive")
     parser.add_argument("--no-traces", action="store_true", help="do not write the trace-derived series")
+    parser.add_argument("--exporters", choices=("istio", "none"),
+                        help="write the raw series of cAdvisor, kube-state-metrics, node-exporter and (istio) the "
+                             "mesh instead of the recorded lemzha:* series; then backfill the chart's recording "
+                             "rules (offline.exporter_replay)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     ids = [s.strip() for s in (args.ids or "").split(",") if s.strip()]
@@ -476,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         day_data = [(nezha.read_day_metrics(nezha_root, t.day), t.day.namespace, t.windows) for t in targets]
         traces_dir = None if args.no_traces else traces_root(args.datasets_dir, args.cache_dir, args.source)
         day_traces = None if traces_dir is None else [traces.read_day_traces(traces_dir, t.day) for t in targets]
-        n = write_openmetrics(day_data, om, progress, day_traces)
+        n = write_openmetrics(day_data, om, progress, day_traces, args.exporters)
         t1 = time.perf_counter()
         backfill(om, args.prom_data)
     t2 = time.perf_counter()
