@@ -280,6 +280,11 @@ def test_notes_tell_how_to_apply_the_example(tmp_path):
     assert (ROOT / applied).is_file(), f"NOTES.txt applies {applied}, which does not exist"
     assert "does not watch namespace ts" in shown, "the example's namespace is not watched by default: say so"
     assert "does not watch" not in text({**DEFAULTS, "watch": {"namespaces": ["ts"]}})
+    # where the recording rules are, and the preflight
+    assert "load the ConfigMap rel-lemzha-rules" in shown and "No latency source is set" in shown
+    assert f"kubectl -n {NAMESPACE} exec deploy/rel-lemzha -- python -m lemzha_operator.doctor" in shown
+    with_rules = text({**DEFAULTS, "recordingRules": {"latencySource": "istio"}, "prometheusRule": {"enabled": True}})
+    assert "the PrometheusRule rel-lemzha holds them" in with_rules and "No latency source" not in with_rules
 
 
 # -- what the chart promises -----------------------------------------------------------------------------------------

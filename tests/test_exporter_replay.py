@@ -35,7 +35,9 @@ from tests.prometheus_server import prometheus_server, requires_prometheus
 
 TT_ID, OB_ID = "nezha/20230129_05", "nezha/20220822_03"
 NO_MESH = "hipster-nomesh"  # the OnlineBoutique window again, as a cluster without a mesh would export it
-RULES_DIR = Path(__file__).resolve().parent.parent / "charts" / "lemzha" / "files" / "rules"
+ROOT = Path(__file__).resolve().parent.parent
+RULES_DIR = ROOT / "charts" / "lemzha" / "files" / "rules"
+README = ROOT / "README.md"
 EXACT = ("cpu_millicores", "memory_bytes", "syscall_read", "syscall_write", "network_receive", "network_transmit",
          "workload", "node_memory_percent", "node_network_receive")
 
@@ -205,10 +207,14 @@ def test_doctor_names_what_is_missing(exported, prepared):
     assert "rule lemzha.mesh (istio)" in _line(full.stdout, "workload")
     assert "rule lemzha.node (node-exporter + kube-state-metrics)" in _line(full.stdout, "node_cpu_percent")
     # a cluster without a mesh: the rules are loaded, the mesh's series are not there
-    print(mesh_less.stdout)
+    shown = mesh_less.stdout.replace(url, "http://127.0.0.1:9090")
+    print(shown)
     assert mesh_less.returncode == 1
-    assert ("11 of 18 catalog metrics present; absent: latency_client_p90, latency_client_p95, latency_client_p99, "
-            "latency_server_p90, latency_server_p95, latency_server_p99, workload") in mesh_less.stdout
-    assert "no latency source: none of istio_request_duration_milliseconds_bucket" in mesh_less.stdout
+    assert ("11 of 18 catalog metrics present; absent:\n- latency_client_p90, latency_client_p95, latency_client_p99, "
+            "latency_server_p90, latency_server_p95, latency_server_p99, workload: no latency source: none of "
+            "istio_request_duration_milliseconds_bucket") in mesh_less.stdout
     assert "present" in _line(mesh_less.stdout, "node_memory_percent")
     assert nothing.returncode == 1 and "nothing at all for namespace 'no-such-namespace'" in nothing.stdout
+    readme = README.read_text()
+    block = readme[readme.index("```text\n", readme.index("**Preflight.**")) + 8:]
+    assert block[:block.index("```")] == shown, "README's doctor output is not what the doctor prints"
