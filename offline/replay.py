@@ -1,6 +1,10 @@
 """Replay raw Nezha metrics into a Prometheus TSDB (and logs into a JSON-lines file for the Loki stand-in).
 
     python -m offline.replay --ids nezha/20230129_05[,...] | --days 2023-01-29[,...] --prom-data DIR [--logs FILE]
+                             [--exporters istio|none]
+
+With --exporters the metrics are the raw series of cAdvisor, kube-state-metrics, node-exporter and Istio instead
+(`offline.exporter_replay`), for the chart's recording rules to be backfilled on (`exporter_replay.backfill_rules`).
 
 Metrics: every raw per-pod sample (exact time, floored to the millisecond Prometheus stores) is written through
 the catalog's replay inverse, so that `MetricSpec.promql` evaluated at bin end minus 1 ms reads the offline binned
