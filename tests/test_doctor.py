@@ -78,3 +78,47 @@ def test_a_server_that_is_not_prometheus_or_refuses_is_named(capsys):
     with Answering(401, b"Unauthorized", "text/plain") as denied:
         code, _, err = run(capsys, "--prometheus", denied.url, "--namespace", "ts")
     assert code == 2 and ": 401 Unauthorized" in err and "--token-file" in err and err.count("\n") == 1
+
+
+def test_each_absent_metric_says_what_is_missing(monkeypatch):
+    """With a fake Prometheus: an absent input is named; node-exporter that cannot be joined to a node is told
+    apart from a rule that is not loaded; a mesh found without its rule names the value to set."""
+    from datetime import UTC, datetime
+
+    from lemzha_operator import prometheus
+
+    def fake(have: set[str], joinable: bool):
+        def query(prom, query: str, time_s: float, timeout: float = 30.0):
+            if query.startswith("count(count by (pod)"):
+                return []  # no lemzha:* series and no cAdvisor either: every metric absent
+            if "group_left (node)" in query:
+                return [{"value": [time_s, "3"]}] if joinable else []
+            return [{"value": [time_s, "1"]}] if any(f"({name}{{" in query or f"({name}[" in query
+                                                     for name in have) else []
+        return query
+
+    monkeypatch.setattr(prometheus, "server_version", lambda prom, timeout=30.0: "2.42.0")
+    monkeypatch.setattr(doctor, "read_version", lambda prom, timeout=30.0: "2.42.0")
+    at = datetime(2023, 1, 29, 9, 30, tzinfo=UTC)
+    exporters = {"container_cpu_usage_seconds_total", "kube_pod_container_resource_limits", "kube_pod_info",
+                 "node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
+                 "node_network_receive_bytes_total", "response_latency_ms_bucket"}
+    cases = {
+        "input": (exporters - {"kube_pod_container_resource_limits"}, True),
+        "unjoined": (exporters, False),
+        "rules": (exporters, True),
+    }
+    notes = {}
+    for case, (have, joinable) in cases.items():
+        monkeypatch.setattr(doctor, "query_instant", fake(have, joinable))
+        report = doctor.diagnose("http://unused", "ts", at)
+        notes[case] = {f.metric: f.note for f in report.findings}
+        assert report.absent == tuple(f.metric for f in report.findings) and report.latency_sources == ("linkerd",)
+    assert notes["input"]["cpu_percent"] == (
+        'input absent: kube_pod_container_resource_limits{resource="cpu",unit="core"} (kube-state-metrics)')
+    assert notes["input"]["node_cpu_percent"].startswith("recording rule not loaded")
+    assert notes["unjoined"]["node_cpu_percent"].startswith("node-exporter's series find no node")
+    assert notes["rules"]["node_cpu_percent"].startswith("recording rule not loaded, its inputs are there")
+    assert notes["rules"]["workload"] == ("recording rule not loaded; linkerd series are there: set "
+                                          "recordingRules.latencySource=linkerd")
+    assert notes["rules"]["cpu_millicores"] == "no container_cpu_usage_seconds_total series for this namespace"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lemzha.binning import as_utc
 from lemzha.catalog import CATALOG, LATENCY_SOURCES, Exporter, ExporterSeries, MetricSpec, _escape
-from lemzha.rules import Rule, kubernetes_rules, latency_rules
+from lemzha.rules import MESH_GROUP, NODE_GROUP, Rule, kubernetes_rules, per_node
 from lemzha_operator.prometheus import PrometheusQueryError, PrometheusUnavailable, query_instant, server_bin_range
 from lemzha_operator.prometheus import server_version as read_version
 
@@ -67,45 +67,50 @@ class Doctor:
         self.prom, self.namespace, self.lookback, self.timeout = prom, namespace, lookback, timeout
         self.at_s = at.timestamp()
 
-    def count(self, selector: str, by_pod: bool) -> int:
-        inner = f"last_over_time({selector}[{self.lookback}])"
-        query = f"count(count by (pod) ({inner}))" if by_pod else f"count({inner})"
-        result = query_instant(self.prom, query, self.at_s, self.timeout)
+    def count(self, expr: str) -> int:
+        """`count(expr)` at `at` (0 when there is nothing to count)."""
+        result = query_instant(self.prom, f"count({expr})", self.at_s, self.timeout)
         return int(float(result[0]["value"][1])) if result else 0
+
+    def pods(self, selector: str) -> int:
+        """Pods with a sample of `selector` in the lookback."""
+        return self.count(f"count by (pod) (last_over_time({selector}[{self.lookback}]))")
 
     def has(self, series: ExporterSeries, extra: str = "") -> bool:
         matchers = [extra] if extra else []
         if series.namespace_label is not None:
             matchers.append(f'{series.namespace_label}="{_escape(self.namespace)}"')
-        return self.count(series.selector(",".join(matchers)), by_pod=False) > 0
+        return self.count(f"last_over_time({series.selector(','.join(matchers))}[{self.lookback}])") > 0
 
 
 def _exporters(exporters) -> str:
     return " + ".join(EXPORTER_NAMES[e] for e in exporters)
 
 
-def _rule_provider(rule: Rule, source: str | None = None) -> str:
-    exporters = list(dict.fromkeys(s.exporter for s in rule.inputs))
-    made_of = source if source else _exporters(exporters)
-    return f"rule {rule.group} ({made_of})"
+def _rule_provider(rule: Rule) -> str:
+    return f"rule {rule.group} ({_exporters(dict.fromkeys(s.exporter for s in rule.inputs))})"
 
 
 def _kubernetes_finding(doctor: Doctor, spec: MetricSpec, pods: int, rule: Rule) -> Finding:
     series = spec.replay.series
     if pods:
         return Finding(spec.name, pods, series, _rule_provider(rule))
-    missing = [f"{s.name}{{{s.matchers}}} ({EXPORTER_NAMES[s.exporter]})" if s.matchers
-               else f"{s.name} ({EXPORTER_NAMES[s.exporter]})" for s in rule.inputs if not doctor.has(s)]
-    note = (f"input absent: {', '.join(missing)}" if missing else
-            "recording rule not loaded, its inputs are there: install the chart's rules (prometheusRule.enabled, "
-            "or the ConfigMap's kubernetes.yaml in rule_files)")
+    missing = [f"{s.selector()} ({EXPORTER_NAMES[s.exporter]})" for s in rule.inputs if not doctor.has(s)]
+    if missing:
+        note = f"input absent: {', '.join(missing)}"
+    elif rule.group == NODE_GROUP and not doctor.count(per_node(rule.inputs[0].selector())):
+        note = ("node-exporter's series find no node: scrape it as a pod, so that its namespace and pod labels "
+                "meet its kube_pod_info")
+    else:
+        note = ("recording rule not loaded, its inputs are there: install the chart's rules (prometheusRule.enabled, "
+                "or the ConfigMap's kubernetes.yaml in rule_files)")
     return Finding(spec.name, 0, series, _rule_provider(rule), note)
 
 
-def _mesh_finding(spec: MetricSpec, pods: int, found: tuple[str, ...], rule_group: str) -> Finding:
+def _mesh_finding(spec: MetricSpec, pods: int, found: tuple[str, ...]) -> Finding:
     series = spec.replay.series
     sources = found or tuple(s.name for s in LATENCY_SOURCES)
-    provider = f"rule {rule_group} ({' or '.join(sources)})"
+    provider = f"rule {MESH_GROUP} ({' or '.join(sources)})"
     if pods:
         return Finding(spec.name, pods, series, provider)
     if found:
@@ -124,14 +129,13 @@ def diagnose(prom, namespace: str, at: datetime, lookback: str = "10m", timeout:
     found = tuple(s.name for s in LATENCY_SOURCES
                   if doctor.has(s.buckets, s.server) or doctor.has(s.buckets, s.client))
     kubernetes = {r.metric: r for r in kubernetes_rules()}
-    mesh_group = latency_rules(LATENCY_SOURCES[0])[0].group
     findings = []
     for spec in CATALOG:
-        pods = doctor.count(spec.selector(namespace), by_pod=True)
+        pods = doctor.pods(spec.selector(namespace))
         if spec.name in kubernetes:
             findings.append(_kubernetes_finding(doctor, spec, pods, kubernetes[spec.name]))
         elif spec.recorded:
-            findings.append(_mesh_finding(spec, pods, found, mesh_group))
+            findings.append(_mesh_finding(spec, pods, found))
         else:
             findings.append(Finding(spec.name, pods, spec.replay.series, _exporters(spec.sources),
                                     "" if pods else f"no {spec.replay.series} series for this namespace"))

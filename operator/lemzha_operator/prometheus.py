@@ -69,7 +69,7 @@ def server_version(prom, timeout: float = 30.0) -> str | None:
     """The server's version from /api/v1/status/buildinfo, or None when it does not serve that endpoint (some
     Prometheus-compatible backends answer 404): the range handling of Prometheus 2.x is then assumed."""
     try:
-        payload = _call(prom, "GET", "/api/v1/status/buildinfo", None, timeout, "buildinfo")
+        payload = _call(prom, "GET", "/api/v1/status/buildinfo", None, timeout, "buildinfo", retries=False)
     except PrometheusQueryError:
         return None
     version = (payload.get("data") or {}).get("version")
@@ -81,15 +81,30 @@ def server_bin_range(prom, n_bins: int = 1, timeout: float = 30.0) -> str:
     return bin_range(server_version(prom, timeout) or "2", n_bins)
 
 
-def _call(prom, method: str, path: str, body: dict | None, timeout: float, what: str) -> dict:
+def _timed_out(err: requests.RequestException) -> bool:
+    """A read timeout, also when the session's retry adapter retried it (a GET) and requests reports the last one as
+    a ConnectionError."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return isinstance(err, requests.Timeout) or isinstance(reason, ReadTimeoutError)
+
+
+def _call(prom, method: str, path: str, body: dict | None, timeout: float, what: str, retries: bool = True) -> dict:
     """One API request; returns the JSON answer of status "success". Outages are PrometheusUnavailable,
-    rejections (4xx, status "error") PrometheusQueryError naming `what`."""
+    rejections (4xx, status "error") PrometheusQueryError naming `what`. `retries=False` bypasses the client's retry
+    adapter, which retries a GET (the API's queries are POSTs, never retried there): a slow server then costs one
+    timeout, not four."""
     url, session, headers, auth = _endpoint(prom)
+    if not retries:
+        plain = requests.Session()  # requests' own adapters: no retries; the TLS and proxy settings are kept
+        plain.verify, plain.cert, plain.proxies = session.verify, session.cert, session.proxies
+        session = plain
     try:
         resp = session.request(method, f"{url}{path}", data=body, headers=headers, auth=auth, timeout=timeout)
-    except requests.Timeout as err:
-        raise PrometheusUnavailable(f"Prometheus at {url} did not answer within {timeout:g} s", "timeout") from err
     except requests.RequestException as err:
+        if _timed_out(err):
+            raise PrometheusUnavailable(f"Prometheus at {url} did not answer within {timeout:g} s", "timeout") from err
         raise PrometheusUnavailable(f"Prometheus at {url} unreachable: {err}") from err
     if resp.status_code >= 500:
         kind = "timeout" if "timed out" in resp.text or "timeout" in resp.text else "server_error"
