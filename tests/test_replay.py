@@ -320,10 +320,42 @@ def test_bin_range_follows_the_server_version(tmp_path):
         assert not np.isnan(faked[3]).all() and not np.isnan(faked[7]).all()  # 2.42 closes the 30 s range's start
 
 
+def test_a_slow_buildinfo_is_one_timeout_not_four():
+    """The operator's client retries a GET (buildinfo is one) four times; the version lookup bypasses that, so a
+    hung Prometheus costs one query timeout and is reported as a timeout, as the (POST) queries are."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from lemzha_operator.settings import Settings
+    from lemzha_operator.sources import _prometheus
+
+    class Hung(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            time.sleep(1.5)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hung)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prom = _prometheus(Settings(prometheus_url=f"http://127.0.0.1:{server.server_address[1]}", loki_url=None,
+                                bundle_dir=None, cache_dir=Path("/tmp")))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PrometheusUnavailable, match=r"did not answer within 0\.3 s") as err:
+            prometheus.server_version(prom, timeout=0.3)
+        assert err.value.kind == "timeout" and time.monotonic() - t0 < 1.2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_server_without_buildinfo_is_taken_as_2x(monkeypatch):
     """Some Prometheus-compatible backends answer 404 for buildinfo: the 2.x range is assumed, not an error."""
 
-    def not_found(prom, method, path, body, timeout, what):
+    def not_found(prom, method, path, body, timeout, what, retries=True):
         raise PrometheusQueryError(f"Prometheus rejected {what}: 404 page not found")
 
     monkeypatch.setattr(prometheus, "_call", not_found)
