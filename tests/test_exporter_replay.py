@@ -16,9 +16,10 @@ Tolerances, per metric (what the replay can and cannot keep; offline.exporter_re
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def exported(prepared, tmp_path_factory) -> dict:
         for block in blocks.iterdir():
             if block.is_dir():
                 shutil.copytree(block, root / "all" / block.name)
-    return {"raw": root / "raw", "all": root / "all"}
+    return {"raw": root / "raw", "all": root / "all", "days": {namespace: metrics for metrics, namespace, _ in days}}
 
 
 def _window(offline) -> dict:
@@ -94,9 +95,6 @@ def test_rule_evaluation_offsets_leave_room_for_the_counter_pairs(exported, prep
 
 @pytest.mark.parametrize("scenario_id", [TT_ID, OB_ID])
 def test_recorded_metrics_from_raw_exporters_equal_offline(exported, prepared, scenario_id):
-    from offline import nezha
-    from offline.store import ensure_extracted
-
     offline = prepared.load(scenario_id)
     with prometheus_server(exported["all"]) as url:
         live = _live_scenario(url, offline)
@@ -114,8 +112,7 @@ def test_recorded_metrics_from_raw_exporters_equal_offline(exported, prepared, s
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=atol, equal_nan=True, err_msg=name)
 
     # percentages: the rules' arithmetic with the replayed limits, and Nezha's own values mostly
-    day_name = prepared.entry(scenario_id)["day"]
-    day = nezha.read_day_metrics(ensure_extracted("nezha"), next(d for d in nezha.DAYS if d.day == day_name))
+    day = exported["days"][offline.namespace]
     limits = np.array([xr.pod_limits(day.series[p].values) for p in live.pods])  # (pods, 2)
     for name, usage, factor, k in (("cpu_percent", "cpu_millicores", 1e-3, 0), ("memory_percent", "memory_bytes",
                                                                               1.0, 1)):
@@ -177,9 +174,14 @@ def _live_scenario(url, offline):
 
 
 # -- the preflight doctor, against the same servers --------------------------------------------------------------------
-def doctor(url: str, namespace: str, at: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lemzha_operator.doctor", "--prometheus", url, "--namespace",
-                           namespace, "--at", at, *extra], capture_output=True, text=True, timeout=120)
+def doctor(url: str, namespace: str, at: str) -> subprocess.CompletedProcess:
+    """`python -m lemzha_operator.doctor`, run in this process (tests/test_doctor.py covers its errors)."""
+    from lemzha_operator import doctor as preflight
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = preflight.main(["--prometheus", url, "--namespace", namespace, "--at", at])
+    return subprocess.CompletedProcess([], code, out.getvalue(), err.getvalue())
 
 
 def _line(out: str, metric: str) -> str:
