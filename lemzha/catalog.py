@@ -4,16 +4,36 @@ This module is the only place where metric names are mapped. Offline loaders loo
 lemzha-k/LEMMA parquet name here; the operator builds its queries here; the Prometheus replay (issue #5) writes the
 series named by each metric's `replay` so that the live query reads back exactly the offline value.
 
-Live values come from the expression evaluated at the *end* of each 30 s bin minus 1 ms, with a 29,999 ms range.
-Prometheus 2.x ranges include their lower end, so the selector covers [t, t + 30 s - 1 ms]: exactly the bin
-[t, t + 30 s) of `lemzha.binning` at Prometheus' millisecond resolution. (Prometheus 3 opens the lower end; there
-the range would have to be 30 s. The tests pin 2.x, the Debian package.)
+Live values come from the expression evaluated at the *end* of each 30 s bin minus 1 ms, over one bin's range:
+Prometheus 2.x ranges include their lower end, so there the range is 29,999 ms and covers [t, t + 30 s - 1 ms];
+Prometheus 3 opens the lower end, so there it is 30 s and covers (t - 1 ms, t + 30 s - 1 ms]. Both are exactly the
+bin [t, t + 30 s) of `lemzha.binning` at Prometheus' millisecond resolution; `bin_range(version)` picks one from the
+server's version (the operator reads /api/v1/status/buildinfo).
+
+Twelve metrics are read as `lemzha:*` series that the chart's recording rules (`lemzha.recording_rules`) compute
+from the exporters a cluster runs; `EXPORTER_SERIES` and `LATENCY_SOURCES` below name those exporters' series, and each
+metric's `sources` says which exporters it needs (`lemzha.coverage` masks scenarios by them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from lemzha.binning import BIN_SECONDS
+
+BIN_RANGE = "29999ms"  # one bin at Prometheus' ms resolution, lower end included (2.x semantics)
+RECORDED_PREFIX = "lemzha:"
+
+
+def bin_range(prometheus_version: str, n_bins: int = 1) -> str:
+    """The range selector covering exactly `n_bins` bins, evaluated at their end - 1 ms, on a server of this
+    version: 29999ms per bin for Prometheus 2.x (lower end included), 30s from 3.0 (lower end excluded). An
+    unparsable version is taken as 2.x."""
+    major = prometheus_version.strip().lstrip("v").split(".", 1)[0]
+    if major.isdigit() and int(major) >= 3:
+        return f"{n_bins * BIN_SECONDS}s"
+    return f"{n_bins * BIN_SECONDS * 1000 - 1}ms"
 
 
 class MetricType(StrEnum):
@@ -30,6 +50,16 @@ class MetricType(StrEnum):
 class Scope(StrEnum):
     POD = "pod"
     NODE = "node"  # a node-level value copied onto each pod of that node
+
+
+class Exporter(StrEnum):
+    """Who exports the raw series a metric is made from, in a cluster."""
+
+    CADVISOR = "cadvisor"  # the kubelet's cAdvisor: container_* series
+    KUBE_STATE_METRICS = "kube-state-metrics"  # resource limits, pod -> node (kube_pod_info), owners, labels
+    NODE_EXPORTER = "node-exporter"  # node_* series
+    MESH = "mesh"  # per-pod request latency and counts: Istio, Linkerd or OpenTelemetry spanmetrics
+    TRACES = "traces"  # the OpenTelemetry spanmetrics and servicegraph series per service (the trace features)
 
 
 @dataclass(frozen=True)
@@ -58,26 +88,39 @@ class MetricSpec:
     selector_extra: str = ""  # extra label matchers of the live series
     doc: str = ""
     source_factor: float = 1.0  # raw Nezha / lemzha-k value * source_factor = catalog value
+    sources: tuple[Exporter, ...] = ()  # every exporter the live value needs
 
     def __post_init__(self) -> None:
         if self.replay.kind not in ("gauge", "counter"):
             raise ValueError(f"{self.name}: replay kind must be gauge or counter, not {self.replay.kind!r}")
+        if not self.sources:
+            raise ValueError(f"{self.name}: name the exporters it needs (sources)")
 
-    def promql(self, namespace: str) -> str:
-        """Per-pod expression whose value at time t is the latest sample at or before t (NaN-free: absent if none)."""
+    @property
+    def recorded(self) -> bool:
+        """Read live as a `lemzha:*` series of the chart's recording rules, not as an exporter's own series."""
+        return self.replay.series.startswith(RECORDED_PREFIX)
+
+    def selector(self, namespace: str) -> str:
+        """The live series of this metric in `namespace`, as a PromQL selector."""
         matchers = f'namespace="{_escape(namespace)}"'
         if self.selector_extra:
             matchers += f",{self.selector_extra}"
         for key, value in self.replay.labels:
             matchers += f',{key}="{value}"'
-        series = f"{self.replay.series}{{{matchers}}}"
+        return f"{self.replay.series}{{{matchers}}}"
+
+    def promql(self, namespace: str, bin_range: str = BIN_RANGE) -> str:
+        """Per-pod expression whose value at time t is the latest sample at or before t (NaN-free: absent if none).
+        `bin_range` is one bin on the server's Prometheus version (`bin_range()`)."""
+        series = self.selector(namespace)
         factor = _inverse(self.replay.factor)
         if self.replay.kind == "counter":
             # irate over two samples is exact for a counter written cumulatively; `and` keeps only pods that
             # have a sample inside the bin, so an empty bin stays empty instead of repeating the previous rate.
-            expr = f"sum by (pod) (irate({series}[2m]) and last_over_time({series}[{BIN_RANGE}]))"
+            expr = f"sum by (pod) (irate({series}[2m]) and last_over_time({series}[{bin_range}]))"
         else:
-            expr = f"sum by (pod) (last_over_time({series}[{BIN_RANGE}]))"
+            expr = f"sum by (pod) (last_over_time({series}[{bin_range}]))"
         return expr if factor == 1.0 else f"({expr}) * {factor!r}"
 
 
@@ -89,50 +132,100 @@ def _inverse(factor: float) -> float:
     return 1.0 if factor == 1.0 else 1.0 / factor
 
 
-BIN_RANGE = "29999ms"  # one bin at Prometheus' ms resolution, lower end included (2.x semantics)
 _CADVISOR = 'container!="",container!="POD"'
 MIB = 1024.0 * 1024.0
+
+
+# -- exporter series (issue #17) -----------------------------------------------------------------------------------
+# The raw series a standard cluster has, from which the chart's recording rules (`lemzha.recording_rules`) compute the
+# `lemzha:*` series above. Names and label conventions are those of the exporters' defaults:
+# - cAdvisor (the kubelet's /metrics/cadvisor), scraped with `namespace`, `pod` and `container` labels;
+# - kube-state-metrics v2: `kube_pod_container_resource_limits{resource, unit}` and `kube_pod_info{node}`;
+# - node-exporter, scraped as a pod (`namespace`, `pod` target labels of its own pod), so its node comes from its
+#   pod's `kube_pod_info` (the kube-prometheus convention), whatever `instance` holds;
+# - the mesh or tracing pipeline chosen as the latency source (`LATENCY_SOURCES`).
+
+
+@dataclass(frozen=True)
+class ExporterSeries:
+    """One raw series (family) an exporter writes, with the matchers that select what the rules read."""
+
+    name: str
+    exporter: Exporter
+    matchers: str = ""
+    namespace_label: str | None = "namespace"  # the label holding the workload's namespace; None: not namespaced
+
+    def selector(self, extra: str = "") -> str:
+        matchers = ",".join(m for m in (self.matchers, extra) if m)
+        return f"{self.name}{{{matchers}}}" if matchers else self.name
+
+
+CADVISOR_CPU = ExporterSeries("container_cpu_usage_seconds_total", Exporter.CADVISOR, _CADVISOR)
+CADVISOR_MEMORY = ExporterSeries("container_memory_working_set_bytes", Exporter.CADVISOR, _CADVISOR)
+KSM_CPU_LIMIT = ExporterSeries("kube_pod_container_resource_limits", Exporter.KUBE_STATE_METRICS,
+                               'resource="cpu",unit="core"')
+KSM_MEMORY_LIMIT = ExporterSeries("kube_pod_container_resource_limits", Exporter.KUBE_STATE_METRICS,
+                                  'resource="memory",unit="byte"')
+KSM_POD_INFO = ExporterSeries("kube_pod_info", Exporter.KUBE_STATE_METRICS, 'node!=""')
+NODE_CPU_IDLE = ExporterSeries("node_cpu_seconds_total", Exporter.NODE_EXPORTER, 'mode="idle"', None)
+NODE_MEMORY_AVAILABLE = ExporterSeries("node_memory_MemAvailable_bytes", Exporter.NODE_EXPORTER, "", None)
+NODE_MEMORY_TOTAL = ExporterSeries("node_memory_MemTotal_bytes", Exporter.NODE_EXPORTER, "", None)
+# physical interfaces only: loopback and the virtual devices of container networking would count a pod's traffic twice
+NODE_NETWORK_RECEIVE = ExporterSeries(
+    "node_network_receive_bytes_total", Exporter.NODE_EXPORTER,
+    'device!~"lo|veth.*|cali.*|cilium.*|lxc.*|flannel.*|cni.*|docker.*|br-.*|virbr.*|tunl.*|vxlan.*|[a-f0-9]{15}"',
+    None)
+EXPORTER_SERIES: tuple[ExporterSeries, ...] = (
+    CADVISOR_CPU, CADVISOR_MEMORY, KSM_CPU_LIMIT, KSM_MEMORY_LIMIT, KSM_POD_INFO, NODE_CPU_IDLE,
+    NODE_MEMORY_AVAILABLE, NODE_MEMORY_TOTAL, NODE_NETWORK_RECEIVE,
+)
+
+_CADVISOR_ONLY = (Exporter.CADVISOR,)
+_WITH_LIMITS = (Exporter.CADVISOR, Exporter.KUBE_STATE_METRICS)
+_NODE = (Exporter.NODE_EXPORTER, Exporter.KUBE_STATE_METRICS)
+_MESH = (Exporter.MESH,)
 
 CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec(
         "cpu_millicores", MetricType.MILLICORES, "millicores", Scope.POD, "CpuUsage(m)", "cpu_usage_m",
-        Replay("container_cpu_usage_seconds_total", "counter", 1e-3), _CADVISOR,
-        "CPU time used per second, in thousandths of a core.",
+        Replay(CADVISOR_CPU.name, "counter", 1e-3), _CADVISOR,
+        "CPU time used per second, in thousandths of a core.", sources=_CADVISOR_ONLY,
     ),
     MetricSpec(
         "cpu_percent", MetricType.PERCENT, "%", Scope.POD, "CpuUsageRate(%)", "cpu_usage_rate",
         Replay("lemzha:pod_cpu_usage:percent", "gauge", 1.0),
-        doc="CPU use as a share of the pod's CPU limit (recording rule in the Helm chart).",
+        doc="CPU use as a share of the pod's CPU limit (recording rule in the Helm chart).", sources=_WITH_LIMITS,
     ),
     MetricSpec(
         "memory_bytes", MetricType.BYTES, "bytes", Scope.POD, "MemoryUsage(Mi)", "memory_usage",
-        Replay("container_memory_working_set_bytes", "gauge", 1.0), _CADVISOR,
-        "Working-set memory in bytes (Nezha reports MiB).", source_factor=MIB,
+        Replay(CADVISOR_MEMORY.name, "gauge", 1.0), _CADVISOR,
+        "Working-set memory in bytes (Nezha reports MiB).", source_factor=MIB, sources=_CADVISOR_ONLY,
     ),
     MetricSpec(
         "memory_percent", MetricType.PERCENT, "%", Scope.POD, "MemoryUsageRate(%)", "memory_usage_rate",
         Replay("lemzha:pod_memory_usage:percent", "gauge", 1.0),
-        doc="Working set as a share of the memory limit (recording rule).",
+        doc="Working set as a share of the memory limit (recording rule).", sources=_WITH_LIMITS,
     ),
     MetricSpec(
         "syscall_read", MetricType.COUNT_RATE, "ops/s", Scope.POD, "SyscallRead", "syscall_read",
         Replay("container_fs_reads_total", "counter", 1.0), _CADVISOR,
         "Read operations per second. Nezha counts read syscalls; live, cAdvisor's filesystem reads are the nearest.",
+        sources=_CADVISOR_ONLY,
     ),
     MetricSpec(
         "syscall_write", MetricType.COUNT_RATE, "ops/s", Scope.POD, "SyscallWrite", "syscall_write",
         Replay("container_fs_writes_total", "counter", 1.0), _CADVISOR,
-        "Write operations, as syscall_read.",
+        "Write operations, as syscall_read.", sources=_CADVISOR_ONLY,
     ),
     MetricSpec(
         "network_receive", MetricType.BYTE_RATE, "bytes/s", Scope.POD, "NetworkReceiveBytes", "network_rx_bytes",
         Replay("container_network_receive_bytes_total", "counter", 1.0),
-        doc="Bytes received per second by the pod's network namespace.",
+        doc="Bytes received per second by the pod's network namespace.", sources=_CADVISOR_ONLY,
     ),
     MetricSpec(
         "network_transmit", MetricType.BYTE_RATE, "bytes/s", Scope.POD, "NetworkTransmitBytes", "network_tx_bytes",
         Replay("container_network_transmit_bytes_total", "counter", 1.0),
-        doc="Bytes sent per second.",
+        doc="Bytes sent per second.", sources=_CADVISOR_ONLY,
     ),
     *(
         MetricSpec(
@@ -140,6 +233,7 @@ CATALOG: tuple[MetricSpec, ...] = (
             f"Pod{side.title()}LatencyP{q}(s)", f"latency_{side}_p{q}",
             Replay(f"lemzha:pod_{side}_latency_p{q}:seconds", "gauge", 1.0),
             doc=f"P{q} of request latency seen as {side} (recording rule over the mesh's request-duration histogram).",
+            sources=_MESH,
         )
         for side in ("client", "server")
         for q in (90, 95, 99)
@@ -147,22 +241,22 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec(
         "workload", MetricType.COUNT_RATE, "req/s", Scope.POD, "PodWorkload(Ops)", "workload_ops",
         Replay("lemzha:pod_requests:rate", "gauge", 1.0),
-        doc="Requests served per second (recording rule over the mesh's request counter).",
+        doc="Requests served per second (recording rule over the mesh's request counter).", sources=_MESH,
     ),
     MetricSpec(
         "node_cpu_percent", MetricType.PERCENT, "%", Scope.NODE, "NodeCpuUsageRate(%)", "node_cpu_usage_rate",
         Replay("lemzha:pod_node_cpu_usage:percent", "gauge", 1.0),
-        doc="CPU use of the pod's node (recording rule joining node-exporter to kube_pod_info).",
+        doc="CPU use of the pod's node (recording rule joining node-exporter to kube_pod_info).", sources=_NODE,
     ),
     MetricSpec(
         "node_memory_percent", MetricType.PERCENT, "%", Scope.NODE, "NodeMemoryUsageRate(%)", "node_memory_usage_rate",
         Replay("lemzha:pod_node_memory_usage:percent", "gauge", 1.0),
-        doc="Memory use of the pod's node.",
+        doc="Memory use of the pod's node.", sources=_NODE,
     ),
     MetricSpec(
         "node_network_receive", MetricType.BYTE_RATE, "bytes/s", Scope.NODE, "NodeNetworkReceiveBytes",
         "node_network_rx_bytes", Replay("lemzha:pod_node_network_receive:bytes_rate", "gauge", 1.0),
-        doc="Bytes received per second by the pod's node.",
+        doc="Bytes received per second by the pod's node.", sources=_NODE,
     ),
 )
 
@@ -315,7 +409,7 @@ class TraceFeature:
     quantile: float | None = None
     doc: str = ""
 
-    def promql(self, namespace: str, namespace_label: str | None = None) -> str:
+    def promql(self, namespace: str, namespace_label: str | None = None, bin_range: str = BIN_RANGE) -> str:
         if self.level == "service":
             label = namespace_label or TRACE_NAMESPACE_LABEL
             sel, by = _span_selector(namespace, label), "service_name"
@@ -325,16 +419,16 @@ class TraceFeature:
             sel, by = _edge_selector(namespace, label), "client, server"
             count, hist = GRAPH_REQUESTS.name, GRAPH_SERVER_SECONDS.name
         if self.kind == "count":
-            return f"sum by ({by}) (increase({count}{{{sel}}}[{BIN_RANGE}]))"
+            return f"sum by ({by}) (increase({count}{{{sel}}}[{bin_range}]))"
         if self.kind == "mean":
-            return (f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{BIN_RANGE}])) / "
-                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{BIN_RANGE}]))")
+            return (f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{bin_range}])) / "
+                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{bin_range}]))")
         if self.kind == "gap":
-            return (f"(sum by ({by}) (increase({GRAPH_CLIENT_SECONDS.name}_sum{{{sel}}}[{BIN_RANGE}])) - "
-                    f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{BIN_RANGE}]))) * 1000 / "
-                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{BIN_RANGE}]))")
+            return (f"(sum by ({by}) (increase({GRAPH_CLIENT_SECONDS.name}_sum{{{sel}}}[{bin_range}])) - "
+                    f"sum by ({by}) (increase({hist}_sum{{{sel}}}[{bin_range}]))) * 1000 / "
+                    f"sum by ({by}) (increase({hist}_count{{{sel}}}[{bin_range}]))")
         return (f"histogram_quantile({self.quantile!r}, "
-                f"sum by ({by}, le) (increase({hist}_bucket{{{sel}}}[{BIN_RANGE}])))")
+                f"sum by ({by}, le) (increase({hist}_bucket{{{sel}}}[{bin_range}])))")
 
 
 TRACE_FEATURES: tuple[TraceFeature, ...] = (
@@ -361,12 +455,88 @@ def trace_feature(name: str) -> TraceFeature:
     raise KeyError(f"unknown trace feature {name!r}; the catalog has {', '.join(TRACE_FEATURE_NAMES)}")
 
 
-def service_bucket_promql(namespace: str, namespace_label: str = TRACE_NAMESPACE_LABEL) -> str:
+def service_bucket_promql(namespace: str, namespace_label: str = TRACE_NAMESPACE_LABEL,
+                          bin_range: str = BIN_RANGE) -> str:
     """Per (service_name, le): the bin's increase of the span-duration buckets (what the quantiles are made of)."""
     sel = _span_selector(namespace, namespace_label)
-    return f"sum by (service_name, le) (increase({SPAN_DURATION.name}_bucket{{{sel}}}[{BIN_RANGE}]))"
+    return f"sum by (service_name, le) (increase({SPAN_DURATION.name}_bucket{{{sel}}}[{bin_range}]))"
 
 
-def edge_bucket_promql(namespace: str, namespace_label: str = EDGE_NAMESPACE_LABEL) -> str:
+def edge_bucket_promql(namespace: str, namespace_label: str = EDGE_NAMESPACE_LABEL,
+                       bin_range: str = BIN_RANGE) -> str:
     sel = _edge_selector(namespace, namespace_label)
-    return f"sum by (client, server, le) (increase({GRAPH_SERVER_SECONDS.name}_bucket{{{sel}}}[{BIN_RANGE}]))"
+    return f"sum by (client, server, le) (increase({GRAPH_SERVER_SECONDS.name}_bucket{{{sel}}}[{bin_range}]))"
+
+
+# -- latency sources (issue #17) ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatencySource:
+    """A per-pod request-duration histogram and request counter: what the latency and workload rules read.
+
+    `server` and `client` select the two sides (the series a pod writes about requests it serves, and about those
+    it sends); `requests` counts the served requests. `pod_labels` names the (namespace, pod) labels when they are
+    not the scrape's `namespace` and `pod` (span metrics carry the span's pod as a resource attribute).
+    """
+
+    name: str  # the chart's `recordingRules.latencySource`
+    histogram: str  # family name: `<histogram>_bucket{le}` is read
+    requests: str
+    to_seconds: float  # histogram unit -> seconds
+    server: str
+    client: str
+    pod_labels: tuple[str, str] = ("namespace", "pod")
+    per_pod: str = ""  # what it can and cannot tell per pod
+
+    @property
+    def buckets(self) -> ExporterSeries:
+        return ExporterSeries(f"{self.histogram}_bucket", Exporter.MESH, namespace_label=self.pod_labels[0])
+
+
+LATENCY_SOURCES: tuple[LatencySource, ...] = (
+    LatencySource(
+        "istio", "istio_request_duration_milliseconds", "istio_requests_total", 1e-3,
+        'reporter="destination"', 'reporter="source"',
+        per_pod="each sidecar reports its own pod: reporter=destination is the server side, reporter=source the "
+                "client side; ambient mode (ztunnel, no sidecar) reports per node, not per pod",
+    ),
+    LatencySource(
+        "linkerd", "response_latency_ms", "request_total", 1e-3,
+        'direction="inbound"', 'direction="outbound"',
+        per_pod="each proxy reports its own pod: direction=inbound is the server side, outbound the client side; "
+                "inbound includes the kubelet's probes",
+    ),
+    LatencySource(
+        "otel-spanmetrics", SPAN_DURATION.name, SPAN_CALLS.name, 1e-3,
+        f'span_kind="{SERVER_SPAN_KIND}"', 'span_kind="SPAN_KIND_CLIENT"',
+        (TRACE_NAMESPACE_LABEL, "k8s_pod_name"),
+        per_pod="per pod only with the k8s.pod.name and k8s.namespace.name dimensions on the spanmetrics connector "
+                "(k8sattributes processor); without them the series are per service and give no pod value; only "
+                "traced requests count",
+    ),
+)
+LATENCY_SOURCE_NAMES: tuple[str, ...] = (*(s.name for s in LATENCY_SOURCES), "none")
+
+
+def latency_source(name: str) -> LatencySource | None:
+    """The source named in values (`none`: None)."""
+    if name == "none":
+        return None
+    for source in LATENCY_SOURCES:
+        if source.name == name:
+            return source
+    raise ValueError(f"unknown latency source {name!r}; known: {', '.join(LATENCY_SOURCE_NAMES)}")
+
+
+# Exporter sets a cluster may have, for coverage ablations (`lemzha.coverage`): cAdvisor comes with every kubelet;
+# kube-state-metrics and node-exporter with kube-prometheus-stack; the mesh and the traces need more.
+EXPORTER_PRESETS: dict[str, frozenset[Exporter]] = {
+    "cadvisor": frozenset({Exporter.CADVISOR}),
+    "cadvisor_ksm_node": frozenset({Exporter.CADVISOR, Exporter.KUBE_STATE_METRICS, Exporter.NODE_EXPORTER}),
+    "full": frozenset(Exporter),
+}
+
+
+def metrics_provided(exporters) -> tuple[str, ...]:
+    """Catalog metrics (catalog order) whose every source is among `exporters` (Exporter values or their names)."""
+    have = {Exporter(e) for e in exporters}
+    return tuple(s.name for s in CATALOG if set(s.sources) <= have)

@@ -1,7 +1,10 @@
 """Replay raw Nezha metrics into a Prometheus TSDB (and logs into a JSON-lines file for the Loki stand-in).
 
     python -m offline.replay --ids nezha/20230129_05[,...] | --days 2023-01-29[,...] --prom-data DIR [--logs FILE]
-                             [--shift-to-now | --shift-to TIME]
+                             [--shift-to-now | --shift-to TIME] [--exporters istio|none]
+
+With --exporters the metrics are the raw series of cAdvisor, kube-state-metrics, node-exporter and Istio instead
+(`offline.exporter_replay`), for the chart's recording rules to be backfilled on (`exporter_replay.backfill_rules`).
 
 Metrics: every raw per-pod sample (exact time, floored to the millisecond Prometheus stores) is written through
 the catalog's replay inverse, so that `MetricSpec.promql` evaluated at bin end minus 1 ms reads the offline binned
@@ -331,15 +334,23 @@ def _keep_bins(starts_ms: np.ndarray, windows) -> np.ndarray:
 
 def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], path: Path, progress: bool,
                       day_traces: list[traces.DayTraces | None] | None = None,
-                      shifts_ms: list[int] | None = None) -> int:
+                      shifts_ms: list[int] | None = None, exporters: str | list[str] | None = None) -> int:
     """One OpenMetrics file for (day metrics, namespace, windows or None) triples, and each day's trace series when
     `day_traces` gives them (same order, None for a day without), each day moved by its `shifts_ms` (default 0);
-    returns the number of samples."""
+    returns the number of samples. `exporters` (istio or none; or one per day) writes the raw exporter series of
+    `offline.exporter_replay` in place of the catalog's series (unshifted: the two options exclude each other)."""
+    from offline.exporter_replay import exporter_lines
+
     families: dict[str, list[str]] = {}
     for d, (metrics, namespace, windows) in enumerate(days):
         trace_day = day_traces[d] if day_traces else None
         shift = shifts_ms[d] if shifts_ms else 0
-        for lines in itertools.chain(metric_lines(metrics, namespace, windows, progress, shift),
+        mesh = exporters[d] if isinstance(exporters, list) else exporters
+        if mesh is not None and shift:
+            raise ValueError("exporter series cannot be shifted in time")
+        pod_metrics = (metric_lines(metrics, namespace, windows, progress, shift) if mesh is None
+                       else exporter_lines(metrics, namespace, windows, mesh))
+        for lines in itertools.chain(pod_metrics,
                                      pod_info_lines(metrics, namespace, windows, shift),
                                      trace_lines(trace_day, namespace, windows, shift) if trace_day is not None
                                      else ()):
@@ -494,6 +505,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="with --ids: move each day's data so its last window ends at the next 30 s boundary "
                             "after the data is read (for alerting rules, which Prometheus evaluates only now)")
     shift.add_argument("--shift-to", metavar="TIME", help="with --ids: the same, ending at TIME (RFC 3339)")
+    shift.add_argument("--exporters", choices=("istio", "none"),
+                       help="write the raw series of cAdvisor, kube-state-metrics, node-exporter and (istio) the "
+                            "mesh instead of the recorded lemzha:* series; then backfill the chart's recording "
+                            "rules (offline.exporter_replay); not with a shift")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -534,7 +549,7 @@ def run(args: argparse.Namespace) -> dict:
     args.prom_data.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.prom_data.parent, prefix=".replay-") as scratch:
         om = Path(scratch) / "replay.om.txt"
-        n = write_openmetrics(day_data, om, progress, day_traces, [t.shift_ms for t in targets])
+        n = write_openmetrics(day_data, om, progress, day_traces, [t.shift_ms for t in targets], args.exporters)
         t1 = time.perf_counter()
         backfill(om, args.prom_data)
     t2 = time.perf_counter()

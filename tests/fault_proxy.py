@@ -7,7 +7,9 @@ Modes (set `proxy.mode`, thread-safe):
 - "slow": wait `delay` seconds, then forward (a client with a shorter timeout gives up);
 - "warn": forward, and add `warnings` to a JSON answer, as Prometheus does for partial responses.
 `fail_after = N` forwards N more requests and then switches to "refuse" (an outage in the middle of an analysis).
-`requests` counts what reached the proxy.
+`requests` counts what reached the proxy, `queries` keeps the `query` of each forwarded POST.
+`version`, when set, is the answer to /api/v1/status/buildinfo in place of the server's own (a Prometheus 3 stand-in
+for that one endpoint: the queries still reach the real server).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 import requests
 
@@ -30,6 +33,8 @@ class FaultProxy:
         self.warnings: list[str] = []
         self.fail_after: int | None = None
         self.requests = 0
+        self.version: str | None = None
+        self.queries: list[str] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -76,6 +81,12 @@ class FaultProxy:
                     return
                 if mode == "slow":
                     time.sleep(proxy.delay)
+                if proxy.version is not None and self.path.split("?")[0] == "/api/v1/status/buildinfo":
+                    answer = {"status": "success", "data": {"version": proxy.version, "revision": "fault-proxy"}}
+                    self._answer(200, json.dumps(answer).encode(), "application/json")
+                    return
+                if method == "POST":
+                    proxy.queries += parse_qs(body.decode()).get("query", [])
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
                 try:
                     resp = requests.request(method, proxy.upstream + self.path, data=body, headers=headers,

@@ -26,7 +26,7 @@ RELEASE, NAMESPACE = "rel", "lemzha-system"
 PROMETHEUS = "http://prometheus-server.monitoring:9090"
 K8S_VERSIONS = ["1.30.0", "1.31.0", "1.32.0"]
 # kubernetes-validate has no schema for custom resources: each allowed kind is checked against its own schema below
-NO_BUNDLED_SCHEMA = {("ServiceMonitor", "monitoring.coreos.com/v1")}
+NO_BUNDLED_SCHEMA = {("ServiceMonitor", "monitoring.coreos.com/v1"), ("PrometheusRule", "monitoring.coreos.com/v1")}
 
 DEFAULTS: dict[str, Any] = {"prometheus": {"url": PROMETHEUS}}
 # everything optional on, watching a list of namespaces
@@ -38,6 +38,8 @@ FULL: dict[str, Any] = {
     "ha": {"enabled": True, "replicas": 3},
     "operator": {"watchTickSeconds": 7, "ttlCheckSeconds": 45},  # not the defaults, so the env must carry them
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+    "recordingRules": {"latencySource": "istio"},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus"}},
     "networkPolicy": {
         "enabled": True,
         "apiServer": {"cidrs": ["10.0.0.1/32"]},
@@ -151,8 +153,8 @@ def test_kubernetes_validate_catches_unknown_fields_and_kinds(tmp_path):
     assert any("KopfPeering" in u for u in unexpected), unexpected
 
 
-def servicemonitor_errors(obj: dict[str, Any]) -> list[str]:
-    schema = yaml.safe_load((ROOT / "tests" / "schemas" / "servicemonitor-v1.yaml").read_text())
+def schema_errors(obj: dict[str, Any], schema_file: str) -> list[str]:
+    schema = yaml.safe_load((ROOT / "tests" / "schemas" / schema_file).read_text())
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
             for e in jsonschema.Draft7Validator(schema).iter_errors(obj)]
 
@@ -160,10 +162,10 @@ def servicemonitor_errors(obj: dict[str, Any]) -> list[str]:
 def test_servicemonitor_matches_its_schema_and_service(tmp_path):
     objs = objects(FULL, tmp_path)
     (monitor,) = of_kind(objs, "ServiceMonitor")
-    assert servicemonitor_errors(monitor) == []
+    assert schema_errors(monitor, "servicemonitor-v1.yaml") == []
     broken = copy.deepcopy(monitor)
     broken["spec"]["endpoints"][0]["prot"] = broken["spec"]["endpoints"][0].pop("port")
-    assert servicemonitor_errors(broken), "the vendored schema accepts a misspelt field: it checks nothing"
+    assert schema_errors(broken, "servicemonitor-v1.yaml"), "the vendored schema accepts a misspelt field"
     (service,) = [s for s in of_kind(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
     labels = service["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
@@ -172,6 +174,78 @@ def test_servicemonitor_matches_its_schema_and_service(tmp_path):
     endpoint = monitor["spec"]["endpoints"][0]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
+
+
+def promtool_check_groups(groups: list[dict[str, Any]], tmp_path: Path) -> str:
+    """`promtool check rules` on rendered rule groups; raises with promtool's reason when it refuses them."""
+    from tests.prometheus_server import PROMTOOL
+
+    path = tmp_path / "rendered-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"promtool check rules refused the rendered rules:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+@pytest.mark.parametrize("latency", ["istio", "linkerd", "otel-spanmetrics", "none"])
+def test_recording_rules_render_as_the_catalog_generates_them(latency, tmp_path):
+    """The PrometheusRule holds exactly the generated groups for the chosen latency source, valid for its schema and
+    for the real promtool; the ConfigMap holds the same rule files byte for byte."""
+    from lemzha import rules
+    from tests.prometheus_server import PROMTOOL
+
+    objs = objects(merged(DEFAULTS, {"recordingRules": {"latencySource": latency},
+                                     "prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}), tmp_path)
+    (rule,) = of_kind(objs, "PrometheusRule")
+    assert schema_errors(rule, "prometheusrule-v1.yaml") == []
+    assert rule["metadata"]["labels"]["release"] == "kps" and rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["spec"]["groups"] == rules.rule_groups(rules.rules_for(latency))
+    (configmap,) = [o for o in of_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-rules")]
+    files = CHART / "files" / "rules"
+    assert configmap["data"] == {name: (files / name).read_text() for name in rules.chart_files(latency)}
+    if PROMTOOL.is_file():
+        assert "SUCCESS" in promtool_check_groups(rule["spec"]["groups"], tmp_path)
+
+
+def test_recording_rules_defaults(tmp_path):
+    """Off by default as Prometheus Operator users expect (a PrometheusRule without its CRD fails the install, and
+    it needs the labels your ruleSelector matches); the plain ConfigMap is there, without latency rules."""
+    objs = objects(DEFAULTS, tmp_path)
+    assert not of_kind(objs, "PrometheusRule")
+    (configmap,) = [o for o in of_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-rules")]
+    assert sorted(configmap["data"]) == ["kubernetes.yaml"]
+    off = objects(merged(DEFAULTS, {"recordingRules": {"configMap": False}}), tmp_path)
+    assert not [o for o in of_kind(off, "ConfigMap") if o["metadata"]["name"].endswith("-rules")]
+
+
+def test_prometheusrule_schema_and_promtool_catch_a_broken_rule(tmp_path):
+    """Not vacuous: a misspelt field fails the vendored schema, and a broken expression fails promtool with its
+    reason (so a rules file that promtool refuses fails the chart test)."""
+    from tests.prometheus_server import PROMTOOL
+
+    objs = objects(merged(DEFAULTS, {"prometheusRule": {"enabled": True}}), tmp_path)
+    (rule,) = of_kind(objs, "PrometheusRule")
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][0]["rules"][0]["recrod"] = broken["spec"]["groups"][0]["rules"][0].pop("record")
+    assert schema_errors(broken, "prometheusrule-v1.yaml")
+    if not PROMTOOL.is_file():
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    bad = copy.deepcopy(rule["spec"]["groups"])
+    bad[0]["rules"][0]["expr"] = bad[0]["rules"][0]["expr"].replace("sum by (namespace, pod) (", "sum by (", 1)
+    with pytest.raises(AssertionError, match="parse error"):
+        promtool_check_groups(bad, tmp_path)
+
+
+def test_unknown_latency_source_is_refused_with_the_choices(tmp_path):
+    from lemzha.catalog import LATENCY_SOURCE_NAMES
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["recordingRules"]["properties"]["latencySource"]["enum"] == list(LATENCY_SOURCE_NAMES)
+    result = render(merged(DEFAULTS, {"recordingRules": {"latencySource": "kuma"}}), tmp_path, check=False)
+    assert result.returncode != 0
+    assert ("recordingRules.latencySource: recordingRules.latencySource must be one of the following: "
+            '"istio", "linkerd", "otel-spanmetrics", "none"') in result.stderr, result.stderr
 
 
 def test_example_incidents_match_the_crd():
@@ -219,6 +293,11 @@ def test_notes_tell_how_to_apply_the_example(tmp_path):
     (webhook,) = config["receivers"][0]["webhook_configs"]
     assert webhook["url"] == f"http://{RELEASE}-lemzha-alerts.{NAMESPACE}.svc:9095/alerts"
     assert webhook["http_config"]["authorization"]["credentials_file"].endswith("/am-token/token")
+    # where the recording rules are, and the preflight
+    assert "load the ConfigMap rel-lemzha-rules" in shown and "No latency source is set" in shown
+    assert f"kubectl -n {NAMESPACE} exec deploy/rel-lemzha -- python -m lemzha_operator.doctor" in shown
+    with_rules = text({**DEFAULTS, "recordingRules": {"latencySource": "istio"}, "prometheusRule": {"enabled": True}})
+    assert "the PrometheusRule rel-lemzha holds them" in with_rules and "No latency source" not in with_rules
 
 
 # -- what the chart promises -----------------------------------------------------------------------------------------
@@ -491,6 +570,8 @@ BAD_VALUES = {
     "alert label that is no label name": ({"alerts": {"namespaceLabel": "k8s-namespace"}}, "namespaceLabel"),
     "alert NetworkPolicy without peers": ({"alerts": {"networkPolicy": {"namespaceSelector": None,
                                                                         "podSelector": None}}}, "networkPolicy"),
+    "unknown latency source": ({"recordingRules": {"latencySource": "kuma"}}, "latencySource"),
+    "PrometheusRule label not a string": ({"prometheusRule": {"labels": {"release": 1}}}, "labels"),
 }
 
 

@@ -234,7 +234,8 @@ def test_status_is_written_through_the_status_subresource(kubectl: Kubectl) -> N
                                      "traces": [{"client": "ts-travel-service", "gapBeforeMs": 3.1,
                                                  "gapAfterMs": 1497.3}]}},
                        {"rank": 2, "service": "ts-station-service", "score": 0.41}],
-        "dataCoverage": {"pods": 64, "metrics": 1200, "logLines": 50000, "bins": 40},
+        "dataCoverage": {"pods": 64, "metrics": 1200, "logLines": 50000, "bins": 40,
+                         "missingMetrics": ["latency_client_p90", "workload"]},
         "conditions": [{"type": "Completed", "status": "True", "reason": "Ranked", "message": "2 causes",
                         "lastTransitionTime": "2023-01-29T09:40:00Z", "observedGeneration": 1}],
     }

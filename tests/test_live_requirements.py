@@ -25,6 +25,7 @@ import importlib.util, json, sys
 from pathlib import Path
 
 import lemzha_operator.handlers  # the module `kopf run -m` loads
+import lemzha_operator.doctor  # the preflight, run in the operator's pod
 from lemzha.bundle import open_ranker
 from lemzha.scenario_io import load_scenario
 

@@ -117,7 +117,7 @@ def test_prometheus_down_at_the_start_degrades_retries_and_recovers(faults: Faul
 
 def test_prometheus_failing_mid_analysis_gives_the_same_answer_after_recovery(faults: Faults, reference) -> None:
     faults.start()
-    faults.prom.set("pass", fail_after=6)  # the first 6 of 18 metric queries work, then Prometheus goes away
+    faults.prom.set("pass", fail_after=6)  # buildinfo and 5 of the 18 metric queries work, then Prometheus goes away
     faults.apply(incident("prom-mid"))
     faults.wait_condition("prom-mid", "Degraded", "PrometheusUnavailable")
     faults.prom.set("pass")

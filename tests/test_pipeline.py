@@ -62,6 +62,7 @@ def test_completed_incident_ranks_like_the_offline_ranker(case):
     assert set(kinds) == {"DataFetched", "Degraded", "Analyzed", "Ready"}
     assert kinds["Degraded"]["status"] == "False" and outcome.status["method"] == "baro"
     assert outcome.status["dataCoverage"]["logs"] == "complete"
+    assert outcome.status["dataCoverage"]["missingMetrics"] == []
     assert calls == {"metrics": 1, "logs": 1}
     assert {"metrics", "logs", "scenario", "rank"} <= set(outcome.timings) and outcome.source_errors == []
 
@@ -145,6 +146,37 @@ def test_truncated_logs_and_prometheus_warnings_are_surfaced(case):
     degraded = {c["type"]: c for c in outcome.conditions}["Degraded"]
     assert degraded["reason"] == "LogsTruncated" and "(1000)" in degraded["message"]
     assert "s3 unreachable" in degraded["message"]
+
+
+def test_absent_metrics_are_listed_and_make_the_answer_degraded(case):
+    """A cluster without a mesh: the latency and workload metrics are absent for every pod. The incident still
+    completes, status.dataCoverage.missingMetrics names them and Degraded=True/MetricsMissing says so; a source
+    outage stays the condition's reason, with both messages."""
+    fm, fl, _ = sources(case)
+    absent = [m for m in case.metrics if m.startswith("latency_") or m == "workload"]
+
+    def mesh_less(*args):
+        pods, values, names = fm(*args)
+        values = values.copy()
+        values[:, :, [names.index(m) for m in absent]] = np.nan
+        return pods, values, names
+
+    now = case.label.injection_time + timedelta(days=1)
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, mesh_less, fl, Baro())
+    assert outcome.phase == "Completed" and len(absent) == 7
+    assert outcome.status["dataCoverage"]["missingMetrics"] == absent
+    assert outcome.status["dataCoverage"]["metrics"] == len(case.metrics) - 7
+    degraded = {c["type"]: c for c in outcome.conditions}["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "MetricsMissing"
+    assert f"ranked without 7 of its {len(case.metrics)} input metrics" in degraded["message"]
+    assert all(m in degraded["message"] for m in absent) and "lemzha_operator.doctor" in degraded["message"]
+
+    def loki_down(*args):
+        raise SourceUnavailable("LokiUnavailable", "refused")
+
+    both = step(case.id, spec_for(case), {}, case.namespace, now, now, mesh_less, loki_down, Baro())
+    degraded = {c["type"]: c for c in both.conditions}["Degraded"]
+    assert degraded["reason"] == "LokiUnavailable" and "workload" in degraded["message"]
 
 
 def test_no_data_fails_with_a_reason(case):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -153,6 +154,7 @@ def test_pod_info_resolves_the_top_controller(monkeypatch):
         return next(v for k, v in answers.items() if f"{k}{{" in query)
 
     monkeypatch.setattr(prometheus, "query_instant", fake)
+    monkeypatch.setattr(prometheus, "server_version", lambda prom, timeout=30.0: "2.42.0")
     start = datetime(2023, 1, 29, tzinfo=UTC)
     info = fetch_pod_info("http://unused", 'n"x', start, 4)
     owners = {"web-7d4b9c8f6-xk2pq": "web", "db-0": "db", "lone-5c6d7f8b9-abcde": "lone-5c6d7f8b9"}
@@ -161,6 +163,11 @@ def test_pod_info_resolves_the_top_controller(monkeypatch):
     for query, time_s in seen:
         assert 'namespace="n\\"x"' in query and "[119999ms]" in query
         assert time_s == pytest.approx(start.timestamp() + 120 - 0.001, abs=1e-6)
+    # Prometheus 3 excludes a range's lower end: the same four bins are a 120 s range there
+    monkeypatch.setattr(prometheus, "server_version", lambda prom, timeout=30.0: "3.1.0")
+    seen.clear()
+    assert fetch_pod_info("http://unused", 'n"x', start, 4) == info
+    assert all("[120s]" in query for query, _ in seen) and len(seen) == 3
 
 
 def test_a_shift_moves_every_sample_by_the_same_whole_bins(tmp_path):
@@ -311,19 +318,90 @@ def _assert_same(values: np.ndarray, expected: np.ndarray, names: tuple[str, ...
         np.testing.assert_allclose(live, want, rtol=1e-5, atol=0, equal_nan=True, err_msg=name)
 
 
+def _bin_ranges(queries: list[str]) -> set[str]:
+    """The bin-sized ranges of the catalog queries sent (irate's [2m] excluded)."""
+    return {r for q in queries for r in re.findall(r"\[(\w+)\]", q) if r != "2m"}
+
+
 @pytest.mark.slow
 @requires_prometheus
-def test_sample_on_a_bins_last_millisecond_stays_in_its_bin(tmp_path):
-    """The catalog's 29,999 ms range on Prometheus 2.x (lower end included) covers exactly one bin: a sample at
-    29.999 s must not leak into an empty next bin, which a `[30s]` range does."""
+def test_bin_range_follows_the_server_version(tmp_path):
+    """The operator reads /api/v1/status/buildinfo and sends one bin's range for that version.
+
+    Prometheus 2.x, the real Debian 2.42: 29999ms (its ranges include the lower end), so a sample on a bin's last
+    millisecond stays in its bin, exactly as offline. Prometheus 3.x: no 3.x binary is installable here, so a proxy
+    fakes only the buildinfo answer (3.0.0) in front of the same 2.42; the operator then sends 30s ranges, 3.x's one
+    bin, and on the 2.42 behind the proxy those ranges visibly see the previous bin's last millisecond: the branch
+    changes the queries. (The 30s range on a real 3.x is not run here.)"""
+    from lemzha.catalog import bin_range
+    from tests.fault_proxy import FaultProxy
+
     day = _edge_day(LAST_MS_OFFSETS_MS)
-    _, values, names, version = _replay_and_fetch(day, tmp_path)
-    if int(version.split(".")[0]) >= 3:
-        pytest.skip("Prometheus 3 opens the range's lower end; the catalog targets 2.x (the Debian package)")
+    om = tmp_path / "edge.om.txt"
+    replay.write_openmetrics([(day, "edge", None)], om, progress=False)
+    replay.backfill(om, tmp_path / "data")
     expected = _offline(day)
     for empty in (3, 7):  # empty offline, right after bins whose last sample is at 29.999 s
         assert np.isnan(expected[empty]).all()
-    _assert_same(values, expected, names)
+    with prometheus_server(tmp_path / "data") as url, FaultProxy(url) as proxy:
+        version = requests.get(f"{url}/api/v1/status/buildinfo", timeout=5).json()["data"]["version"]
+        assert version.startswith("2."), f"the tests pin Prometheus 2.x (the Debian package), not {version}"
+        assert prometheus.server_version(proxy.url) == version
+        values, names = fetch_metrics(proxy.url, "edge", EDGE_START, EDGE_BINS)[1:3]
+        fetch_pod_info(proxy.url, "edge", EDGE_START, EDGE_BINS)
+        assert _bin_ranges(proxy.queries) == {"29999ms", f"{EDGE_BINS * 30_000 - 1}ms"} == {
+            bin_range(version), bin_range(version, EDGE_BINS)}
+        _assert_same(values, expected, names)
+
+        proxy.version, proxy.queries = "3.0.0", []
+        assert prometheus.server_version(proxy.url) == "3.0.0"
+        faked = fetch_metrics(proxy.url, "edge", EDGE_START, EDGE_BINS)[1]
+        fetch_pod_info(proxy.url, "edge", EDGE_START, EDGE_BINS)
+        assert _bin_ranges(proxy.queries) == {"30s", f"{EDGE_BINS * 30}s"}
+        assert not np.isnan(faked[3]).all() and not np.isnan(faked[7]).all()  # 2.42 closes the 30 s range's start
+
+
+def test_a_slow_buildinfo_is_one_timeout_not_four():
+    """The operator's client retries a GET (buildinfo is one) four times; the version lookup bypasses that, so a
+    hung Prometheus costs one query timeout and is reported as a timeout, as the (POST) queries are."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from lemzha_operator.settings import Settings
+    from lemzha_operator.sources import _prometheus
+
+    class Hung(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            time.sleep(1.5)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hung)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prom = _prometheus(Settings(prometheus_url=f"http://127.0.0.1:{server.server_address[1]}", loki_url=None,
+                                bundle_dir=None, cache_dir=Path("/tmp")))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PrometheusUnavailable, match=r"did not answer within 0\.3 s") as err:
+            prometheus.server_version(prom, timeout=0.3)
+        assert err.value.kind == "timeout" and time.monotonic() - t0 < 1.2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_without_buildinfo_is_taken_as_2x(monkeypatch):
+    """Some Prometheus-compatible backends answer 404 for buildinfo: the 2.x range is assumed, not an error."""
+
+    def not_found(prom, method, path, body, timeout, what, retries=True):
+        raise PrometheusQueryError(f"Prometheus rejected {what}: 404 page not found")
+
+    monkeypatch.setattr(prometheus, "_call", not_found)
+    assert prometheus.server_version("http://unused") is None
+    assert prometheus.server_bin_range("http://unused") == "29999ms"
 
 
 @pytest.mark.slow

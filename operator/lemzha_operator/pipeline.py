@@ -252,6 +252,12 @@ def step(
         coverage["warnings"] = [w[:256] for w in warnings[:MAX_WARNINGS]]
         degraded.append(("PrometheusWarnings", "Prometheus answered with warnings (results may be partial): "
                          + "; ".join(warnings[:MAX_WARNINGS])))
+    missing = missing_metrics(values, names)
+    coverage["missingMetrics"] = missing
+    if missing:  # thin inputs: the model reads every metric it was trained on, and some are not there
+        degraded.append(("MetricsMissing", f"ranked without {len(missing)} of its {len(names)} input metrics "
+                         f"(absent for every pod of the window): {', '.join(missing)}; `python -m "
+                         "lemzha_operator.doctor` names the exporter or recording rule each one needs"))
     if degraded:
         health = condition("Degraded", True, degraded[0][0], "; ".join(m for _, m in degraded))
     else:
@@ -267,6 +273,13 @@ def step(
     conditions = [condition("DataFetched", True, "DataFetched",
                             f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"), health]
     return _ranked(scenario, frozen, conditions, ranker, top_k, clock, coverage, errors, onset_estimator)
+
+
+def missing_metrics(values: np.ndarray, names: tuple[str, ...]) -> list[str]:
+    """The fetched metrics with no value for any pod in any bin of the window (catalog order): what Prometheus does
+    not have for the namespace, e.g. a recording rule or an exporter the cluster lacks."""
+    present = np.isfinite(values).any(axis=(0, 1))
+    return [name for m, name in enumerate(names) if not present[m]]
 
 
 def method_name(ranker: Ranker, logs: str) -> str:

@@ -1,9 +1,11 @@
 """Live metrics fetch: one Prometheus range query per catalog metric -> the (T, P, M) array of a Scenario.
 
-Torch-free. Each metric's `MetricSpec.promql(namespace)` is evaluated on the grid t_k = start + (k+1) * 30 s - 1 ms,
-so its range selector (t_k - 30 s, t_k] covers exactly bin k = [start + k * 30 s, start + (k+1) * 30 s), the offline
-binning convention. The HTTP API is called directly with millisecond timestamps because prometheus-api-client's
-custom_query_range rounds start and end to whole seconds.
+Torch-free. Each metric's `MetricSpec.promql(namespace, bin_range)` is evaluated on the grid
+t_k = start + (k+1) * 30 s - 1 ms, so its one-bin range selector ending at t_k covers exactly bin
+k = [start + k * 30 s, start + (k+1) * 30 s), the offline binning convention. How long that range is depends on
+the server: Prometheus 2.x includes a range's lower end (29999ms), 3.x excludes it (30s); the server's version is
+read from /api/v1/status/buildinfo before each fetch (`catalog.bin_range`). The HTTP API is called directly with
+millisecond timestamps because prometheus-api-client's custom_query_range rounds start and end to whole seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import requests
 
 from lemzha.binning import BIN_SECONDS, as_utc
-from lemzha.catalog import METRIC_NAMES, _escape, catalog_order, spec
+from lemzha.catalog import METRIC_NAMES, _escape, bin_range, catalog_order, spec
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -57,29 +59,66 @@ def _post(prom, path: str, body: dict, timeout: float, warnings: list[str] | Non
     """POST an API query; returns data.result and adds the answer's `warnings` to `warnings`. Outages are
     PrometheusUnavailable, rejections PrometheusQueryError. `timeout` bounds the client and is sent to Prometheus,
     which then stops evaluating too (a 503 "query timed out")."""
-    url, session, headers, auth = _endpoint(prom)
-    query = body["query"]
-    body = {**body, "timeout": f"{timeout:g}s"}
+    payload = _call(prom, "POST", path, {**body, "timeout": f"{timeout:g}s"}, timeout, repr(body["query"]))
+    if warnings is not None:
+        warnings.extend(str(w) for w in payload.get("warnings") or [] if str(w) not in warnings)
+    return payload["data"]["result"]
+
+
+def server_version(prom, timeout: float = 30.0) -> str | None:
+    """The server's version from /api/v1/status/buildinfo, or None when it does not serve that endpoint (some
+    Prometheus-compatible backends answer 404): the range handling of Prometheus 2.x is then assumed."""
     try:
-        resp = session.post(f"{url}{path}", data=body, headers=headers, auth=auth, timeout=timeout)
-    except requests.Timeout as err:
-        raise PrometheusUnavailable(f"Prometheus at {url} did not answer within {timeout:g} s", "timeout") from err
+        payload = _call(prom, "GET", "/api/v1/status/buildinfo", None, timeout, "buildinfo", retries=False)
+    except PrometheusQueryError:
+        return None
+    version = (payload.get("data") or {}).get("version")
+    return str(version) if version else None
+
+
+def server_bin_range(prom, n_bins: int = 1, timeout: float = 30.0) -> str:
+    """The range selector of `n_bins` bins on this server (`catalog.bin_range` of its version)."""
+    return bin_range(server_version(prom, timeout) or "2", n_bins)
+
+
+def _timed_out(err: requests.RequestException) -> bool:
+    """A read timeout, also when the session's retry adapter retried it (a GET) and requests reports the last one as
+    a ConnectionError."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return isinstance(err, requests.Timeout) or isinstance(reason, ReadTimeoutError)
+
+
+def _call(prom, method: str, path: str, body: dict | None, timeout: float, what: str, retries: bool = True) -> dict:
+    """One API request; returns the JSON answer of status "success". Outages are PrometheusUnavailable,
+    rejections (4xx, status "error") PrometheusQueryError naming `what`. `retries=False` bypasses the client's retry
+    adapter, which retries a GET (the API's queries are POSTs, never retried there): a slow server then costs one
+    timeout, not four."""
+    url, session, headers, auth = _endpoint(prom)
+    if not retries:
+        plain = requests.Session()  # requests' own adapters: no retries; the TLS and proxy settings are kept
+        plain.verify, plain.cert, plain.proxies = session.verify, session.cert, session.proxies
+        session = plain
+    try:
+        resp = session.request(method, f"{url}{path}", data=body, headers=headers, auth=auth, timeout=timeout)
     except requests.RequestException as err:
+        if _timed_out(err):
+            raise PrometheusUnavailable(f"Prometheus at {url} did not answer within {timeout:g} s", "timeout") from err
         raise PrometheusUnavailable(f"Prometheus at {url} unreachable: {err}") from err
     if resp.status_code >= 500:
         kind = "timeout" if "timed out" in resp.text or "timeout" in resp.text else "server_error"
         raise PrometheusUnavailable(f"Prometheus at {url} answered {resp.status_code}: {resp.text[:200]}", kind)
     if resp.status_code >= 400:
-        raise PrometheusQueryError(f"Prometheus rejected {query!r}: {resp.status_code} {resp.text[:200]}")
+        raise PrometheusQueryError(f"Prometheus rejected {what}: {resp.status_code} {resp.text[:200]}")
     try:
         payload = resp.json()
     except ValueError as err:
         raise PrometheusUnavailable(f"Prometheus at {url} answered non-JSON: {resp.text[:200]}", "bad_answer") from err
-    if payload.get("status") != "success":
-        raise PrometheusQueryError(f"Prometheus query {query!r} failed: {payload.get('error')}")
-    if warnings is not None:
-        warnings.extend(str(w) for w in payload.get("warnings") or [] if str(w) not in warnings)
-    return payload["data"]["result"]
+    if not isinstance(payload, dict) or payload.get("status") != "success":
+        error = payload.get("error") if isinstance(payload, dict) else payload
+        raise PrometheusQueryError(f"Prometheus query {what} failed: {error}")
+    return payload
 
 
 def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, timeout: float = 30.0,
@@ -120,8 +159,9 @@ def fetch_metrics(
     last = first + (n_bins - 1) * bin_seconds
     per_metric: list[dict[str, list]] = []
     warnings: list[str] = []
+    one_bin = server_bin_range(prom, timeout=timeout)
     for name in names:
-        result = query_range(prom, spec(name).promql(namespace), first, last, bin_seconds, timeout, warnings)
+        result = query_range(prom, spec(name).promql(namespace, one_bin), first, last, bin_seconds, timeout, warnings)
         per_metric.append({s["metric"].get("pod", ""): s["values"] for s in result if s["metric"].get("pod")})
     pods = tuple(sorted({pod for found in per_metric for pod in found}))
     index = {pod: p for p, pod in enumerate(pods)}
@@ -174,8 +214,7 @@ def fetch_pod_info(prom, namespace: str, start: datetime, n_bins: int, bin_secon
         raise ValueError(f"n_bins must be positive, not {n_bins}")
     start_s = as_utc(start).timestamp()
     at = start_s + n_bins * bin_seconds - 0.001
-    # one ms short of the window, as the catalog's 29999ms bins: Prometheus 2 includes the range's lower end
-    window = f"[{n_bins * bin_seconds * 1000 - 1}ms]"
+    window = f"[{server_bin_range(prom, n_bins, timeout)}]"  # exactly the window's bins, as each metric's bin range
     ns = f'namespace="{_escape(namespace)}"'
     controller = f'{ns},owner_is_controller="true"'
     pod_owner = query_instant(

@@ -66,13 +66,14 @@ def make_ranker(settings: Settings) -> tuple[Ranker, ModelProblem | None]:
                                               f"({type(err).__name__}: {err}); ranking with the BARO baseline")
 
 
-def _prometheus(settings: Settings):
+def _prometheus(settings: Settings, retry=None):
+    """A PrometheusConnect with the settings' token and CA; `retry` (a urllib3 Retry) replaces the client's own."""
     from prometheus_api_client import PrometheusConnect
 
     headers = {}
     if settings.prometheus_token_file is not None:
         headers["Authorization"] = f"Bearer {settings.prometheus_token_file.read_text().strip()}"
-    prom = PrometheusConnect(url=settings.prometheus_url, headers=headers or None, disable_ssl=False)
+    prom = PrometheusConnect(url=settings.prometheus_url, headers=headers or None, disable_ssl=False, retry=retry)
     if settings.ca_bundle is not None:
         prom._session.verify = str(settings.ca_bundle)  # the client has no CA option; its session does
     return prom

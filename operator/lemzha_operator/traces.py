@@ -31,28 +31,29 @@ from lemzha.catalog import (
     service_bucket_promql,
     trace_feature,
 )
-from lemzha_operator.prometheus import PrometheusUnavailable, query_range
+from lemzha_operator.prometheus import PrometheusUnavailable, query_range, server_bin_range
 
 if TYPE_CHECKING:
     from lemzha_operator.pipeline import TracesFetcher
 
 
-def _edge_sum_promql(namespace: str, series: str = GRAPH_SERVER_SECONDS.name) -> str:
+def _edge_sum_promql(namespace: str, series: str = GRAPH_SERVER_SECONDS.name, bin_range: str = BIN_RANGE) -> str:
     sel = f'{EDGE_NAMESPACE_LABEL}="{_escape(namespace)}"'
-    return f"sum by (client, server) (increase({series}_sum{{{sel}}}[{BIN_RANGE}]))"
+    return f"sum by (client, server) (increase({series}_sum{{{sel}}}[{bin_range}]))"
 
 
-def queries(namespace: str) -> dict[str, str]:
-    """The live PromQL of every trace input, from the catalog (namespace label: the catalog's defaults)."""
-    mean = trace_feature("trace_latency_mean_ms").promql(namespace, TRACE_NAMESPACE_LABEL)
+def queries(namespace: str, bin_range: str = BIN_RANGE) -> dict[str, str]:
+    """The live PromQL of every trace input, from the catalog (namespace label: the catalog's defaults), with the
+    server's one-bin range (`prometheus.server_bin_range`)."""
+    mean = trace_feature("trace_latency_mean_ms").promql(namespace, TRACE_NAMESPACE_LABEL, bin_range)
     return {
-        "service_calls": trace_feature("trace_calls").promql(namespace, TRACE_NAMESPACE_LABEL),
+        "service_calls": trace_feature("trace_calls").promql(namespace, TRACE_NAMESPACE_LABEL, bin_range),
         "service_sum_ms": mean.split(" / ")[0],  # the numerator of the catalog's mean: the bin's duration sum
-        "service_buckets": service_bucket_promql(namespace),
-        "edge_requests": trace_feature("edge_requests").promql(namespace, EDGE_NAMESPACE_LABEL),
-        "edge_sum_s": _edge_sum_promql(namespace),
-        "edge_client_sum_s": _edge_sum_promql(namespace, GRAPH_CLIENT_SECONDS.name),
-        "edge_buckets": edge_bucket_promql(namespace),
+        "service_buckets": service_bucket_promql(namespace, bin_range=bin_range),
+        "edge_requests": trace_feature("edge_requests").promql(namespace, EDGE_NAMESPACE_LABEL, bin_range),
+        "edge_sum_s": _edge_sum_promql(namespace, bin_range=bin_range),
+        "edge_client_sum_s": _edge_sum_promql(namespace, GRAPH_CLIENT_SECONDS.name, bin_range),
+        "edge_buckets": edge_bucket_promql(namespace, bin_range=bin_range),
     }
 
 
@@ -73,7 +74,7 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
     start_s = as_utc(start).timestamp()
     first = start_s + bin_seconds - 0.001
     last = first + (n_bins - 1) * bin_seconds
-    q = queries(namespace)
+    q = queries(namespace, server_bin_range(prom, timeout=timeout))
 
     def grid(query: str, keys: tuple[str, ...]) -> dict[tuple, np.ndarray]:
         out: dict[tuple, np.ndarray] = {}

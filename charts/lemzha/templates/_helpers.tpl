@@ -104,3 +104,13 @@ seccompProfile:
 {{- range .podSelectorLabels }}{{ $pairs = append $pairs (printf "%s=%s" .alertLabel .podLabel) }}{{ end -}}
 {{- join "," $pairs -}}
 {{- end -}}
+
+{{/* The recording-rule files for recordingRules.latencySource: the Kubernetes groups, plus the latency source's
+(generated from the catalog by `python -m lemzha.recording_rules`). */}}
+{{- define "lemzha.ruleFiles" -}}
+{{- $files := list "files/rules/kubernetes.yaml" -}}
+{{- if ne .Values.recordingRules.latencySource "none" -}}
+{{- $files = append $files (printf "files/rules/%s.yaml" .Values.recordingRules.latencySource) -}}
+{{- end -}}
+{{- toYaml $files -}}
+{{- end -}}
