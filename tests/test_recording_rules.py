@@ -1,5 +1,6 @@
 """The recording rules (lemzha.recording_rules): generated from the catalog, checked in under
-charts/lemzha/files/rules, and evaluated by the real promtool (`check rules`, and `test rules` unit tests with input series)."""
+charts/lemzha/files/rules, and evaluated by the real promtool (`check rules`, and `test rules` unit tests with input
+series)."""
 
 from __future__ import annotations
 
