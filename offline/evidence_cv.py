@@ -6,8 +6,9 @@ Per fold:
   configuration with the best mean inner MRR wins (ties: the earlier one). The test fold is never read.
 - the ranker is calibrated on all training scenarios and ranks the test cases with that configuration (`evidence`);
   the same calibration ranks unknown-onset windows (the ranker scans for the onset itself), the same windows with
-  their onset given, and the test cases with every service renamed (`neutral_names:evidence`, which must not
-  differ).
+  their onset given, the test cases with every service renamed (`neutral_names:evidence`, which must not differ),
+  and the test cases as clusters with fewer exporters see them (`coverage:cadvisor:evidence`: cAdvisor only;
+  `coverage:cadvisor_ksm_node:evidence`: no mesh and no traces; logs are kept).
 
 Calibration reads no label; only the choice among candidates does, on training days.
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from lemzha.baselines import resolve_onset_bin
 from lemzha.calibration import fit_calibration
+from lemzha.coverage import with_exporters
 from lemzha.rankers import CANDIDATES, EvidenceConfig, EvidenceRanker, assess_table
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
@@ -29,6 +31,7 @@ from offline.folds import case_row, day_of, rank_cases, unknown_onset_window
 from offline.renaming import neutral_names
 
 SHIPPED = "evidence"
+COVERAGE_PRESETS = ("cadvisor", "cadvisor_ksm_node")
 
 
 def tables_of(scenarios: list[Scenario], progress: bool = False) -> tuple[dict[str, SignalTable], dict[str, float]]:
@@ -77,6 +80,9 @@ def evidence_fold(train: list[Scenario], test: list[Scenario], fold: str, tables
         rows += [_row(EvidenceRanker(config, ranker.calibration), tables[s.id], s, fold, f"candidate:{config.name}")
                  for s in test]
     rows += rank_cases(ranker, [neutral_names(s) for s in test], fold, None, f"neutral_names:{SHIPPED}")
+    for preset in COVERAGE_PRESETS:  # what a cluster with fewer exporters gets from the same bundle
+        rows += rank_cases(ranker, test, fold, None, f"coverage:{preset}:{SHIPPED}",
+                           transform=lambda s, preset=preset: with_exporters(s, preset))
     for seed in seeds:
         rows += rank_cases(ranker, test, fold, seed, f"unknown_onset:{SHIPPED}",
                            transform=lambda s, seed=seed: unknown_onset_window(s, seed))

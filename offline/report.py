@@ -156,6 +156,11 @@ def check_targets(results: dict) -> list[dict]:
             add("known - unknown onset Acc@1", summary["pooled"]["acc1"]["mean"] - unknown["pooled"]["acc1"]["mean"],
                 goals["unknown_onset_gap"], higher=False)
         add("ms per case", day["ms_per_case"].get(shipped), goals["ms_per_case"], higher=False)
+        cadvisor = day["rankers"].get(f"coverage:cadvisor:{shipped}")
+        if cadvisor is not None:
+            add("full - cAdvisor-only coverage Acc@1",
+                summary["pooled"]["acc1"]["mean"] - cadvisor["pooled"]["acc1"]["mean"], goals["coverage_gap"],
+                higher=False)
     app = results["protocols"].get("app")
     if app is not None and shipped in app["rankers"]:
         add("leave-one-app-out Acc@1", app["rankers"][shipped]["pooled"]["acc1"]["mean"], goals["loao_acc1"])

@@ -239,6 +239,10 @@ MASKING_CASES = [
     ("pod ts-food-service-f5756978c-k8vqf restarted", "pod ts-food-service-<rand> restarted"),
     ("No instances available for ts-station-food-service", "no instances available for ts-station-food-service"),
     ("GET /api/v1/orders/123456/items", "get /api/v1/orders/:id/items"),
+    # a Java logger's code location names the statement: kept (an issue number is not one)
+    ("19:19:44.267 INFO  p.c.PriceController#46 x", "<time> info p.c.pricecontroller#46 x"),
+    ("ERROR o.a.c.c.C.[.[.[.[dispatcherServlet]#175 boom", "error o.a.c.c.c.[.[.[.[dispatcherservlet]#175 boom"),
+    ("see issue #12 and a#123456", "see issue #<num> and a#<num>"),
     # HTTP status codes in context are kept
     ('status 500, status: 503, code=404, "status":502', 'status 500, status 503, code=404, "status":502'),
     ('"GET / HTTP/1.1" 404 13', '"get / http/<num>" 404 <num>'),
@@ -339,7 +343,7 @@ GOLDEN = [
         r' available for ts-verification-code-service] with root cause\n","stream":"stdout",'
         r'"time":"2023-01-29T09:43:45.0701539Z"}',
         "ERROR",
-        "<time> error o.a.c.c.c.[.[.[.[dispatcherservlet]#<num> traceid: <hex> spanid: <hex> servlet.service() for"
+        "<time> error o.a.c.c.c.[.[.[.[dispatcherservlet]#175 traceid: <hex> spanid: <hex> servlet.service() for"
         " servlet [dispatcherservlet] in context with path [] threw exception [request processing failed; nested"
         " exception is java.lang.illegalstateexception: no instances available for ts-verification-code-service]"
         " with root cause",
@@ -354,7 +358,7 @@ GOLDEN = [
         r'\"message\":\"\",\"path\":\"/api/v1/basicservice/basic/travels\"}]] with root cause\n","stream":"stdout",'
         r'"time":"2023-01-29T09:20:29.299583319Z"}',
         "ERROR",
-        "<time> error o.a.c.c.c.[.[.[.[dispatcherservlet]#<num> traceid: <hex> spanid: <hex> servlet.service() for"
+        "<time> error o.a.c.c.c.[.[.[.[dispatcherservlet]#175 traceid: <hex> spanid: <hex> servlet.service() for"
         " servlet [dispatcherservlet] in context with path [] threw exception [request processing failed; nested"
         " exception is org.springframework.web.client.httpservererrorexception$internalservererror: 500 internal"
         ' server error: [{"timestamp":"<ts>","status":500,"error":"internal server error","message":"",'
@@ -367,7 +371,7 @@ GOLDEN = [
         r'[orderId: e4e9bbd8-997a-4b51-b580-8efd4c107e76]\n","stream":"stdout",'
         r'"time":"2023-01-29T08:43:17.040232346Z"}',
         "ERROR",
-        "<time> error e.s.executeserviceimpl#<num> traceid: <hex> spanid: <hex> [ticketexecute][getorderbyidfromorder]"
+        "<time> error e.s.executeserviceimpl#51 traceid: <hex> spanid: <hex> [ticketexecute][getorderbyidfromorder]"
         "[ticket execute error: order status wrong][orderid: <uuid>]",
     ),
     (
@@ -376,7 +380,7 @@ GOLDEN = [
         r" 37b1a1514d403000 [getAllFood][Get the Get Food Request Failed!][foodStoresListResult is null]"
         r'[date: 2021-07-14, tripId: D1345]\n","stream":"stdout","time":"2023-01-29T08:42:22.419098261Z"}',
         "ERROR",
-        "<time> error f.s.foodserviceimpl#<num> traceid: <hex> spanid: <hex> [getallfood][get the get food request"
+        "<time> error f.s.foodserviceimpl#302 traceid: <hex> spanid: <hex> [getallfood][get the get food request"
         " failed!][foodstoreslistresult is null][date: <num>-<num>-<num>, tripid: d<num>]",
     ),
     (
@@ -385,7 +389,7 @@ GOLDEN = [
         r' b6ce9b3cd8b064a8 [findContactsById][contactsRepository.findById][No contacts according to contactsId]\n",'
         r'"stream":"stdout","time":"2023-01-29T08:43:17.121704441Z"}',
         "ERROR",
-        "<time> error c.s.contactsserviceimpl#<num> traceid: <hex> spanid: <hex> [findcontactsbyid]"
+        "<time> error c.s.contactsserviceimpl#37 traceid: <hex> spanid: <hex> [findcontactsbyid]"
         "[contactsrepository.findbyid][no contacts according to contactsid]",
     ),
     (
@@ -394,7 +398,7 @@ GOLDEN = [
         r' 944f27b79a1e1387 [verifyCode][Get image code warn][Code not found]\n","stream":"stdout",'
         r'"time":"2023-01-29T09:43:16.515369499Z"}',
         "ERROR",  # the first level word wins over the later "warn"
-        "<time> error v.s.i.verifycodeserviceimpl#<num> traceid: <hex> spanid: <hex> [verifycode][get image code warn]"
+        "<time> error v.s.i.verifycodeserviceimpl#129 traceid: <hex> spanid: <hex> [verifycode][get image code warn]"
         "[code not found]",
     ),
     (
@@ -403,7 +407,7 @@ GOLDEN = [
         r' d47002e2c42eb70e [getRoutesByRouteIds][Get Route By Ids Failed]\n","stream":"stdout",'
         r'"time":"2023-01-29T09:03:34.992248301Z"}',
         "ERROR",
-        "<time> error f.m.s.basicserviceimpl#<num> traceid: <hex> spanid: <hex> [getroutesbyrouteids]"
+        "<time> error f.m.s.basicserviceimpl#415 traceid: <hex> spanid: <hex> [getroutesbyrouteids]"
         "[get route by ids failed]",
     ),
     (
@@ -412,7 +416,7 @@ GOLDEN = [
         r" 7c505eb0f6ac4a44 [getSoldTickets][Seat][Left ticket info is empty][seat from date: 2023-01-29 15:38:06,"
         r' train number: G1234]\n","stream":"stdout","time":"2023-01-29T08:42:10.44709175Z"}',
         "WARN",
-        "<time> warn o.s.orderserviceimpl#<num> traceid: <hex> spanid: <hex> [getsoldtickets][seat]"
+        "<time> warn o.s.orderserviceimpl#68 traceid: <hex> spanid: <hex> [getsoldtickets][seat]"
         "[left ticket info is empty][seat from date: <ts>, train number: g<num>]",
     ),
 ]

@@ -61,7 +61,7 @@ def test_window_parameters_move_the_fault_bin(nezha_root):
     s = nezha.build_scenario(faults[3], faults, metrics, empty_logs, None, short).scenario
     assert s.label.fault_bin == 6 and s.n_bins in (20, 21)
     s = nezha.build_scenario(faults[3], faults, metrics, empty_logs, None, nezha.Window()).scenario
-    assert s.label.fault_bin == 20 and s.n_bins == 40
+    assert s.label.fault_bin == 120 and s.n_bins == 140  # the default: an hour of reference, 10 min after
 
 
 def test_other_injections_inside_window_are_recorded(nezha_root):
