@@ -32,8 +32,8 @@ def _measured_gaps(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return (np.zeros(0, np.int64),) * 6
     gap = edges[GAP_FEATURE].to_numpy(np.float64)
     keep = ~np.isnan(gap)
-    client_code, client_names = pd.factorize(edges["client"].to_numpy(object)[keep], sort=True)
-    server_code, server_names = pd.factorize(edges["server"].to_numpy(object)[keep], sort=True)
+    client_code, client_names = pd.factorize(edges["client"].loc[keep], sort=True)
+    server_code, server_names = pd.factorize(edges["server"].loc[keep], sort=True)
     gap = np.maximum(gap[keep], 0.0)  # a gap below 0 is clock skew between pods; it carries no waiting time
     return (client_code.astype(np.int64), client_names, server_code.astype(np.int64), server_names,
             edges["bin"].to_numpy()[keep], gap)

@@ -38,8 +38,8 @@ def single_thread():
 
 
 @pytest.fixture(scope="module")
-def torch_model(quick_bundle) -> RCAModel:
-    state = torch.load(quick_bundle.parent / "torch_state.pt", weights_only=True)
+def torch_model(model_bundle) -> RCAModel:
+    state = torch.load(model_bundle.parent / "torch_state.pt", weights_only=True)
     options = state.get("input_options", {})
     model = RCAModel(ModelConfig(**state["config"]), traces=options.get("use_traces", False),
                      graph=options.get("use_traces", False) and options.get("use_graph", False))
@@ -48,8 +48,8 @@ def torch_model(quick_bundle) -> RCAModel:
 
 
 @pytest.fixture(scope="module")
-def onnx_ranker(quick_bundle) -> OnnxRanker:
-    return OnnxRanker(quick_bundle)
+def onnx_ranker(model_bundle) -> OnnxRanker:
+    return OnnxRanker(model_bundle)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -83,7 +83,7 @@ def edit_manifest(bundle: Path, **changes) -> None:
 
 # -- fast: export mechanics and the text cache, no bundle needed -------------------------------------------------------
 def test_model_exports_with_dynamic_pods_bins_and_services(tmp_path):
-    from offline.export import export_model
+    from offline.export_model import export_model
 
     model = RCAModel(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_text=8, d_fusion=16)).eval()
     packed, fastpath = F._in_projection_packed, torch.backends.mha.get_fastpath_enabled()
@@ -140,7 +140,7 @@ def test_ranker_modules_import_without_torch():
 
 
 def test_export_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path, capsys):
-    from offline.export import main
+    from offline.export_model import main
 
     (tmp_path / "notes.txt").write_text("mine")
     assert run_cli(main, ["--quick", "--out", str(tmp_path)]) == 2
@@ -149,7 +149,7 @@ def test_export_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path, ca
 
 
 def test_export_rejects_an_unknown_day(prepared, tmp_path, capsys):
-    from offline.export import main
+    from offline.export_model import main
 
     assert run_cli(main, ["--quick", "--out", str(tmp_path / "b"), "--days", "2099-01-01"]) == 2
     assert "unknown day" in capsys.readouterr().err
@@ -158,10 +158,10 @@ def test_export_rejects_an_unknown_day(prepared, tmp_path, capsys):
 
 # -- the quick bundle ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_manifest_describes_the_bundle(quick_bundle):
-    bundle = load_bundle(quick_bundle)
+def test_manifest_describes_the_bundle(model_bundle):
+    bundle = load_bundle(model_bundle)
     meta = bundle.meta
-    assert bundle.sha == hashlib.sha256((quick_bundle / "bundle.json").read_bytes()).hexdigest()
+    assert bundle.sha == hashlib.sha256((model_bundle / "bundle.json").read_bytes()).hexdigest()
     assert set(meta["files"]) == set(REQUIRED_FILES)
     assert meta["features"] == {"metric_features": METRIC_FEATURES, "log_features": LOG_FEATURES, "text_dim": 384}
     training = meta["training"]
@@ -170,10 +170,10 @@ def test_manifest_describes_the_bundle(quick_bundle):
                                                                        "trainticket": 45}
     assert training["quick"] and meta["params"]["model"]["d_model"] == 16 and training["epochs"] == 1
     assert meta["checks"]["model_max_abs_logit_diff"] <= 1e-4 and meta["checks"]["text_min_cosine"] >= 0.9999
-    card = (quick_bundle / "MODEL_CARD.md").read_text()
+    card = (model_bundle / "MODEL_CARD.md").read_text()
     assert "python -m offline.lodocv" in card and "smoke-test" in card
     # no temp files inside the bundle (a concurrent test run may be building its own next to it, so look inside)
-    assert not [p for p in quick_bundle.iterdir() if p.name.startswith(".")]
+    assert not [p for p in model_bundle.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.slow
@@ -222,7 +222,7 @@ def test_minilm_onnx_matches_sentence_transformers(prepared, onnx_ranker):
 
 
 @pytest.mark.slow
-def test_bundle_ranks_in_a_torch_free_process(prepared, quick_bundle):
+def test_bundle_ranks_in_a_torch_free_process(prepared, model_bundle):
     code = """
 import json, sys
 import lemzha
@@ -234,7 +234,7 @@ _, probs = ranker.probabilities(scenario)
 heavy = [m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules]
 print(json.dumps({"services": list(ranking.services), "total": float(sum(probs)), "heavy": heavy}))
 """
-    result = run("-c", code, str(quick_bundle), str(prepared.directory / TT))
+    result = run("-c", code, str(model_bundle), str(prepared.directory / TT))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["heavy"] == []
@@ -259,45 +259,45 @@ def test_missing_metrics_are_masked_not_fatal(prepared, onnx_ranker):
 
 
 @pytest.mark.slow
-def test_flipped_byte_is_refused_naming_the_file(quick_bundle, tmp_path):
-    bundle = clone(quick_bundle, tmp_path / "b")
+def test_flipped_byte_is_refused_naming_the_file(model_bundle, tmp_path):
+    bundle = clone(model_bundle, tmp_path / "b")
     flip_byte(bundle / "model.onnx")
     with pytest.raises(BundleError, match=r"model\.onnx"):
         OnnxRanker(bundle)
 
 
 @pytest.mark.slow
-def test_manifest_mismatches_are_refused(quick_bundle, tmp_path):
+def test_manifest_mismatches_are_refused(model_bundle, tmp_path):
     assert issubclass(BundleError, ValueError)
-    bundle = clone(quick_bundle, tmp_path / "schema")
+    bundle = clone(model_bundle, tmp_path / "schema")
     edit_manifest(bundle, schema_version=2)
     with pytest.raises(BundleError, match="schema_version 2"):
         load_bundle(bundle)
-    bundle = clone(quick_bundle, tmp_path / "catalog")
+    bundle = clone(model_bundle, tmp_path / "catalog")
     meta = json.loads((bundle / "bundle.json").read_text())
     edit_manifest(bundle, metrics=meta["metrics"][::-1])
     with pytest.raises(BundleError, match="metric catalog"):
         load_bundle(bundle)
-    bundle = clone(quick_bundle, tmp_path / "missing")
+    bundle = clone(model_bundle, tmp_path / "missing")
     (bundle / "templates.parquet").unlink()
     with pytest.raises(BundleError, match=r"templates\.parquet"):
         load_bundle(bundle)
     with pytest.raises(BundleError, match="not a bundle"):
         load_bundle(tmp_path)
     for bad in (-0.1, "0.3", True, None):
-        bundle = clone(quick_bundle, tmp_path / f"gap-{bad}")
+        bundle = clone(model_bundle, tmp_path / f"gap-{bad}")
         edit_manifest(bundle, gap_fusion={"weight": bad})
         with pytest.raises(BundleError, match=r"gap_fusion\.weight"):
             load_bundle(bundle)
 
 
 @pytest.mark.slow
-def test_bundle_adds_the_inner_chosen_gap_term(prepared, quick_bundle, onnx_ranker):
+def test_bundle_adds_the_inner_chosen_gap_term(prepared, model_bundle, onnx_ranker):
     """The quick bundle's gap weight was chosen on inner validation over the four days (auto), and OnnxRanker ranks
     by its probabilities plus that weight x the call-gap term."""
     from lemzha.fusion import GAP_WEIGHTS, fuse, gap_term
 
-    gap = load_bundle(quick_bundle).meta["gap_fusion"]
+    gap = load_bundle(model_bundle).meta["gap_fusion"]
     assert gap["chosen"].startswith("inner validation over 2022-08-22") and gap["weight"] in GAP_WEIGHTS
     assert set(gap["inner_mrr_by_weight"]) == {str(w) for w in GAP_WEIGHTS}
     assert gap["weight"] > 0  # the call gap helps on the inner days' network delays even for a 1-epoch model
@@ -309,7 +309,7 @@ def test_bundle_adds_the_inner_chosen_gap_term(prepared, quick_bundle, onnx_rank
 
 
 def test_export_gap_weight_argument_is_checked(capsys):
-    from offline.export import main as export
+    from offline.export_model import main as export
 
     for bad in ("-1", "nan", "heavy"):
         with pytest.raises(SystemExit) as exit_info:
@@ -319,16 +319,16 @@ def test_export_gap_weight_argument_is_checked(capsys):
 
 # -- the rank CLI --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_rank_cli_matches_the_in_process_ranker(prepared, quick_bundle, onnx_ranker, tmp_path):
+def test_rank_cli_matches_the_in_process_ranker(prepared, model_bundle, onnx_ranker, tmp_path):
     scenario_dir = tmp_path / "scenario"
     shutil.copytree(prepared.directory / TT, scenario_dir)
     (scenario_dir / "label.json").write_text("not json: a ranker that opened the label would fail")
-    result = run("-m", "offline.rank", str(scenario_dir), "--bundle", str(quick_bundle))
+    result = run("-m", "offline.rank", str(scenario_dir), "--bundle", str(model_bundle))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     expected = onnx_ranker.rank(load_scenario(prepared.directory / TT, with_label=False))
     assert out["scenario_id"] == TT and out["method"] == "model"
-    assert out["bundle_sha"] == hashlib.sha256((quick_bundle / "bundle.json").read_bytes()).hexdigest()
+    assert out["bundle_sha"] == hashlib.sha256((model_bundle / "bundle.json").read_bytes()).hexdigest()
     assert [r["service"] for r in out["ranking"]] == list(expected.services)
     assert [r["rank"] for r in out["ranking"]] == list(range(1, 47))
     assert np.allclose([r["score"] for r in out["ranking"]], expected.scores, rtol=0, atol=1e-9)
@@ -349,17 +349,17 @@ def test_rank_cli_baseline_needs_no_bundle(prepared):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["no_directory", "not_a_scenario", "no_bundle_given", "bundle_missing",
                                   "bundle_corrupt"])
-def test_rank_cli_bad_input_is_one_line_and_exit_2(prepared, quick_bundle, tmp_path, case):
+def test_rank_cli_bad_input_is_one_line_and_exit_2(prepared, model_bundle, tmp_path, case):
     scenario = str(prepared.directory / OB)
     args = {
-        "no_directory": [str(tmp_path / "nowhere"), "--bundle", str(quick_bundle)],
-        "not_a_scenario": [str(tmp_path), "--bundle", str(quick_bundle)],
+        "no_directory": [str(tmp_path / "nowhere"), "--bundle", str(model_bundle)],
+        "not_a_scenario": [str(tmp_path), "--bundle", str(model_bundle)],
         "no_bundle_given": [scenario],
         "bundle_missing": [scenario, "--bundle", str(tmp_path / "nowhere")],
         "bundle_corrupt": [scenario, "--bundle", str(tmp_path / "b")],
     }[case]
     if case == "bundle_corrupt":
-        flip_byte(clone(quick_bundle, tmp_path / "b") / "model.onnx")
+        flip_byte(clone(model_bundle, tmp_path / "b") / "model.onnx")
     expected = {"no_directory": "not a scenario directory", "not_a_scenario": "not a scenario directory",
                 "no_bundle_given": "--bundle", "bundle_missing": "bundle not found",
                 "bundle_corrupt": "model.onnx"}[case]
@@ -377,7 +377,7 @@ def test_trace_model_exports_with_dynamic_edges_and_matches_torch(prepared, tmp_
     from lemzha.features import crop
     from lemzha.onnx_ranker import onnx_logits_fn, session
     from lemzha.train import to_tensors
-    from offline.export import export_model, model_parity
+    from offline.export_model import export_model, model_parity
     from tests.test_model import FakeEmbedder
 
     torch.manual_seed(0)
@@ -410,7 +410,7 @@ def test_trace_bundle_ranks_with_onnx_like_torch(prepared, tmp_path):
 
     from lemzha.bundle import TRACE_INPUTS
     from lemzha.train import TrainParams
-    from offline.export import QUICK_MODEL, build_bundle
+    from offline.export_model import QUICK_MODEL, build_bundle
 
     scenarios = [prepared.load(i) for i in (TT, "nezha/20230129_05", OB, "nezha/20220822_03", LEMMA)]
     options = InputOptions(use_traces=True, use_graph=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from lemzha.memo import memo
 from lemzha.scenario import Scenario
@@ -101,5 +102,8 @@ def _calls(scenario: Scenario) -> tuple[tuple[str, str], ...]:
     edges = scenario.edges
     if edges is None or not len(edges):
         return ()
-    pairs = edges.loc[:, ["client", "server"]].drop_duplicates()
-    return tuple(sorted((str(a), str(b)) for a, b in zip(pairs["client"], pairs["server"], strict=True) if a != b))
+    client, clients = pd.factorize(edges["client"])
+    server, servers = pd.factorize(edges["server"])
+    pairs = np.unique(client.astype(np.int64) * len(servers) + server)
+    named = ((str(clients[p // len(servers)]), str(servers[p % len(servers)])) for p in pairs.tolist())
+    return tuple(sorted((a, b) for a, b in named if a != b))

@@ -53,13 +53,15 @@ class _LogRows:
 
 def _code_rows(scenario: Scenario) -> _LogRows:
     logs = scenario.logs
-    templates = logs["template"].to_numpy(object)
-    template_code, unique_templates = pd.factorize(templates)
+    # factorise the (arrow-backed) string columns as they are: converting them to Python objects costs more
+    template_code, unique_templates = pd.factorize(logs["template"])
+    unique_templates = [str(t) for t in unique_templates]
     event_code, events = pd.factorize(np.array([event_key(t) for t in unique_templates], dtype=object))
     named_error = np.array([is_error_line(t, "") for t in unique_templates], dtype=bool)
-    error = named_error[template_code] | np.isin(logs["level"].to_numpy(object), ERROR_LEVELS)
+    error = named_error[template_code] | logs["level"].isin(ERROR_LEVELS).to_numpy(dtype=bool)
+    service_code, service_names = pd.factorize(logs["service"])
     index = {s: i for i, s in enumerate(scenario.services)}
-    service = np.array([index[s] for s in logs["service"].to_numpy(object)], dtype=np.int64)
+    service = np.array([index[str(n)] for n in service_names], dtype=np.int64)[service_code]
     # one key per (service, event): the same event text in two services is two events
     pair, pair_keys = pd.factorize(service * len(events) + event_code[template_code])
     pair_error = np.bincount(pair, weights=error, minlength=len(pair_keys)) > 0
