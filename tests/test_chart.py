@@ -192,7 +192,7 @@ def promtool_check_groups(groups: list[dict[str, Any]], tmp_path: Path) -> str:
 def test_recording_rules_render_as_the_catalog_generates_them(latency, tmp_path):
     """The PrometheusRule holds exactly the generated groups for the chosen latency source, valid for its schema and
     for the real promtool; the ConfigMap holds the same rule files byte for byte."""
-    from lemzha import rules
+    from lemzha import recording_rules as rules
     from tests.prometheus_server import PROMTOOL
 
     objs = objects(merged(DEFAULTS, {"recordingRules": {"latencySource": latency},

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lemzha import rules
+from lemzha import recording_rules as rules
 from lemzha.catalog import CATALOG, LATENCY_SOURCE_NAMES, LATENCY_SOURCES, LatencySource
 from lemzha.histogram import histogram_quantile
 from tests.prometheus_server import PROMTOOL, requires_prometheus
