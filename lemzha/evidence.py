@@ -32,13 +32,15 @@ def nan_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> list[np.n
     return out
 
 
-def robust_deviation(values: np.ndarray, onset_bin: int, spread: str = "iqr") -> np.ndarray:
+def robust_deviation(values: np.ndarray, onset_bin: int, spread: str = "iqr",
+                     resolution: np.ndarray | float = IQR_FLOOR_ABS) -> np.ndarray:
     """Signed (x - median_pre) / max(spread_pre, floor) for every bin, with bins [0, onset_bin) as the reference.
 
     `spread` is "iqr" (BARO's) or "mad" (1.4826 x the median absolute deviation, a sigma under normal noise, and
     unmoved until half the reference is disturbed, where the IQR gives way at a quarter: a long reference holds
-    earlier incidents). values is (T, ...) with NaN for missing; the result has the same shape and is NaN where x
-    is missing or a series has no reference sample.
+    earlier incidents). `resolution` (broadcast over the series) is the smallest spread a series may have, in its
+    units. values is (T, ...) with NaN for missing; the result has the same shape and is NaN where x is missing or a
+    series has no reference sample.
     """
     values = np.asarray(values, dtype=np.float64)
     onset_bin = int(np.clip(onset_bin, 1, values.shape[0]))
@@ -52,7 +54,7 @@ def robust_deviation(values: np.ndarray, onset_bin: int, spread: str = "iqr") ->
         width = width * 1.4826
     else:
         raise ValueError(f"spread must be 'iqr' or 'mad', not {spread!r}")
-    scale = np.maximum(width, np.maximum(np.abs(median) * IQR_FLOOR_FRACTION, IQR_FLOOR_ABS))
+    scale = np.maximum(width, np.maximum(np.abs(median) * IQR_FLOOR_FRACTION, resolution))
     return (values - median) / scale
 
 

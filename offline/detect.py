@@ -49,15 +49,16 @@ from lemzha.detect import (
 from lemzha.detect.onset import cusum_onset, fit_onset_threshold, onset_from_scores
 from lemzha.fsutil import replace_directory
 from offline.cli import run_cli
-from offline.nezha import DAYS, NezhaDay, list_faults, read_day_metrics
+from offline.folds import UNKNOWN_ONSET_BINS, unknown_onset_span
+from offline.nezha import DAYS, NezhaDay, Window, list_faults, read_day_metrics
 from offline.provenance import provenance
 from offline.store import ARCHIVES, DataError, ensure_extracted
 
 FRACTIONS = (0.0, 0.1, 0.25, 0.5, 1.0)
 CHUNK_BINS = 20  # a "labelled window" of the learning curve: 10 min of a training stream
-RCA_WINDOW_BINS = 24  # as offline.lodocv.UNKNOWN_ONSET_BINS
-SCENARIO_BEFORE_BINS = 20  # offline scenarios start 10 min before the fault
-SCENARIO_BINS = 40
+RCA_WINDOW_BINS = UNKNOWN_ONSET_BINS
+SCENARIO_BEFORE_BINS = int(Window().before.total_seconds()) // BIN_SECONDS  # the offline scenarios' geometry
+SCENARIO_BINS = SCENARIO_BEFORE_BINS + int(Window().after.total_seconds()) // BIN_SECONDS
 DEFAULT_THRESHOLD = 0.9  # the 0 % point of the learning curve has no labels to choose a threshold on
 
 
@@ -94,11 +95,8 @@ def load_day(root: Path, day: NezhaDay, whole_day: bool = False) -> tuple[Stream
 
 def rca_window(fault: Fault, seed: int = 0) -> tuple[int, int]:
     """(start bin in the day stream, fault bin inside the window) of the RCA window that `offline.lodocv`'s
-    unknown-onset mode shows for this fault: 24 bins cropped from the 40-bin scenario with the same RNG."""
-    rng = np.random.default_rng([seed, sum(map(ord, fault.id))])
-    length = RCA_WINDOW_BINS
-    fault_pos = int(rng.integers(length // 6, length - length // 6))
-    offset = int(np.clip(SCENARIO_BEFORE_BINS - fault_pos, 0, SCENARIO_BINS - length))
+    unknown-onset mode shows for this fault, placed in the offline scenario's geometry as lodocv places it."""
+    offset, _ = unknown_onset_span(fault.id, SCENARIO_BEFORE_BINS, SCENARIO_BINS, seed)
     start = fault.bin - SCENARIO_BEFORE_BINS + offset
     return start, fault.bin - start
 

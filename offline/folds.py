@@ -53,11 +53,17 @@ def split(scenarios: list[Scenario], fold: str, protocol: str, use_lemma: bool =
 def unknown_onset_window(scenario: Scenario, seed: int) -> Scenario:
     """A window of UNKNOWN_ONSET_BINS with the fault at a random position, and no onset given (reads the label to
     place the window, as an evaluation must; the ranker gets the window without it)."""
-    rng = np.random.default_rng([seed, sum(map(ord, scenario.id))])
-    length = min(UNKNOWN_ONSET_BINS, scenario.n_bins)
-    fault_pos = int(rng.integers(length // 6, length - length // 6))
-    start = int(np.clip(scenario.label.fault_bin - fault_pos, 0, scenario.n_bins - length))
+    start, length = unknown_onset_span(scenario.id, scenario.label.fault_bin, scenario.n_bins, seed)
     return scenario.window(start, length).with_onset(None)
+
+
+def unknown_onset_span(case_id: str, fault_bin: int, n_bins: int, seed: int) -> tuple[int, int]:
+    """(first bin, length) of a case's unknown-onset window inside its n_bins scenario with the fault at fault_bin:
+    the one placement both lodocv and offline.detect use."""
+    rng = np.random.default_rng([seed, sum(map(ord, case_id))])
+    length = min(UNKNOWN_ONSET_BINS, n_bins)
+    fault_pos = int(rng.integers(length // 6, length - length // 6))
+    return int(np.clip(fault_bin - fault_pos, 0, n_bins - length)), length
 
 
 _ESTIMATORS: dict[tuple, OnsetEstimator] = {}

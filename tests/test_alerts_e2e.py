@@ -140,7 +140,7 @@ def test_a_firing_alert_opens_an_incident_that_ranks_like_offline(alerted: Alert
     shift = alerted.window_end - offline.end
     assert status["resolvedWindow"] == {"from": (offline.start + shift).isoformat(),
                                         "to": alerted.window_end.isoformat()}
-    assert status["onset"]["source"] == "estimated" and status["method"] == "model"
+    assert status["onset"]["source"] == "estimated" and status["method"] == "evidence"
     # the ranking the offline model gives the unshifted scenario without an onset (it scans the window)
     from lemzha.bundle import open_ranker
 

@@ -518,7 +518,7 @@ def test_alert_receiver_service_policy_and_settings(tmp_path):
     assert "from" not in others and {p["port"] for p in others["ports"]} == {8080, 8000}, "probes and scrapes open"
     settings = AlertSettings.from_env({k: v for k, v in env(container).items() if isinstance(v, str)})
     assert (settings.port, settings.max_per_minute, settings.onset, settings.before, settings.after) == (
-        9095, 4, "estimated", "20m", "0s")
+        9095, 4, "estimated", "70m", "0s")
     assert settings.selector_labels == (("deployment", "app"), ("pod", "statefulset.kubernetes.io/pod-name"))
     (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == settings.token_file.parent]
     volumes = {v["name"]: v for v in deployment(objs)["spec"]["template"]["spec"]["volumes"]}

@@ -214,9 +214,9 @@ def test_no_test_day_bin_reaches_fit(days, monkeypatch):
 # -- RCA windows and the CLI ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_rca_windows_match_lodocv(prepared, days):
-    """offline.detect cuts the same 24-bin windows from the day stream as lodocv's unknown-onset mode does from
+    """offline.detect cuts the same windows from the day stream as lodocv's unknown-onset mode does from
     the scenario, with the same values."""
-    from offline.lodocv import unknown_onset_window
+    from offline.folds import unknown_onset_window
 
     for day in ("2022-08-22", "2023-01-29"):
         stream, faults = days[day]
@@ -265,7 +265,7 @@ def test_cli_rejects_unknown_detector(capsys):
 def test_lodocv_estimated_onset_uses_training_days_only(prepared, monkeypatch):
     """lodocv's estimated-onset mode: the estimator is chosen on training-day windows only, and the shown window
     is the unknown-onset window with an onset in range."""
-    from offline import lodocv
+    from offline import folds as lodocv
 
     scenarios = [prepared.load(i) for i in prepared.ids if i.startswith("nezha/20220822") or
                  i.startswith("nezha/20220823")]

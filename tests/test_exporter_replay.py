@@ -152,12 +152,15 @@ def test_recorded_metrics_from_raw_exporters_equal_offline(exported, prepared, s
             ok = np.isfinite(got)
             through = (histogram_quantile(q, bounds.tolist(), cumulative) / 1000).reshape(got.shape)
             np.testing.assert_allclose(got[ok], through[ok], rtol=1e-6, err_msg=f"{name}: not the bucket quantile")
+            # a histogram holds only non-decreasing quantiles: Nezha's rare p50 > p90 rows have no bucket answer
+            ok &= (np.diff(want, axis=2) >= 0).all(axis=2)
             v_ms = want[:, :, j][ok] * 1000
             lo = np.concatenate([[0.0], bounds])[np.searchsorted(bounds, v_ms, side="left")]
             hi = np.append(bounds, bounds[-1])[np.searchsorted(bounds, v_ms, side="left")]
             live_ms = got[ok] * 1000
             inside = (live_ms >= lo * (1 - 1e-6)) & (live_ms <= np.maximum(hi, v_ms) * (1 + 1e-6) + 1e-9)
-            assert inside.all(), f"{name}: {int((~inside).sum())} values outside the bucket of Nezha's value"
+            assert inside.all(), (f"{name}: {int((~inside).sum())} values outside the bucket of Nezha's value: "
+                                  f"live {live_ms[~inside]} ms, Nezha {v_ms[~inside]} ms")
             rel = np.abs(live_ms - v_ms) / np.maximum(v_ms, 1e-9)
             print(f"{scenario_id} {name}: median relative difference to Nezha {np.median(rel):.3f}")
 

@@ -79,7 +79,7 @@ def _ob_incident(prepared) -> str:
         "apiVersion": "lemzha.io/v1alpha1", "kind": "RCAIncident",
         "metadata": {"name": OB_NAME, "namespace": "hipster"},
         "spec": {"targetNamespace": "hipster", "faultTime": onset.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "before": "10m", "after": "10m", "topK": 5},
+                 "before": "60m", "after": "10m", "topK": 5},
     })
 
 
@@ -141,7 +141,7 @@ def test_incident_completes_like_offline(cluster: Env, prepared, shipped_bundle,
     assert status["dataCoverage"]["bins"] == offline.n_bins
     import hashlib
 
-    assert status["method"] == "model" and status["model"] == {
+    assert status["method"] == "evidence" and status["model"] == {
         "bundle": shipped_bundle.name, "sha": hashlib.sha256((shipped_bundle / "bundle.json").read_bytes()).hexdigest()}
     assert status["finishedAt"] and status["observedGeneration"] == obj["metadata"]["generation"]
     assert status["dataCoverage"]["logs"] == "complete" and "finalizers" not in obj["metadata"]

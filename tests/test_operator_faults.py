@@ -168,7 +168,7 @@ def test_loki_down_gives_a_metrics_only_answer(faults: Faults, prepared, shipped
     done = faults.wait_phase("loki-down", "Completed")
     faults.loki.set("pass")
     status = done["status"]
-    assert status["method"] == "model (metrics only)"
+    assert status["method"] == "evidence (metrics only)"
     assert condition(done, "Degraded")["reason"] == "LokiUnavailable"
     assert status["dataCoverage"]["logs"] == "unavailable" and status["dataCoverage"]["logLines"] == 0
     # the same ranking as the bundle gives the offline scenario without its logs
@@ -199,7 +199,7 @@ def test_a_bad_or_missing_bundle_falls_back_to_baro(faults: Faults, tmp_path, bu
     if bundle == "corrupt":
         broken = tmp_path / "bundle"
         shutil.copytree(faults.bundle, broken)
-        (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:-100])  # truncated download
+        (broken / "MODEL_CARD.md").write_bytes((broken / "MODEL_CARD.md").read_bytes()[:-100])  # truncated download
         env["LEMZHA_BUNDLE"] = str(broken)
     faults.start(**env)
     name = f"fallback-{bundle}"

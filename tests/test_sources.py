@@ -31,7 +31,7 @@ def test_no_bundle_falls_back_to_baro_and_says_so(tmp_path, prepared):
 def test_a_bundle_with_a_bad_checksum_falls_back(tmp_path, shipped_bundle):
     broken = tmp_path / "bundle"
     shutil.copytree(shipped_bundle, broken)
-    model = broken / "model.onnx"
+    model = broken / "MODEL_CARD.md"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
@@ -46,6 +46,6 @@ def test_a_missing_bundle_directory_falls_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_good_bundle_ranks_with_the_model(tmp_path, shipped_bundle):
+def test_a_good_bundle_ranks_with_the_evidence_ranker(tmp_path, shipped_bundle):
     ranker, problem = make_ranker(settings(tmp_path, shipped_bundle))
-    assert problem is None and ranker.name == "model" and method_name(ranker, "complete") == "model"
+    assert problem is None and ranker.name == "evidence" and method_name(ranker, "complete") == "evidence"

@@ -1,4 +1,5 @@
-"""Metric signals: how far each pod metric moved from its pre-onset median, in robust sigmas (1.4826 MAD).
+"""Metric signals: how far each pod metric moved from its pre-onset median, in robust sigmas (1.4826 MAD, never
+below the metric type's resolution, `lemzha.catalog.RESOLUTION`).
 
 A signal groups the catalog metrics that measure one thing (`METRIC_SIGNALS`). Resources and latencies count only
 when they rise (a fault consumes CPU or slows requests; a drop follows from less traffic), traffic and I/O count
@@ -12,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from lemzha.catalog import RESOLUTION, spec
 from lemzha.evidence import robust_deviation
 from lemzha.memo import memo
 from lemzha.scenario import Scenario
@@ -42,7 +44,8 @@ def metric_signals(scenario: Scenario, onset_bin: int, horizon: int
     if not wanted or after.start >= after.stop:
         return names, values, detail
     series = memo(scenario, "metric_series", lambda: scenario.values[:, :, wanted].astype(np.float64))
-    deviation = robust_deviation(series, onset_bin, spread="mad")[after]  # (H, P, m)
+    resolution = np.array([RESOLUTION.get(spec(scenario.metrics[c]).type, 1e-6) for c in wanted])
+    deviation = robust_deviation(series, onset_bin, spread="mad", resolution=resolution)[after]  # (H, P, m)
     position = {c: i for i, c in enumerate(wanted)}
     pod_service = scenario.pod_service_index()
     for k, (signal, (group, rise_only)) in enumerate(METRIC_SIGNALS.items()):

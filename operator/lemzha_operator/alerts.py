@@ -7,8 +7,8 @@ the reply out; creating an incident is the callable it is given.
 - Name: `alert-<fingerprint>-<startsAt yyyymmdd-hhmmss>`. Alertmanager repeats a firing alert (repeat_interval)
   and retries a failed post; both carry the same fingerprint and startsAt, so the create answers 409 and nothing new
   opens. A new firing of the same alert (a new startsAt) opens a new incident.
-- Window: [startsAt - before, startsAt + after] (LEMZHA_ALERTS_BEFORE, _AFTER; default 20m and 0s, so the answer
-  does not wait for data after the alert). With LEMZHA_ALERTS_ONSET=estimated (default) it is given as from/to and
+- Window: [startsAt - before, startsAt + after] (LEMZHA_ALERTS_BEFORE, _AFTER; default 70m and 0s: an hour of
+  reference before a fault up to 10 minutes older than the alert, and no wait for data after it). With LEMZHA_ALERTS_ONSET=estimated (default) it is given as from/to and
   the model finds the onset in it; with `startsAt` it is given as faultTime = startsAt with before/after. startsAt is
   when the rule's condition had held for its `for`, later than the fault: a given onset there is late, and a
   misplaced onset costs the model more than scanning the window does (README, "Alerts").
@@ -73,7 +73,7 @@ class AlertSettings:
     selector_labels: tuple[tuple[str, str], ...] = ()  # (alert label, pod label key), in order of precedence
     max_per_minute: int = 10
     max_body_bytes: int = 1_048_576
-    before: str = "20m"
+    before: str = "70m"
     after: str = "0s"
     onset: str = "estimated"
 
@@ -91,7 +91,7 @@ class AlertSettings:
             selector_labels=parse_selector_labels(env.get("LEMZHA_ALERTS_SELECTOR_LABELS", "")),
             max_per_minute=_number(env, "LEMZHA_ALERTS_MAX_PER_MINUTE", 10, int, minimum=1),
             max_body_bytes=_number(env, "LEMZHA_ALERTS_MAX_BODY_BYTES", 1_048_576, int, minimum=1024),
-            before=text("LEMZHA_ALERTS_BEFORE", "20m"),
+            before=text("LEMZHA_ALERTS_BEFORE", "70m"),
             after=text("LEMZHA_ALERTS_AFTER", "0s"),
             onset=text("LEMZHA_ALERTS_ONSET", "estimated"),
         )

@@ -15,6 +15,7 @@ from lemzha.binning import BIN_SECONDS, as_utc, window_bins
 MIN_WINDOW = timedelta(minutes=2)
 MAX_WINDOW = timedelta(hours=2)
 MAX_FUTURE = timedelta(hours=1)
+DEFAULT_BEFORE = "60m"  # the hour of reference the ranker compares the fault with (offline.data --before)
 _DURATION = re.compile(r"^([0-9]+)([smh])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours"}
 
@@ -65,7 +66,7 @@ def resolve_window(spec: dict, now: datetime) -> ResolvedWindow:
     onset = None
     if forms[0] == "faultTime":
         onset = _time(spec, "faultTime")
-        first = onset - parse_duration(spec.get("before", "10m"), "before")
+        first = onset - parse_duration(spec.get("before", DEFAULT_BEFORE), "before")
         last = onset + parse_duration(spec.get("after", "10m"), "after")
     elif forms[0] == "from/to":
         if "from" not in spec or "to" not in spec:
