@@ -8,10 +8,11 @@ the reply out; creating an incident is the callable it is given.
   and retries a failed post; both carry the same fingerprint and startsAt, so the create answers 409 and nothing new
   opens. A new firing of the same alert (a new startsAt) opens a new incident.
 - Window: [startsAt - before, startsAt + after] (LEMZHA_ALERTS_BEFORE, _AFTER; default 70m and 0s: an hour of
-  reference before a fault up to 10 minutes older than the alert, and no wait for data after it). With LEMZHA_ALERTS_ONSET=estimated (default) it is given as from/to and
-  the model finds the onset in it; with `startsAt` it is given as faultTime = startsAt with before/after. startsAt is
-  when the rule's condition had held for its `for`, later than the fault: a given onset there is late, and a
-  misplaced onset costs the model more than scanning the window does (README, "Alerts").
+  reference before a fault up to 10 minutes older than the alert, and no wait for data after it). With
+  LEMZHA_ALERTS_ONSET=estimated (default) it is given as from/to and the ranker finds the onset in it; with
+  `startsAt` it is given as faultTime = startsAt with before/after. startsAt is when the rule's condition had held
+  for its `for`, later than the fault: a given onset there is late, and a misplaced onset costs more than scanning
+  the window does (README, "Alerts").
 - podSelector: only from the alert labels mapped in LEMZHA_ALERTS_SELECTOR_LABELS (`alertLabel=podLabelKey,...`);
   none by default, because a selector narrows the ranking to the alerting workload, which is often the symptom,
   not the cause, and a kube-state-metrics alert's `service` label names the exporter, not the app.
