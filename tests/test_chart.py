@@ -618,11 +618,11 @@ def test_every_value_is_documented():
             assert text[i - 1].strip().startswith("#") or " # " in line, \
                 f"values.yaml:{i + 1} `{line.strip()}` has no comment"
     expected = set(leaves(yaml.safe_load((CHART / "values.yaml").read_text())))
-    readme = (ROOT / "README.md").read_text()
-    install = readme[readme.index("## Install with Helm"):]
+    guide = (ROOT / "docs" / "operator.md").read_text()
+    install = guide[guide.index("## Install with Helm"):]
     install = install[:install.index("\n## ", 1)]
     for where, text in (("charts/README.md", (ROOT / "charts" / "README.md").read_text()),
-                        ("README.md (Install with Helm)", install)):
+                        ("docs/operator.md (Install with Helm)", install)):
         documented = set(re.findall(r"^\| `([\w.]+)` \|", text, re.M))
         assert expected - documented == set(), f"values missing from the {where} table: {expected - documented}"
         assert documented - expected == set(), f"{where} documents values that do not exist: {documented - expected}"

@@ -38,7 +38,7 @@ TT_ID, OB_ID = "nezha/20230129_05", "nezha/20220822_03"
 NO_MESH = "hipster-nomesh"  # the OnlineBoutique window again, as a cluster without a mesh would export it
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "charts" / "lemzha" / "files" / "rules"
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "operator.md"
 EXACT = ("cpu_millicores", "memory_bytes", "syscall_read", "syscall_write", "network_receive", "network_transmit",
          "workload", "node_memory_percent", "node_network_receive")
 
@@ -220,6 +220,6 @@ def test_doctor_names_what_is_missing(exported, prepared):
             "istio_request_duration_milliseconds_bucket") in mesh_less.stdout
     assert "present" in _line(mesh_less.stdout, "node_memory_percent")
     assert nothing.returncode == 1 and "nothing at all for namespace 'no-such-namespace'" in nothing.stdout
-    readme = README.read_text()
-    block = readme[readme.index("```text\n", readme.index("**Preflight.**")) + 8:]
-    assert block[:block.index("```")] == shown, "README's doctor output is not what the doctor prints"
+    guide = GUIDE.read_text()
+    block = guide[guide.index("```text\n", guide.index("**Preflight.**")) + 8:]
+    assert block[:block.index("```")] == shown, "the operator guide's doctor output is not what the doctor prints"
