@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lemzha.scenario import Scenario, ScenarioError
+from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario, save_scenario
 from lemzha.services import service_of_pod
 from offline import lemzhak, nezha, traces
@@ -201,9 +201,3 @@ def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool, tr
             "sources": {**sources.provenance(), "traces": None if traces_dir is None else str(traces_dir)}}
 
 
-def check_loadable(prepared: Prepared) -> None:
-    for scenario_id in prepared.ids:
-        try:
-            prepared.load(scenario_id)
-        except (ScenarioError, OSError) as err:
-            raise DataError(f"cached scenario {scenario_id} is invalid: {err}") from None

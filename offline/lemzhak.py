@@ -289,25 +289,6 @@ def lemma_root_cause(gt_pods: list[str], pod_service: dict[str, str]) -> tuple[s
     return service, note
 
 
-def lemma_root_cause_report(root: Path) -> dict[str, dict]:
-    """Per LEMMA scenario: lemzha-k's root cause, ours, the ground-truth pods and our root-cause pods, and a note."""
-    root = Path(root)
-    report = {}
-    for sid in LEMMA_IDS:
-        pods = _manifest(root, sid)["pods"]
-        truth = _ground_truth(root, sid)
-        pod_service = {p: lemma_service_of_pod(p) for p in pods}
-        service, note = lemma_root_cause(truth["root_cause_pods"], pod_service)
-        report[sid] = {
-            "lemzhak_service": truth.get("root_cause_service"),
-            "service": service,
-            "ground_truth_pods": list(truth["root_cause_pods"]),
-            "root_cause_pods": [p for p in pods if pod_service[p] == service],
-            "note": note,
-        }
-    return report
-
-
 def load_lemma(root: Path) -> list[Scenario]:
     """The four LEMMA incidents as labelled Scenarios (`lemma/<YYYYMMDD>`), services and labels re-derived."""
     root = Path(root)

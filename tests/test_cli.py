@@ -109,6 +109,23 @@ def test_lodocv_quick_end_to_end(prepared, tmp_path):
     report = (out / "report.md").read_text()
     assert report.index("| **evidence** |") < report.index("| baro |")  # the shipped ranker first
 
+    # RESULTS.md and the README's block are written from this run, naming its command and commit
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"provenance": {"command": "python -m offline.bench ranker", "git_sha": "abc1234"},
+                                 "ms_per_case": {"trainticket": 7.25}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\ntail\n")
+    result = run("offline.results", "--lodocv", str(out / "results.json"), "--bench", str(bench),
+                 "--out", str(tmp_path / "RESULTS.md"), "--readme", str(readme))
+    assert result.returncode == 0, result.stderr
+    written = (tmp_path / "RESULTS.md").read_text()
+    command = results["provenance"]["command"]
+    assert command in written and "| **evidence** |" in written and "| ms_per_case / trainticket | 7.25 |" in written
+    block = readme.read_text()
+    assert "old" not in block and block.endswith("<!-- results:end -->\n\ntail\n") and command in block
+    acc1 = results["protocols"]["day"]["rankers"]["evidence"]["pooled"]["acc1"]["mean"]
+    assert f"| **evidence** (shipped) | {acc1:.3f}" in block
+
 
 def test_scenario_file_with_service_without_pods_is_refused(prepared, tmp_path):
     import shutil
@@ -128,3 +145,22 @@ def test_scenario_file_with_service_without_pods_is_refused(prepared, tmp_path):
     (dst / "scenario.json").write_text(json.dumps(meta))
     with pytest.raises(ScenarioError, match="without a service"):
         load_scenario(Path(dst))
+
+
+def test_results_refuses_bad_inputs_and_writes_nothing(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    result = run("offline.results", "--lodocv", str(tmp_path / "none.json"), "--out", str(out))
+    assert result.returncode == 2 and "no offline.lodocv results here" in result.stderr
+    (tmp_path / "other.json").write_text('{"rankers": {}}')
+    result = run("offline.results", "--lodocv", str(tmp_path / "other.json"), "--out", str(out))
+    assert result.returncode == 2 and "not an offline.lodocv results.json" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_results_block_needs_exactly_one_pair_of_markers():
+    from offline.results import BEGIN, END, ResultsError, replace_block
+
+    assert replace_block(f"a\n{BEGIN}\nold\n{END}\nb", "new", Path("R.md")) == f"a\n{BEGIN}\nnew\n{END}\nb"
+    for text in ("no markers", f"{END}{BEGIN}", f"{BEGIN}{END}{BEGIN}{END}"):
+        with pytest.raises(ResultsError, match="exactly one"):
+            replace_block(text, "new", Path("R.md"))

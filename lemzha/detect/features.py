@@ -22,7 +22,6 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
-from lemzha.catalog import METRIC_NAMES
 from lemzha.evidence import IQR_FLOOR_ABS, IQR_FLOOR_FRACTION
 
 REFERENCE_BINS = 20
@@ -78,12 +77,6 @@ def _trailing_z(values: np.ndarray, reference_bins: int) -> np.ndarray:
     scale = np.maximum(q75 - q25, np.maximum(np.abs(med) * IQR_FLOOR_FRACTION, IQR_FLOOR_ABS))
     z = (flat - med) / scale
     return z.reshape(shape)
-
-
-def feature_names(n_metrics: int = len(METRIC_NAMES)) -> list[str]:
-    metrics = METRIC_NAMES if n_metrics == len(METRIC_NAMES) else tuple(f"m{i}" for i in range(n_metrics))
-    base = [f"{m}:{f}" for m in metrics for f in PER_METRIC] + list(GLOBAL)
-    return base + [f"{b}@-{LAG_BINS}" for b in base] + [f"{b}:delta" for b in base]
 
 
 def bin_features(z: np.ndarray) -> np.ndarray:
