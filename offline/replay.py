@@ -386,9 +386,9 @@ def backfill(openmetrics: Path, data_dir: Path) -> None:
 
 # -- logs ----------------------------------------------------------------------------------------------------------
 def trainticket_log_records(nezha_root: Path, target: Target) -> pd.DataFrame:
-    folder = nezha.day_dir(nezha_root, target.day) / "log"
     frames = []
-    for path in sorted(folder.glob("*_log.csv")):
+    paths = [p for folder in nezha.day_folders(nezha_root, target.day, "log") for p in folder.glob("*_log.csv")]
+    for path in sorted(paths):
         frame = pd.read_csv(path, usecols=["Timestamp", "TimeUnixNano", "PodName", "Log"], dtype=str,
                             on_bad_lines="skip")
         frames.append(frame.dropna(subset=["Timestamp", "PodName", "Log"]))

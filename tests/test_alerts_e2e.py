@@ -134,7 +134,7 @@ def test_a_firing_alert_opens_an_incident_that_ranks_like_offline(alerted: Alert
     assert name == f"alert-{meta['labels']['lemzha.io/alert-fingerprint']}-{starts_at:%Y%m%d-%H%M%S}"
     # the alert fired in the bin after the fault's window, so the incident's window is the fault's, bin for bin
     assert alerted.window_end <= starts_at < alerted.window_end + timedelta(seconds=30), (starts_at, alerted.window_end)
-    assert (spec["from"], spec["to"]) == (rfc3339(starts_at - timedelta(minutes=20)), rfc3339(starts_at))
+    assert (spec["from"], spec["to"]) == (rfc3339(starts_at - timedelta(minutes=70)), rfc3339(starts_at))
     assert "faultTime" not in spec and "podSelector" not in spec
     offline = prepared.load(APPS[namespace])
     shift = alerted.window_end - offline.end

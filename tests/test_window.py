@@ -16,7 +16,7 @@ def test_fault_time_form_gives_aligned_bins_and_the_onset():
 
 
 def test_defaults_and_from_to_and_recent():
-    assert resolve_window({"faultTime": "2023-01-29T09:00:00Z"}, NOW).n_bins == 40
+    assert resolve_window({"faultTime": "2023-01-29T09:00:00Z"}, NOW).n_bins == 140  # 60 min before, 10 after
     w = resolve_window({"from": "2023-01-29T09:00:00Z", "to": "2023-01-29T09:20:00Z"}, NOW)
     assert (w.start, w.n_bins, w.onset) == (datetime(2023, 1, 29, 9, tzinfo=UTC), 40, None)
     w = resolve_window({"recent": "15m"}, NOW)
