@@ -43,7 +43,7 @@ TEMPLATES_FILE = "templates.parquet"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 REQUIRED_FILES = (MODEL_FILE, TEXT_ENCODER_FILE, TOKENIZER_FILE, TEMPLATES_FILE, MODEL_CARD_FILE)
 MODEL_INPUTS = ("metrics", "valid", "onset_pos", "logs", "names", "pod_service")
-TRACE_INPUTS = ("traces", "edge_pairs", "edge_traces")  # issue #8: only in bundles trained with traces
+TRACE_INPUTS = ("traces", "edge_pairs", "edge_traces")  # only in bundles trained with traces
 
 
 def model_inputs(use_traces: bool) -> tuple[str, ...]:
@@ -131,21 +131,6 @@ def write_evidence_bundle(directory: Path, ranker_json: dict, meta: dict, card: 
                 "ranker": ranker_json, "files": {MODEL_CARD_FILE: file_sha256(directory / MODEL_CARD_FILE)}}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def open_ranker(directory: Path | str, cache_dir: Path | None = None, threads: int = 1):
-    """The ranker a verified bundle carries: an `EvidenceRanker` (evidence kind) or an `OnnxRanker` (model kind),
-    with `.bundle` set to the verified `Bundle`."""
-    bundle = load_bundle(directory)
-    if bundle.kind == EVIDENCE_KIND:
-        from lemzha.rankers import EvidenceRanker
-
-        ranker = EvidenceRanker.from_json(bundle.meta["ranker"])
-        ranker.bundle = bundle
-        return ranker
-    from lemzha.onnx_ranker import OnnxRanker
-
-    return OnnxRanker(bundle.directory, cache_dir=cache_dir, threads=threads)
 
 
 def load_bundle(directory: Path | str) -> Bundle:

@@ -173,7 +173,7 @@ steps.append(("kopf + kubernetes client", rss()))
 import numpy, pandas, pyarrow  # noqa: E401
 import lemzha_operator.handlers, lemzha_operator.pipeline, lemzha_operator.sources  # noqa: E401
 steps.append(("numpy + pandas + pyarrow + lemzha", rss()))
-from lemzha.bundle import open_ranker
+from lemzha.bundle_ranker import open_ranker
 ranker = open_ranker(sys.argv[1], cache_dir=tempfile.mkdtemp())
 steps.append(("onnxruntime + model + MiniLM sessions", rss()))
 from lemzha.bundle import TEMPLATES_FILE, read_templates

@@ -20,7 +20,7 @@ import numpy as np
 
 _CHILD = """
 import json, sys
-from lemzha.bundle import open_ranker
+from lemzha.bundle_ranker import open_ranker
 from lemzha.scenario_io import load_scenario
 ranker = open_ranker(sys.argv[1])
 ranker.rank(load_scenario(sys.argv[2], with_label=False))
@@ -36,7 +36,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def bench_ranker(bundle: Path | None) -> dict:
-    from lemzha.bundle import open_ranker
+    from lemzha.bundle_ranker import open_ranker
     from offline.dataset import prepare
 
     prepared = prepare(progress=False)

@@ -53,7 +53,7 @@ from lemzha.catalog import (
     latency_source,
 )
 from offline import nezha
-from offline.replay import BIN_MS, PROMTOOL, _fmt_labels, _fmt_ts, _keep, series_labels
+from offline.openmetrics import BIN_MS, PROMTOOL, fmt_labels, fmt_ts, keep_samples, series_labels
 from offline.store import DataError
 
 ISTIO_BUCKETS_MS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000,
@@ -124,15 +124,15 @@ def _family(name: str, kind: str, rows: Rows, suffix: str = "") -> list[str]:
     lines = [f"# TYPE {family} {kind}"]
     for labels, times, values in rows:
         out_t, out_v = _pairs(times, values) if kind == "counter" else (times.tolist(), values.tolist())
-        head = f"{name}{suffix}{{{_fmt_labels(labels)}}} "
-        lines += [f"{head}{v!r} {_fmt_ts(int(t))}" for t, v in zip(out_t, out_v, strict=True)]
+        head = f"{name}{suffix}{{{fmt_labels(labels)}}} "
+        lines += [f"{head}{v!r} {fmt_ts(int(t))}" for t, v in zip(out_t, out_v, strict=True)]
     return lines
 
 
 def last_per_bin(times_ms: np.ndarray, values: np.ndarray, windows) -> tuple[np.ndarray, np.ndarray]:
     """(bin starts, values) of the samples kept by `windows`: rows with no NaN, the last one of each bin."""
     values = values.reshape(len(times_ms), -1)
-    keep = _keep(times_ms, windows) & np.isfinite(values).all(axis=1)
+    keep = keep_samples(times_ms, windows) & np.isfinite(values).all(axis=1)
     starts = times_ms[keep] - times_ms[keep] % BIN_MS
     last = np.r_[starts[1:] != starts[:-1], True] if len(starts) else np.zeros(0, dtype=bool)
     return starts[last], values[keep][last]

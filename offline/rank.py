@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.method == "bundle":
         if args.bundle is None:
             raise DataError("--method bundle needs --bundle DIR (write one with python -m offline.export)")
-        from lemzha.bundle import open_ranker
+        from lemzha.bundle_ranker import open_ranker
 
         ranker = open_ranker(args.bundle, args.cache, threads=max(1, args.threads))
         bundle_sha = ranker.bundle.sha

@@ -51,7 +51,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from lemzha.binning import BIN_SECONDS, epoch_ns
+from lemzha.binning import epoch_ns
 from lemzha.catalog import (
     CATALOG,
     EDGE_NAMESPACE_LABEL,
@@ -73,23 +73,17 @@ from lemzha.catalog import (
     SPAN_CALLS,
     SPAN_DURATION,
     TRACE_NAMESPACE_LABEL,
-    MetricSpec,
 )
 from lemzha.fsutil import replace_directory
 from lemzha.services import service_of_pod, workload_of_pod
 from offline import nezha, traces
 from offline.cli import run_cli
+from offline.openmetrics import BIN_MS, PROMTOOL, fmt_labels, fmt_ts, keep_samples, series_labels
 from offline.store import DataError
 
-PROMTOOL = "/usr/bin/promtool"
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
-BIN_MS = BIN_SECONDS * 1000
 IRATE_RANGE_MS = 120_000  # the catalog's irate(...[2m])
 STEP_MS = 60_000  # Nezha's sampling step: where a counter's anchor normally goes
-MARGIN_MS = 5 * 60_000  # with --ids: samples written before a window so its first counter bins have a predecessor
-
-# cAdvisor-style selectors exclude container="" and container="POD"; a real app container is named, so write one.
-_CONTAINER = (("container", "app"),)
 
 
 @dataclass(frozen=True)
@@ -103,13 +97,6 @@ class Target:
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
-def series_labels(spec: MetricSpec, namespace: str, pod: str) -> tuple[tuple[str, str], ...]:
-    labels = [("namespace", namespace), ("pod", pod)]
-    if "container" in spec.selector_extra:
-        labels += _CONTAINER
-    return (*labels, *spec.replay.labels)
-
-
 def _bin_end(ms: int) -> int:
     return ms - ms % BIN_MS + BIN_MS
 
@@ -156,27 +143,6 @@ def _anchor(t: int, prev: int | None, window_lo: int) -> int | None:
     return None
 
 
-def _fmt_ts(ms: int) -> str:
-    # exact decimal milliseconds; Prometheus parses float seconds and truncates *1000, which cannot cross a bin edge
-    return f"{ms // 1000}.{ms % 1000:03d}"
-
-
-def _fmt_labels(labels: Iterable[tuple[str, str]]) -> str:
-    def esc(v: str) -> str:
-        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-    return ",".join(f'{k}="{esc(v)}"' for k, v in labels)
-
-
-def _keep(times_ms: np.ndarray, windows: tuple[tuple[int, int], ...] | None) -> np.ndarray:
-    if windows is None:
-        return np.ones(len(times_ms), dtype=bool)
-    keep = np.zeros(len(times_ms), dtype=bool)
-    for lo, hi in windows:
-        keep |= (times_ms >= lo - MARGIN_MS) & (times_ms < hi)
-    return keep
-
-
 def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: bool = False,
                  shift_ms: int = 0) -> Iterator[list[str]]:
     """OpenMetrics lines per catalog metric family (`# TYPE` + every pod's series, time-sorted); `windows` select in
@@ -192,7 +158,7 @@ def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: b
             series = metrics.series[pod]
             times_ms = epoch_ns(series.times) // 1_000_000  # floor: a bin edge is a whole millisecond
             vals = series.values[:, m]
-            ok = ~np.isnan(vals) & _keep(times_ms, windows)
+            ok = ~np.isnan(vals) & keep_samples(times_ms, windows)
             if not ok.any():
                 continue
             frame = pd.DataFrame({"t": times_ms[ok], "v": vals[ok]})
@@ -203,8 +169,8 @@ def metric_lines(metrics: nezha.DayMetrics, namespace: str, windows, progress: b
                 out_t, out_v = counter_samples(t, v, spec.replay.factor)
             else:
                 out_t, out_v = t.tolist(), (v * spec.replay.factor).tolist()
-            head = f"{name}{{{_fmt_labels(series_labels(spec, namespace, pod))}}} "
-            lines += [f"{head}{value!r} {_fmt_ts(ms + shift_ms)}" for ms, value in zip(out_t, out_v, strict=True)]
+            head = f"{name}{{{fmt_labels(series_labels(spec, namespace, pod))}}} "
+            lines += [f"{head}{value!r} {fmt_ts(ms + shift_ms)}" for ms, value in zip(out_t, out_v, strict=True)]
         yield lines
 
 
@@ -224,8 +190,8 @@ def pod_info_lines(metrics: nezha.DayMetrics, namespace: str, windows, shift_ms:
     for pod in metrics.pods:
         series = metrics.series[pod]
         times_ms = epoch_ns(series.times) // 1_000_000
-        ok = ~np.isnan(series.values).all(axis=1) & _keep(times_ms, windows)
-        stamps = [_fmt_ts(ms + shift_ms) for ms in np.unique(times_ms[ok]).tolist()]
+        ok = ~np.isnan(series.values).all(axis=1) & keep_samples(times_ms, windows)
+        stamps = [fmt_ts(ms + shift_ms) for ms in np.unique(times_ms[ok]).tolist()]
         if not stamps:
             continue
         replicaset, template_hash, deployment = pod_owners(pod)
@@ -238,7 +204,7 @@ def pod_info_lines(metrics: nezha.DayMetrics, namespace: str, windows, shift_ms:
                       ("label_pod_template_hash", template_hash)]),
         )
         for lines, label_pairs in heads:
-            head = f"{lines[0].split()[2]}{{{_fmt_labels(label_pairs)}}} 1 "
+            head = f"{lines[0].split()[2]}{{{fmt_labels(label_pairs)}}} 1 "
             lines += [head + stamp for stamp in stamps]
     # several pods may share one ReplicaSet: its series must not repeat a timestamp (promtool rejects it)
     rs_owner[1:] = sorted(set(rs_owner[1:]), key=lambda line: (line.rsplit(" ", 2)[0], float(line.rsplit(" ", 1)[1])))
@@ -303,9 +269,9 @@ def trace_lines(day: traces.DayTraces, namespace: str, windows, shift_ms: int = 
             if client:
                 increments[:, -1] *= sum_factor
             times, values = _counter_pairs(starts_ms + shift_ms, increments)
-            stamps = [_fmt_ts(int(ms)) for ms in times.tolist()]
+            stamps = [fmt_ts(int(ms)) for ms in times.tolist()]
             label_pairs = labels_of(member)
-            head = _fmt_labels(label_pairs)
+            head = fmt_labels(label_pairs)
 
             def lines(name: str, column: int, head=head, values=values, stamps=stamps) -> list[str]:
                 return [f"{name}{{{head}}} {v!r} {t}" for v, t in zip(values[:, column].tolist(), stamps, strict=True)]
@@ -313,7 +279,7 @@ def trace_lines(day: traces.DayTraces, namespace: str, windows, shift_ms: int = 
             count_lines += lines(count_name, last)
             for i, bound in enumerate([*bounds, None]):
                 le = "+Inf" if bound is None else _fmt_le(bound)
-                bucket_head = f"{hist_name}_bucket{{{_fmt_labels([*label_pairs, ('le', le)])}}} "
+                bucket_head = f"{hist_name}_bucket{{{fmt_labels([*label_pairs, ('le', le)])}}} "
                 hist_lines += [f"{bucket_head}{v!r} {t}" for v, t in zip(values[:, 1 + i].tolist(), stamps,
                                                                          strict=True)]
             hist_lines += lines(f"{hist_name}_count", last) + lines(f"{hist_name}_sum", 0)

@@ -142,7 +142,7 @@ def test_a_firing_alert_opens_an_incident_that_ranks_like_offline(alerted: Alert
                                         "to": alerted.window_end.isoformat()}
     assert status["onset"]["source"] == "estimated" and status["method"] == "evidence"
     # the ranking the offline model gives the unshifted scenario without an onset (it scans the window)
-    from lemzha.bundle import open_ranker
+    from lemzha.bundle_ranker import open_ranker
 
     expected = open_ranker(alerted.bundle, cache_dir=alerted.cache / "offline-templates").rank(
         offline.without_label().with_onset(None))

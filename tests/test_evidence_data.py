@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lemzha.bundle import BundleError, load_bundle, open_ranker
+from lemzha.bundle import BundleError, load_bundle
+from lemzha.bundle_ranker import open_ranker
 from lemzha.logs import event_key
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import lemzha_operator.handlers  # the module `kopf run -m` loads
 import lemzha_operator.doctor  # the preflight, run in the operator's pod
-from lemzha.bundle import open_ranker
+from lemzha.bundle_ranker import open_ranker
 from lemzha.scenario_io import load_scenario
 
 bundle, scenario_dir, cache = map(Path, sys.argv[1:4])
@@ -54,7 +54,7 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_live_requirements_rank_a_real_scenario(tmp_path, prepared, shipped_bundle):
-    from lemzha.bundle import open_ranker
+    from lemzha.bundle_ranker import open_ranker
     from lemzha.scenario_io import load_scenario
 
     venv = tmp_path / "live-venv"

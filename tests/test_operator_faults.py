@@ -174,7 +174,7 @@ def test_loki_down_gives_a_metrics_only_answer(faults: Faults, prepared, shipped
     # the same ranking as the bundle gives the offline scenario without its logs
     import dataclasses
 
-    from lemzha.bundle import open_ranker
+    from lemzha.bundle_ranker import open_ranker
     from lemzha.scenario import empty_logs
 
     offline = dataclasses.replace(prepared.load("nezha/20220822_03").without_label(), logs=empty_logs())

@@ -27,6 +27,7 @@ from lemzha_operator.prometheus import (
     query_range,
 )
 from offline import replay
+from offline.openmetrics import fmt_ts, series_labels
 from tests.prometheus_server import prometheus_server, requires_prometheus
 
 TT_ID = "nezha/20230129_05"
@@ -65,7 +66,7 @@ def test_counter_rejects_negative_values():
 
 def test_series_labels_satisfy_the_catalog_selectors():
     for s in CATALOG:
-        labels = dict(replay.series_labels(s, "ts", "p-1"))
+        labels = dict(series_labels(s, "ts", "p-1"))
         assert labels["namespace"] == "ts" and labels["pod"] == "p-1"
         if "container" in s.selector_extra:
             assert labels["container"] not in ("", "POD")
@@ -218,7 +219,7 @@ def test_info_series_for_every_replayed_pod(tmp_path):
     text = om.read_text().splitlines()
     for pod in day.pods:
         rs = pod.rsplit("-", 1)[0]
-        stamps = {replay._fmt_ts(ms) for ms in (replay.epoch_ns(day.series[pod].times) // 1_000_000).tolist()}
+        stamps = {fmt_ts(ms) for ms in (replay.epoch_ns(day.series[pod].times) // 1_000_000).tolist()}
         owner = [line for line in text if line.startswith(f'kube_pod_owner{{namespace="edge",pod="{pod}",')]
         assert owner and all(f'owner_kind="ReplicaSet",owner_name="{rs}",owner_is_controller="true"}} 1 ' in line
                              for line in owner)

@@ -55,7 +55,8 @@ def make_ranker(settings: Settings) -> tuple[Ranker, ModelProblem | None]:
     ModelLoaded=False)."""
     if settings.bundle_dir is None:
         return Fallback(Baro()), ModelProblem("NoBundle", "LEMZHA_BUNDLE is not set: ranking with the BARO baseline")
-    from lemzha.bundle import BundleError, open_ranker
+    from lemzha.bundle import BundleError
+    from lemzha.bundle_ranker import open_ranker
 
     try:
         return open_ranker(settings.bundle_dir, cache_dir=settings.cache_dir), None
