@@ -289,9 +289,9 @@ def run_search(prepared: Prepared, settings: SearchSettings, embedding_dir: Path
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker)  # which machine and process ran it, when several share the study
         config, params = trial_params({d.name: d.suggest(trial) for d in settings.space}, settings.space,
                                       base_config, base_params, settings.max_epochs)
+        trial.set_user_attr("worker", worker)  # which machine and process ran it, when several share the study
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
