@@ -211,8 +211,9 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if isinstance(err, ModuleNotFoundError):
                 first += " (install the driver: pip install -e '.[postgres]')"
-            # two searches started together race to create the schema: the loser retries once it exists
-            if "already exists" in first and attempt < 2:
+            # searches started together race to create the schema: the losers retry once it exists. PostgreSQL
+            # reports the race as "already exists" or as a duplicate key in its own catalog (pg_type).
+            if ("already exists" in first or "duplicate key" in first) and attempt < 2:
                 time.sleep(1.0 + attempt)
                 continue
             raise DataError(f"cannot open --storage {shown!r}: {first}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import optuna
 import pytest
 
 from offline import search
-from offline.store import REPO_ROOT
+from offline.store import REPO_ROOT, DataError
 from tests.postgres_server import postgres_server, requires_postgres
 from tests.test_search import HELD_OUT
 
@@ -113,3 +114,31 @@ def test_two_workers_share_a_postgres_study_and_a_killed_workers_trial_is_failed
     assert len([t for t in workers["c"].trials(trials) if t.state in FINISHED]) == 1
     assert len(trials) == len(a_done) + 1 + 3 + 1
     assert not [t for t in trials if t.state not in (*FINISHED, optuna.trial.TrialState.FAIL)]
+
+
+@requires_postgres
+def test_workers_starting_together_on_an_empty_database_all_open_it():
+    """Workers on several machines start at once on a new database: all race to create Optuna's tables, and in
+    PostgreSQL the losers see a unique-key violation on the catalog rather than "already exists"."""
+    errors: list[str] = []
+    with postgres_server() as url:
+        start = threading.Barrier(4)
+
+        def open_one() -> None:
+            start.wait()
+            try:
+                search.open_storage(url).engine.dispose()
+            except DataError as err:
+                errors.append(str(err))
+
+        threads = [threading.Thread(target=open_one) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        storage = search.open_storage(url)
+        try:
+            assert storage.get_all_studies() == []  # the schema is there and usable
+        finally:
+            storage.engine.dispose()
