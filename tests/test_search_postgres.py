@@ -140,5 +140,6 @@ def test_workers_starting_together_on_an_empty_database_all_open_it():
         storage = search.open_storage(url)
         try:
             assert storage.get_all_studies() == []  # the schema is there and usable
+            assert storage.engine.dialect.driver == "psycopg"  # the `postgres` extra's driver, whatever SQLAlchemy
         finally:
             storage.engine.dispose()
