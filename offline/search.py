@@ -190,7 +190,9 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
     if parsed.drivername == "postgresql":
         # the driver the `postgres` extra installs; SQLAlchemy before 2.1 would pick psycopg2 for a bare postgresql://
         parsed = parsed.set(drivername="postgresql+psycopg")
-    engine_kwargs = None
+    # a database server on another machine may drop a pooled connection while a trial trains (a restart, a network
+    # idle timeout): test each one before use rather than fail the trial's next write
+    engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise DataError(f"bad --storage {shown!r}: an sqlite storage needs a file (sqlite:///path/optuna.db)")

@@ -143,3 +143,25 @@ def test_workers_starting_together_on_an_empty_database_all_open_it():
             assert storage.engine.dialect.driver == "psycopg"  # the `postgres` extra's driver, whatever SQLAlchemy
         finally:
             storage.engine.dispose()
+
+
+@requires_postgres
+def test_a_storage_survives_its_database_connections_being_dropped():
+    """Trials take minutes and workers sit on other machines: a pooled connection the server or the network has
+    closed meanwhile is replaced, not reported as a failed trial."""
+    import sqlalchemy
+
+    with postgres_server() as url:
+        storage = search.open_storage(url)
+        admin = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        try:
+            optuna.create_study(storage=storage, study_name=STUDY)
+            with admin.connect() as connection:  # what a server restart or a dropped TCP connection does
+                dropped = connection.execute(sqlalchemy.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid() AND datname = current_database()")).scalar()
+            assert dropped >= 1
+            assert [s.study_name for s in storage.get_all_studies()] == [STUDY]
+        finally:
+            storage.engine.dispose()
+            admin.dispose()
