@@ -11,8 +11,10 @@ is for the shipped bundle only: it has seen every day, so it must never be score
 
 Studies live in `--storage` (default `sqlite:///<cache>/optuna.db`), so an interrupted or repeated search resumes
 and adds trials; several workers may share one study through the same sqlite file on one machine, or through a
-`postgresql://` URL across machines (that needs a PostgreSQL driver such as psycopg2, which the venv does not ship).
-Give each worker its own --seed. `<out>/SEARCH.md` keeps a section per study.
+`postgresql://` URL across machines (driver: `pip install -e '.[postgres]'`, psycopg 3). Give each worker its own
+--seed. A running trial records a heartbeat every --heartbeat seconds; when a worker dies, its trial is marked failed
+by the next trial any worker starts after 5 silent heartbeats, and its parameters are queued to be tried again once.
+`<out>/SEARCH.md` keeps a section per study.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import sys
 import tempfile
 import time
@@ -51,6 +54,8 @@ from offline.store import DataError, default_cache_dir
 
 DEFAULT_OUT = DEFAULT_PARAMS.parent
 DEFAULT_TRIALS = 40
+DEFAULT_HEARTBEAT = 60  # seconds between a running trial's heartbeats
+STALE_HEARTBEATS = 5  # heartbeats missed before a running trial counts as dead
 MARK = "<!-- study:{} -->"
 END = "<!-- end:{} -->"
 
@@ -115,6 +120,7 @@ class SearchSettings:
     context: dict = field(default_factory=dict)  # data settings that change the objective (the window)
     command: str = ""
     progress: bool = True
+    heartbeat: int = DEFAULT_HEARTBEAT
 
 
 def allowed_entries(index: dict, held_out: str | None) -> list[dict]:
@@ -166,18 +172,27 @@ def check_space(space: Sequence[Dim], base_config: ModelConfig) -> None:
         raise DataError("bad search space: some d_model is not divisible by some n_heads")
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage; a malformed or unreachable URL is a one-line DataError."""
+def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage whose running trials beat every `heartbeat` seconds; a trial silent for
+    STALE_HEARTBEATS beats is failed by the next trial started on the study, and retried once. A malformed or
+    unreachable URL is a one-line DataError."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if heartbeat < 1:
+        raise DataError("--heartbeat must be at least 1 second")
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise DataError(f"bad --storage {url!r}: expected an SQLAlchemy URL such as sqlite:///path/optuna.db "
                         "or postgresql://user@host/db") from None
     shown = parsed.render_as_string(hide_password=True)
-    engine_kwargs = None
+    if parsed.drivername == "postgresql":
+        # the driver the `postgres` extra installs; SQLAlchemy before 2.1 would pick psycopg2 for a bare postgresql://
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    # a database server on another machine may drop a pooled connection while a trial trains (a restart, a network
+    # idle timeout): test each one before use rather than fail the trial's next write
+    engine_kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise DataError(f"bad --storage {shown!r}: an sqlite storage needs a file (sqlite:///path/optuna.db)")
@@ -188,13 +203,19 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                # heartbeats let a later run mark the trial of a killed worker as failed instead of running forever
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60,
-                                                  grace_period=300)
+                # heartbeats let another worker fail the trial of a killed one instead of leaving it running
+                # forever, and the retry puts its parameters back in the queue so the trial is not lost
+                return optuna.storages.RDBStorage(
+                    parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat, grace_period=STALE_HEARTBEATS * heartbeat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         except Exception as err:  # drivers raise anything from ImportError to OperationalError
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            # two searches started together race to create the schema: the loser retries once it exists
-            if "already exists" in first and attempt < 2:
+            if isinstance(err, ModuleNotFoundError):
+                first += " (install the driver: pip install -e '.[postgres]')"
+            # searches started together race to create the schema: the losers retry once it exists. PostgreSQL
+            # reports the race as "already exists" or as a duplicate key in its own catalog (pg_type).
+            if ("already exists" in first or "duplicate key" in first) and attempt < 2:
                 time.sleep(1.0 + attempt)
                 continue
             raise DataError(f"cannot open --storage {shown!r}: {first}") from None
@@ -236,7 +257,7 @@ def run_search(prepared: Prepared, settings: SearchSettings, embedding_dir: Path
     tag = "all-days" if held_out is None else f"fold-{held_out}"
     study_name = settings.study_name or f"lemzha-{tag}-{digest}"
     storage_url = settings.storage or f"sqlite:///{default_cache_dir() / 'optuna.db'}"
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, settings.heartbeat)
     inner_days = [d for d in days if d != held_out]
     if len(inner_days) < 2:
         raise DataError(f"inner validation needs at least 2 training days, got {inner_days}")
@@ -268,9 +289,12 @@ def run_search(prepared: Prepared, settings: SearchSettings, embedding_dir: Path
     # a resumed study gets a fresh sampler stream, or its random start-up trials would repeat the first run's
     study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials))
 
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
     def objective(trial: optuna.Trial) -> float:
         config, params = trial_params({d.name: d.suggest(trial) for d in settings.space}, settings.space,
                                       base_config, base_params, settings.max_epochs)
+        trial.set_user_attr("worker", worker)  # which machine and process ran it, when several share the study
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
@@ -424,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=30, help="epochs per inner fit; the inner curve picks "
                         "the number used (default 30)")
     parser.add_argument("--seed", type=int, default=0, help="TPE seed; give parallel workers different seeds")
+    parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT,
+                        help=f"seconds between a running trial's heartbeats (default {DEFAULT_HEARTBEAT}); a trial "
+                        f"silent for {STALE_HEARTBEATS} of them (a killed worker's) is failed and retried once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny model space; not a result to ship")
     add_data_arguments(parser)
@@ -443,13 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         space=TINY_SPACE if args.tiny else SPACE,
         context={"before_min": args.before, "after_min": args.after},
+        heartbeat=args.heartbeat,
         command="python -m offline.search " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                   else sys.argv[1:])),
     )
     # cheap checks before the (possibly slow) data preparation
     if settings.trials is not None and settings.trials < 1:
         raise DataError("--trials must be at least 1")
-    open_storage(settings.storage)
+    open_storage(settings.storage, settings.heartbeat)
     started = time.perf_counter()
     prepared = prepared_from_args(args)
     result = run_search(prepared, settings, cache_dir / "embeddings")

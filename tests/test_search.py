@@ -176,6 +176,7 @@ def test_unknown_fold_is_a_one_line_error(prepared, tmp_path):
         (["--trials", "0"], "--trials must be at least 1"),
         (["--storage", "not a url"], "bad --storage"),
         (["--storage", "sqlite://"], "needs a file"),
+        (["--heartbeat", "0"], "--heartbeat must be at least 1 second"),
         (["--storage", "postgresql://lemzha:s3cret@127.0.0.1:1/optuna"], "cannot open --storage"),
     ],
 )
