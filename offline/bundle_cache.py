@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from lemzha.fsutil import file_lock
 from offline.store import REPO_ROOT, default_cache_dir
 
 KEEP_SECONDS = 86400  # other versions nobody built for a day are removed
@@ -33,8 +34,11 @@ def _build(root: Path, argv: list[str], done: list[Path]) -> None:
         return
     from offline.export import main as export
 
-    if export(argv) != 0:
-        raise RuntimeError(f"python -m offline.export {' '.join(argv)} failed")
+    with file_lock(root.parent / f".{root.name}.lock"):  # parallel test workers: one exports, the others wait
+        if all(p.exists() for p in done):
+            return
+        if export(argv) != 0:
+            raise RuntimeError(f"python -m offline.export {' '.join(argv)} failed")
     for old in root.parent.iterdir():
         if old != root and old.stat().st_mtime < time.time() - KEEP_SECONDS:
             shutil.rmtree(old, ignore_errors=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lemzha.fsutil import file_lock
 from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario, save_scenario
 from lemzha.services import service_of_pod
@@ -120,19 +121,16 @@ def prepare(
     index_path = target / "index.json"
     if index_path.is_file():
         return Prepared(target, json.loads(index_path.read_text()))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=target.parent))
-    try:
-        index = _build(sources, window, tmp, progress, traces_dir)
-        index["key"] = key
-        (tmp / "index.json").write_text(json.dumps(index, indent=1))
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not index_path.is_file():  # not a concurrent run that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with file_lock(cache_dir / "scenarios" / f".{key}.lock"):  # a concurrent run builds it once
+        if not index_path.is_file():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=target.parent))
+            try:
+                index = _build(sources, window, tmp, progress, traces_dir)
+                index["key"] = key
+                (tmp / "index.json").write_text(json.dumps(index, indent=1))
+                tmp.rename(target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return Prepared(target, json.loads(index_path.read_text()))
 
 

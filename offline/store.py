@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lemzha.fsutil import file_sha256
+from lemzha.fsutil import file_lock, file_sha256
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_ENV = "LEMZHA_DATASETS"
@@ -148,8 +148,9 @@ def ensure_extracted(name: str, datasets_dir: Path | None = None, cache_dir: Pat
     done = target / ".complete"
     if done.is_file() and _read_json(done) == marker:
         return target / archive.root
-    path = verify(archive, datasets_dir)
-    extract_archive(path, target, marker)
+    with file_lock(cache_dir / "raw" / f".{name}.lock"):  # another process may be extracting it right now
+        if not (done.is_file() and _read_json(done) == marker):
+            extract_archive(verify(archive, datasets_dir), target, marker)
     return target / archive.root
 
 

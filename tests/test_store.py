@@ -106,3 +106,17 @@ def test_source_tree_replaces_the_nezha_archive(nezha_root, tmp_path):
     assert sources.nezha == nezha_root
     assert not (tmp_path / "raw" / "nezha").exists()  # the archive was not extracted again
     assert (sources.lemzhak / "core_multimodal_tmp").is_dir()
+
+
+def test_file_lock_excludes_another_process_until_released(tmp_path):
+    import subprocess
+    import sys
+
+    from lemzha.fsutil import file_lock
+
+    lock = tmp_path / "sub" / "x.lock"
+    probe = ("import fcntl, sys\nwith open(sys.argv[1], 'a') as f:\n    try:\n        fcntl.flock(f, fcntl.LOCK_EX | "
+             "fcntl.LOCK_NB)\n    except BlockingIOError:\n        sys.exit(3)\n")
+    with file_lock(lock):
+        assert subprocess.run([sys.executable, "-c", probe, str(lock)], timeout=60).returncode == 3
+    assert subprocess.run([sys.executable, "-c", probe, str(lock)], timeout=60).returncode == 0
