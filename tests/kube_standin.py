@@ -9,7 +9,7 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
 - create/patch/replace/delete/watch are served here: name from generateName, uid, creationTimestamp, generation (bumped
   when spec changes), a growing resourceVersion; JSON patch (with `test`), merge patch; status subresource semantics;
   `dryRun` answered without storing; finalizers and deletionTimestamp; watches as JSON lines that resume from
-  `resourceVersion` instead of replaying every object, honour `timeoutSeconds` and `fieldSelector=metadata.name=`;
+  `resourceVersion` instead of replaying every object, honour `timeoutSeconds` and `fieldSelector` (any field path);
 - lists carry apiVersion/kind/resourceVersion; `as=Table` requests get the CRD's printer columns (what
   `kubectl get rcai` shows); `/api/v1` reports `groupVersion: v1`; `/api/v1/namespaces[/<name>]` is answered;
 - `watches_stalled = True` keeps watch streams open but silent (the dead watch of kopf #1276), for health tests;
@@ -66,6 +66,25 @@ def _is_date_time(value: object) -> bool:
         return False
     dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))  # month 13 etc. raise ValueError
     return True
+
+
+def field_selector(text: str) -> Any:
+    """A predicate for a `fieldSelector` (`a.b=v`, `a.b==v`, `a.b!=v`, comma = and), on any dotted field path; the
+    API server supports a few fields per kind (events: involvedObject.*, which `kubectl describe` uses), a missing
+    field reads as "". Any other syntax is refused, as the API server does."""
+    terms = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        match = re.fullmatch(r"([A-Za-z0-9_.]+)(!=|==|=)(.*)", term)
+        if not match:
+            raise ValueError(f"invalid field selector term {term!r}")
+        terms.append((match[1].split("."), match[2] != "!=", match[3]))
+
+    def value(obj: Any, path: list[str]) -> str:
+        for key in path:
+            obj = obj.get(key, "") if isinstance(obj, dict) else ""
+        return "" if isinstance(obj, dict) else str(obj)
+
+    return lambda obj: all((value(obj, path) == want) == equal for path, equal, want in terms)
 
 
 def _now() -> str:
@@ -415,7 +434,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
         return None
 
     def _select(self, request: rendering.Request) -> list[dict[str, Any]]:
-        fields = dict(f.split("=", 1) for f in request.params.get("fieldSelector", "").split(",") if "=" in f)
+        selector = field_selector(request.params.get("fieldSelector", ""))
         out = []
         for (resource, namespace, name), obj in self._objects.items():
             if resource != request.resource or obj.deleted:
@@ -424,7 +443,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                 continue
             if request.name and name != request.name:  # a GET of one object must not list its siblings
                 continue
-            if fields.get("metadata.name", name) != name or fields.get("metadata.namespace", namespace) != namespace:
+            if not selector(obj.raw):
                 continue
             out.append(copy.deepcopy(obj.raw))
         return out
@@ -630,7 +649,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request._raw_request)
         names = {request.name} if request.name else None
-        fields = dict(f.split("=", 1) for f in request.params.get("fieldSelector", "").split(",") if "=" in f)
+        selector = field_selector(request.params.get("fieldSelector", ""))
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             nonlocal cursor
@@ -647,8 +666,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                         continue
                     if request.namespace is not None and meta.get("namespace") != request.namespace:
                         continue
-                    if (names and meta.get("name") not in names) or fields.get("metadata.name",
-                                                                               meta.get("name")) != meta.get("name"):
+                    if (names and meta.get("name") not in names) or not selector(event["object"]):
                         continue
                     yield event
 
