@@ -234,7 +234,7 @@ def _typed(schema: dict[str, Any], value: Any) -> Any:
     if isinstance(value, list):
         return [_typed(schema.get("items") or {}, v) for v in value]
     if isinstance(value, str) and schema.get("format") == "date-time":
-        return celtypes.TimestampType(value)
+        return celtypes.TimestampType(value.upper())  # RFC 3339 allows a lowercase t and z; pendulum does not
     return value
 
 
@@ -276,9 +276,31 @@ def cel_causes(schema: dict[str, Any], new: Any, old: Any, where: tuple[Any, ...
     return causes
 
 
+_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+
+
+def name_causes(name: str) -> list[tuple[str, str, str]]:
+    """The API server's check of a custom resource's name: a DNS-1123 subdomain (NameIsDNSSubdomain), its wording."""
+    causes = []
+    if len(name) > 253:
+        causes.append(("metadata.name", "FieldValueInvalid",
+                       f"Invalid value: {_j(name)}: must be no more than 253 characters"))
+    if not re.fullmatch(_SUBDOMAIN, name, flags=re.ASCII):
+        causes.append(("metadata.name", "FieldValueInvalid",
+                       f"Invalid value: {_j(name)}: a lowercase RFC 1123 subdomain must consist of lower case "
+                       "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
+                       f"(e.g. 'example.com', regex used for validation is '{_SUBDOMAIN}')"))
+    return causes
+
+
 def validate(crd: CRD, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-    """Raise `Invalid` for unknown fields, schema violations, then (only if the schema holds) CEL rule failures."""
+    """Raise `Invalid` for a bad name, unknown fields, schema violations, then (only if the schema holds) CEL rule
+    failures."""
     name = obj.get("metadata", {}).get("name", "")
+    if old is None and name_causes(name):
+        causes = name_causes(name)
+        texts = [f"{field}: {msg}" for field, _, msg in causes]
+        raise Invalid(causes, message=f'{crd.kind}.{crd.group} "{name}" is invalid: ' + ", ".join(texts), name=name)
     unknown = unknown_fields(crd.schema, obj)
     if unknown:
         text = ", ".join(f'unknown field "{u}"' for u in unknown)
