@@ -120,8 +120,8 @@ def test_a_hostile_spec_is_refused_at_apply_or_ends_in_a_final_phase(crd, name, 
     else:
         assert message is not None and refused in message, message
     # the operator on its own (a CRD without its rules, or what the rules cannot see): a final, explained phase
-    outcome = step(f"ts/{name}", dict(spec), {}, NAMESPACE if "targetNamespace" not in spec else spec["targetNamespace"],
-                   NOW, CREATED, fetch_metrics, None, Baro())
+    outcome = step(f"ts/{name}", dict(spec), {}, spec.get("targetNamespace", NAMESPACE), NOW, CREATED, fetch_metrics,
+                   None, Baro())
     assert outcome.phase in FINAL_PHASES and outcome.retry_after is None
     ready = {c["type"]: c for c in outcome.conditions}["Ready"]
     assert outcome.phase == phase, ready
