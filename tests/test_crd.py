@@ -163,6 +163,8 @@ BAD = [
     ({"from": "2023-01-29T09:00:00Z", "to": "2023-01-29T09:01:59Z"}, WINDOW),  # too short
     ({"faultTime": "2023-01-29T09:21:39Z", "before": "90m", "after": "31m"}, "(before + after) must be between"),
     ({"faultTime": "2023-01-29T09:21:39Z", "before": "30s", "after": "30s"}, "(before + after) must be between"),
+    ({"faultTime": "2023-01-29T09:21:39Z", "before": "2m", "after": "0s"}, "before and after must each be at least 1m"),
+    ({"faultTime": "2023-01-29T09:21:39Z", "after": "80m"}, "(before + after) must be between"),  # before: 60m
     ({"recent": "121m"}, "recent must be between 2m and 2h"),
     ({"recent": "15 minutes"}, "spec.recent in body should match '^[0-9]+[smh]$'"),
     ({"recent": "15m", "topK": 0}, "spec.topK in body should be greater than or equal to 1"),

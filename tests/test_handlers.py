@@ -199,3 +199,17 @@ def test_a_missing_prometheus_url_stops_startup_permanently_naming_the_variable(
     with pytest.raises(kopf.PermanentError, match="LEMZHA_PROMETHEUS_URL"):  # kopf then exits non-zero
         asyncio.run(handlers.startup(settings=kopf.OperatorSettings(), memo=kopf.Memo(),
                                      logger=__import__("logging").getLogger("test")))
+
+
+def test_a_long_message_is_cut_to_what_the_crd_allows():
+    # a hostile spec value quoted in an InvalidSpec message must not make the status write fail
+    outcome = Outcome("Failed", {"message": "x" * 5000}, [condition("Ready", False, "InvalidSpec", "y" * 5000)])
+    patch = status_patch(outcome, {}, 1, T0)
+    assert len(patch["message"]) == 1024 and len(patch["conditions"][0]["message"]) == 1024
+
+
+def test_a_garbled_frozen_window_still_ends_in_a_final_status(tmp_path):
+    memo = _memo(tmp_path, lambda *a: (_ for _ in ()).throw(AssertionError("no fetch")))
+    status = _attempt(memo, {"faultTime": "2023-01-29T09:00:00Z"}, {"resolvedWindow": {"from": "soon", "to": "later"}})
+    assert status["phase"] == "Failed" and {c["type"]: c for c in status["conditions"]}["Ready"]["reason"] == \
+        "AnalysisError"

@@ -62,9 +62,13 @@ def merge_conditions(previous: list[dict], new: list[dict], generation: int, now
 
 def status_patch(outcome: Outcome, previous: dict, generation: int, now: datetime,
                  extra_conditions: list[dict] | None = None) -> dict:
-    """The status fields to write for an outcome."""
+    """The status fields to write for an outcome. The message is cut to the CRD's maxLength: a status the API
+    server refuses would leave the incident without one, retried forever."""
+    fields = dict(outcome.status)
+    if "message" in fields:
+        fields["message"] = str(fields["message"])[:1024]
     return {
-        **outcome.status,
+        **fields,
         "phase": outcome.phase,
         "observedGeneration": generation,
         "conditions": merge_conditions(previous.get("conditions", []), [*outcome.conditions, *(extra_conditions or [])],

@@ -311,7 +311,7 @@ def starting_phase(spec: dict, status: dict, now: datetime) -> str | None:
     attempt fails at once)."""
     try:
         window = window_from_status(status) or resolve_window(spec, now)
-    except InvalidSpec:
+    except Exception:  # the attempt itself meets the same problem and reports it
         return None
     return "Pending" if seconds_until_complete(window, now) > 0 else "Analyzing"
 
