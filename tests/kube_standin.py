@@ -9,7 +9,8 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
 - create/patch/replace/delete/watch are served here: name from generateName, uid, creationTimestamp, generation (bumped
   when spec changes), a growing resourceVersion; JSON patch (with `test`), merge patch; status subresource semantics;
   `dryRun` answered without storing; finalizers and deletionTimestamp; watches as JSON lines that resume from
-  `resourceVersion` instead of replaying every object, honour `timeoutSeconds` and `fieldSelector` (any field path);
+  `resourceVersion` instead of replaying every object, honour `timeoutSeconds`, `fieldSelector` (any field path)
+  and `labelSelector`;
 - lists carry apiVersion/kind/resourceVersion; `as=Table` requests get the CRD's printer columns (what
   `kubectl get rcai` shows); `/api/v1` reports `groupVersion: v1`; `/api/v1/namespaces[/<name>]` is answered;
 - `watches_stalled = True` keeps watch streams open but silent (the dead watch of kopf #1276), for health tests;
@@ -85,6 +86,25 @@ def field_selector(text: str) -> Any:
         return "" if isinstance(obj, dict) else str(obj)
 
     return lambda obj: all((value(obj, path) == want) == equal for path, equal, want in terms)
+
+
+def label_selector(text: str) -> Any:
+    """A predicate for a `labelSelector` (`kubectl get -l`): `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`,
+    `k notin (a,b)`, comma = and. Any other syntax is refused, as the API server does."""
+    checks = []
+    for term in filter(None, (t.strip() for t in re.split(r",(?![^()]*\))", text))):
+        if match := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", term):
+            values = {v.strip() for v in match[3].split(",")}
+            inside = match[2] == "in"
+            checks.append(lambda labels, k=match[1], vs=values, want=inside: (labels.get(k) in vs) == want)
+        elif match := re.fullmatch(r"([\w./-]+)\s*(!=|==|=)\s*([\w./-]*)", term):
+            checks.append(lambda labels, k=match[1], v=match[3], equal=match[2] != "!=":
+                          (labels.get(k) == v) == equal)
+        elif match := re.fullmatch(r"(!?)([\w./-]+)", term):
+            checks.append(lambda labels, k=match[2], absent=bool(match[1]): (k in labels) != absent)
+        else:
+            raise ValueError(f"invalid label selector term {term!r}")
+    return lambda obj: all(check(obj.get("metadata", {}).get("labels") or {}) for check in checks)
 
 
 def _now() -> str:
@@ -457,6 +477,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
 
     def _select(self, request: rendering.Request) -> list[dict[str, Any]]:
         selector = field_selector(request.params.get("fieldSelector", ""))
+        labels = label_selector(request.params.get("labelSelector", ""))
         out = []
         for (resource, namespace, name), obj in self._objects.items():
             if resource != request.resource or obj.deleted:
@@ -465,7 +486,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                 continue
             if request.name and name != request.name:  # a GET of one object must not list its siblings
                 continue
-            if not selector(obj.raw):
+            if not selector(obj.raw) or not labels(obj.raw):
                 continue
             out.append(copy.deepcopy(obj.raw))
         return out
@@ -672,6 +693,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
         await resp.prepare(request._raw_request)
         names = {request.name} if request.name else None
         selector = field_selector(request.params.get("fieldSelector", ""))
+        labels = label_selector(request.params.get("labelSelector", ""))
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             nonlocal cursor
@@ -688,7 +710,8 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                         continue
                     if request.namespace is not None and meta.get("namespace") != request.namespace:
                         continue
-                    if (names and meta.get("name") not in names) or not selector(event["object"]):
+                    if (names and meta.get("name") not in names) or not selector(event["object"]) \
+                            or not labels(event["object"]):
                         continue
                     yield event
 

@@ -297,3 +297,19 @@ def test_a_kopf_operator_runs_against_the_standin(tmp_path: Path) -> None:
             operator.wait(30)
             log.close()
         assert "Handler 'deleted' succeeded" in (tmp_path / "op.log").read_text()
+
+
+def test_lists_honour_label_selectors(kubectl: Kubectl) -> None:
+    """`kubectl get rcai -l …` as against a real API server (the stand-in ignored labelSelector)."""
+    for name, labels in (("a", {"team": "pay", "tier": "web"}), ("b", {"team": "ops"}), ("c", {})):
+        body = incident(name, recent="15m")
+        body["metadata"]["labels"] = labels
+        kubectl.apply(body)
+
+    def names(selector: str) -> list[str]:
+        out = kubectl("get", "rcai", "-n", "ts", "-l", selector, "-o", "jsonpath={.items[*].metadata.name}").stdout
+        return sorted(out.split())
+
+    assert names("team=pay") == ["a"] and names("team!=pay") == ["b", "c"]
+    assert names("team in (pay,ops)") == ["a", "b"] and names("team notin (pay)") == ["b", "c"]
+    assert names("team,!tier") == ["b"] and names("team==ops,tier") == []
