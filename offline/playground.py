@@ -8,8 +8,8 @@ not given), writes a kubeconfig and one RCAIncident per fault, and prints three 
 Ctrl-C (or SIGTERM) stops everything: the operator and Prometheus by their PIDs, the stand-ins' threads, and the
 temporary directory is removed.
 
-The stand-ins are the test harness's (`tests/`): the kube stand-in is not a real API server (see its docstring), and
-serves no OpenAPI, so `kubectl apply` needs `--validate=false` there; a real cluster does not.
+The stand-ins are the test harness's (`tests/`): the kube stand-in is not a real API server (see its docstring); it
+serves the OpenAPI kubectl's validation needs, so a plain `kubectl apply` works.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def incidents_yaml(prepared, ids: tuple[str, ...]) -> str:
 
 def paste_lines(kubeconfig: Path, manifest: Path) -> list[str]:
     return [f"export KUBECONFIG={kubeconfig}",
-            f"kubectl apply --validate=false -f {manifest}",
+            f"kubectl apply -f {manifest}",
             "kubectl get rcai -A -w"]
 
 

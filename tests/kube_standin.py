@@ -18,7 +18,8 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
   schema + CEL rules enforced on create and update. Invalid objects get 422 `Status` bodies worded like the API
   server's, so kubectl prints the schema/CEL message. Unknown fields are always rejected with the message the API
   server gives under `fieldValidation=Strict` (kubectl's default); the real server prunes them silently when asked
-  `fieldValidation=Ignore` (`kubectl --validate=false`, which is needed here as there is no OpenAPI endpoint).
+  `fieldValidation=Ignore` (`kubectl --validate=false`). `/openapi/v3` serves what kubectl's validation looks for (the
+  CRDs' schemas and PATCH taking `fieldValidation`), so `kubectl apply` works without `--validate=false`.
 
 Start it with `KubeStandin()` (a context manager that runs it on 127.0.0.1:<free port> in a thread and writes a
 kubeconfig), the `kube` pytest fixture, or `python -m tests.kube_standin --kubeconfig PATH` for a separate process.
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
 import re
@@ -105,6 +107,33 @@ def label_selector(text: str) -> Any:
         else:
             raise ValueError(f"invalid label selector term {term!r}")
     return lambda obj: all(check(obj.get("metadata", {}).get("labels") or {}) for check in checks)
+
+
+def openapi_documents(crds: list[CRD]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """`apis/<group>/<version>` -> (hash, OpenAPI v3 document) for the CRDs: their schemas, and for each kind the
+    object paths with the verbs kubectl looks for, PATCH taking `fieldValidation` (the API server's since 1.27)."""
+    grouped: dict[str, list[CRD]] = {}
+    for crd in crds:
+        grouped.setdefault(f"apis/{crd.group}/{crd.version}", []).append(crd)
+    out = {}
+    for gv, members in grouped.items():
+        paths, schemas = {}, {}
+        for crd in members:
+            gvk = {"group": crd.group, "version": crd.version, "kind": crd.kind}
+            scope = "namespaces/{namespace}/" if crd.namespaced else ""
+            params = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}}]
+            ref = {"$ref": f"#/components/schemas/{crd.group}.{crd.version}.{crd.kind}"}
+            body = {"content": {"application/json": {"schema": ref}}}
+            paths[f"/{gv}/{scope}{crd.plural}/{{name}}"] = {
+                verb: {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": verb, "parameters": params,
+                       "responses": {"200": {"description": "OK", **body}}}
+                for verb in ("get", "put", "patch")}
+            schemas[f"{crd.group}.{crd.version}.{crd.kind}"] = {**crd.schema,
+                                                                 "x-kubernetes-group-version-kind": [gvk]}
+        doc = {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths,
+               "components": {"schemas": schemas}}
+        out[gv] = (hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32].upper(), doc)
+    return out
 
 
 def _now() -> str:
@@ -510,7 +539,21 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
         match = re.fullmatch(r"/api/v1/namespaces(?:/([^/]+))?/?", raw_request.path)
         if match and raw_request.method == "GET":
             return await self._serve_namespaces(raw_request, match.group(1))
+        if raw_request.path.startswith("/openapi/v3") and raw_request.method == "GET":
+            return self._serve_openapi(raw_request.path.removeprefix("/openapi/v3").strip("/"))
         return await super().__call__(raw_request)
+
+    def _serve_openapi(self, group_version: str) -> aiohttp.web.Response:
+        """OpenAPI v3, as much as kubectl's validation needs: per CRD group version, the PATCH operations that take
+        `fieldValidation`. kubectl then leaves schema checks to the server (`fieldValidation=Strict`, which this
+        stand-in always applies) and checks only for duplicate keys itself, so `--validate=false` is not needed."""
+        docs = openapi_documents(list(self.crds.values()))
+        if not group_version:
+            return aiohttp.web.json_response({"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash={h}"}
+                                                        for gv, (h, _) in docs.items()}})
+        if group_version not in docs:
+            return self._error(404, "NotFound", f"no OpenAPI document for {group_version}")
+        return aiohttp.web.json_response(docs[group_version][1])
 
     async def _serve_namespaces(self, raw: aiohttp.web.BaseRequest, name: str | None) -> aiohttp.web.StreamResponse:
         names = self.namespaces | {ns for _, ns, _ in self._objects if ns}

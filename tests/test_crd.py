@@ -313,3 +313,13 @@ def test_lists_honour_label_selectors(kubectl: Kubectl) -> None:
     assert names("team=pay") == ["a"] and names("team!=pay") == ["b", "c"]
     assert names("team in (pay,ops)") == ["a", "b"] and names("team notin (pay)") == ["b", "c"]
     assert names("team,!tier") == ["b"] and names("team==ops,tier") == []
+
+
+def test_kubectl_apply_validates_without_validate_false(kubectl: Kubectl) -> None:
+    """The stand-in serves the OpenAPI v3 kubectl's validation reads: a plain apply creates a good incident and an
+    unknown field is refused by the server's strict field validation (before, kubectl failed to download openapi)."""
+    good = kubectl("apply", "-f", "-", stdin=yaml.safe_dump(incident("plain", recent="15m")))
+    assert "created" in good.stdout
+    bad = kubectl("apply", "-f", "-", stdin=yaml.safe_dump(incident("typo", recent="15m", windowSize="5m")),
+                  check=False)
+    assert bad.returncode != 0 and 'unknown field "spec.windowSize"' in bad.stderr, bad.stderr

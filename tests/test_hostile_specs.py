@@ -137,8 +137,8 @@ def test_a_time_zone_offset_names_the_same_window_as_utc():
 
 @pytest.mark.slow
 def test_a_duplicate_yaml_key_applies_with_its_last_value_and_the_incident_completes(tmp_path):
-    """kubectl (with --validate=false, which the stand-in needs: it serves no OpenAPI) keeps the last of two equal
-    keys without a word, as YAML parsers commonly do; the incident is then an ordinary one."""
+    """kubectl (1.32, validation on) keeps the last of two equal keys without a word, as YAML parsers commonly do: it
+    sends JSON, so no server sees the duplicate. The incident is then an ordinary one."""
     manifest = tmp_path / "dup.yaml"
     manifest.write_text(f"""apiVersion: lemzha.io/v1alpha1
 kind: RCAIncident
@@ -151,7 +151,7 @@ spec:
 """)
     with KubeStandin(tmp_path / "kubeconfig") as kube:
         kubectl = ["kubectl", "--kubeconfig", str(kube.kubeconfig)]
-        subprocess.run([*kubectl, "apply", "--validate=false", "-f", str(manifest)], check=True, capture_output=True)
+        subprocess.run([*kubectl, "apply", "-f", str(manifest)], check=True, capture_output=True)
         stored = yaml.safe_load(subprocess.run([*kubectl, "get", "rcai", "dup", "-n", "ts", "-o", "yaml"], check=True,
                                                capture_output=True, text=True).stdout)
     assert stored["spec"]["faultTime"] == FAULT
