@@ -100,8 +100,12 @@ async def test_startup_sets_watch_timeouts_concurrency_and_falls_back_without_a_
 class _Recorder:
     """Stands in for the Kubernetes APIs the handler calls: records status patches and Events."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: dict | None = None) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.live = live or {}
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        return self.live
 
     def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
         self.calls.append(("status", body))
@@ -213,3 +217,15 @@ def test_a_garbled_frozen_window_still_ends_in_a_final_status(tmp_path):
     status = _attempt(memo, {"faultTime": "2023-01-29T09:00:00Z"}, {"resolvedWindow": {"from": "soon", "to": "later"}})
     assert status["phase"] == "Failed" and {c["type"]: c for c in status["conditions"]}["Ready"]["reason"] == \
         "AnalysisError"
+
+
+def test_a_stale_body_of_a_finished_incident_is_not_analysed_again(tmp_path, monkeypatch):
+    """kopf may hand the create handler a body older than its own patch (the phase written at the start makes an
+    extra event): the live status says Completed, so nothing runs, nothing is written."""
+    from lemzha_operator import handlers
+
+    monkeypatch.setattr(handlers, "step", lambda *a, **k: pytest.fail("analysed a finished incident again"))
+    memo = _memo(tmp_path, None)
+    memo.objects = memo.core = _Recorder({"status": {"phase": "Completed", "finishedAt": "2026-12-04T19:00:05Z"}})
+    assert _attempt(memo, {"faultTime": "2023-01-29T09:00:00Z"}, {"phase": "Analyzing"}) == {}
+    assert memo.objects.calls == []

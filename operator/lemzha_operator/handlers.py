@@ -265,6 +265,18 @@ def _post(memo: kopf.Memo, meta, reason: str, message: str, event_type: str = "N
         log.warning("%s/%s: could not post Event %s: %s", meta.get("namespace"), meta.get("name"), reason, err)
 
 
+def live_status(memo: kopf.Memo, meta) -> dict | None:
+    """The incident's status as the API server has it now (None when it cannot be read). kopf can hand a handler a
+    body older than its own last patch: the phase written below makes an extra event, and under load kopf may
+    process it after giving up waiting for its patch, as if the incident had not been handled."""
+    try:
+        obj = memo.objects.get_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
+    except Exception as err:  # the attempt goes on with kopf's body
+        log.warning("%s/%s: could not read the live status: %s", meta.get("namespace"), meta.get("name"), err)
+        return None
+    return dict(obj.get("status") or {})
+
+
 def show_phase(memo: kopf.Memo, meta, phase: str) -> None:
     """Write the phase an attempt is in before it runs, so `kubectl get rcai` shows Pending or Analyzing while it
     does (kopf writes the handler's own patch only when it returns). Best effort: a failed write is logged."""
@@ -285,7 +297,11 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
     created = datetime.fromisoformat(meta.get("creationTimestamp", now.isoformat()).replace("Z", "+00:00"))
     target = spec.get("targetNamespace") or namespace
     config: Settings = memo.config
-    phase = starting_phase(dict(spec), dict(status), now)
+    status = live_status(memo, meta) or dict(status)
+    if status.get("phase") in FINAL_PHASES:  # a stale body: this incident is done already
+        log.info("%s/%s: already %s", namespace, meta["name"], status["phase"])
+        return
+    phase = starting_phase(dict(spec), status, now)
     if phase is not None and phase != status.get("phase"):
         show_phase(memo, meta, phase)
     with memo.in_flight as running:
