@@ -112,10 +112,10 @@ def test_incident_window_name_and_links():
                                    "lemzha.io/alert-fingerprint": "0123456789abcdef",
                                    "lemzha.io/alert-starts-at": "2023-01-29T09:31:30Z",
                                    "lemzha.io/alert-generator-url": "http://prometheus:9090/graph?g0.expr=up"}
-    # default: the 20 minutes up to startsAt, onset left to the model; the operator resolves it to 40 bins
-    assert spec == {"from": "2023-01-29T09:11:30Z", "to": "2023-01-29T09:31:30Z"}
+    # default: the 70 minutes up to startsAt, onset left to the model; the operator resolves it to 140 bins
+    assert spec == {"from": "2023-01-29T08:21:30Z", "to": "2023-01-29T09:31:30Z"}
     window = resolve_window(spec, datetime(2026, 1, 1, tzinfo=UTC))
-    assert (window.start, window.n_bins, window.onset) == (datetime(2023, 1, 29, 9, 11, 30, tzinfo=UTC), 40, None)
+    assert (window.start, window.n_bins, window.onset) == (datetime(2023, 1, 29, 8, 21, 30, tzinfo=UTC), 140, None)
     # faultTime = startsAt when asked
     given = incident_body(parsed, AlertSettings(onset="startsAt", before="10m", after="5m"))["spec"]
     assert given == {"faultTime": "2023-01-29T09:31:30Z", "before": "10m", "after": "5m"}
@@ -252,6 +252,13 @@ def test_settings_defaults_and_overrides(tmp_path):
     assert (tuned.max_per_minute, tuned.max_body_bytes, tuned.before, tuned.after, tuned.onset) == (
         3, 65536, "15m", "5m", "startsAt")
     assert tuned.selector_labels == (("deployment", "app"), ("pod", "x.io/pod"))
+
+
+def test_a_given_onset_needs_time_after_it():
+    # faultTime = startsAt with after 0s is a window that ends at its onset: every incident would be refused
+    with pytest.raises(ValueError, match="LEMZHA_ALERTS_AFTER='0s' is under 0:01:00 with LEMZHA_ALERTS_ONSET"):
+        AlertSettings.from_env({"LEMZHA_ALERTS_ONSET": "startsAt"})
+    assert AlertSettings.from_env({"LEMZHA_ALERTS_ONSET": "startsAt", "LEMZHA_ALERTS_AFTER": "1m"}).after == "1m"
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
