@@ -346,8 +346,8 @@ def validate(crd: CRD, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
     """Raise `Invalid` for a bad name, unknown fields, schema violations, then (only if the schema holds) CEL rule
     failures."""
     name = obj.get("metadata", {}).get("name", "")
-    if old is None and name_causes(name):
-        causes = name_causes(name)
+    causes = name_causes(name) if old is None else []  # a name cannot change after create
+    if causes:
         texts = [f"{field}: {msg}" for field, _, msg in causes]
         raise Invalid(causes, message=f'{crd.kind}.{crd.group} "{name}" is invalid: ' + ", ".join(texts), name=name)
     unknown = unknown_fields(crd.schema, obj)
