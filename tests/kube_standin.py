@@ -9,7 +9,8 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
 - create/patch/replace/delete/watch are served here: name from generateName, uid, creationTimestamp, generation (bumped
   when spec changes), a growing resourceVersion; JSON patch (with `test`), merge patch; status subresource semantics;
   `dryRun` answered without storing; finalizers and deletionTimestamp; watches as JSON lines that resume from
-  `resourceVersion` instead of replaying every object, honour `timeoutSeconds` and `fieldSelector=metadata.name=`;
+  `resourceVersion` instead of replaying every object, honour `timeoutSeconds`, `fieldSelector` (any field path)
+  and `labelSelector`;
 - lists carry apiVersion/kind/resourceVersion; `as=Table` requests get the CRD's printer columns (what
   `kubectl get rcai` shows); `/api/v1` reports `groupVersion: v1`; `/api/v1/namespaces[/<name>]` is answered;
 - `watches_stalled = True` keeps watch streams open but silent (the dead watch of kopf #1276), for health tests;
@@ -17,7 +18,8 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
   schema + CEL rules enforced on create and update. Invalid objects get 422 `Status` bodies worded like the API
   server's, so kubectl prints the schema/CEL message. Unknown fields are always rejected with the message the API
   server gives under `fieldValidation=Strict` (kubectl's default); the real server prunes them silently when asked
-  `fieldValidation=Ignore` (`kubectl --validate=false`, which is needed here as there is no OpenAPI endpoint).
+  `fieldValidation=Ignore` (`kubectl --validate=false`). `/openapi/v3` serves what kubectl's validation looks for (the
+  CRDs' schemas and PATCH taking `fieldValidation`), so `kubectl apply` works without `--validate=false`.
 
 Start it with `KubeStandin()` (a context manager that runs it on 127.0.0.1:<free port> in a thread and writes a
 kubeconfig), the `kube` pytest fixture, or `python -m tests.kube_standin --kubeconfig PATH` for a separate process.
@@ -30,6 +32,7 @@ import asyncio
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
 import re
@@ -66,6 +69,71 @@ def _is_date_time(value: object) -> bool:
         return False
     dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))  # month 13 etc. raise ValueError
     return True
+
+
+def field_selector(text: str) -> Any:
+    """A predicate for a `fieldSelector` (`a.b=v`, `a.b==v`, `a.b!=v`, comma = and), on any dotted field path; the
+    API server supports a few fields per kind (events: involvedObject.*, which `kubectl describe` uses), a missing
+    field reads as "". Any other syntax is refused, as the API server does."""
+    terms = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        match = re.fullmatch(r"([A-Za-z0-9_.]+)(!=|==|=)(.*)", term)
+        if not match:
+            raise ValueError(f"invalid field selector term {term!r}")
+        terms.append((match[1].split("."), match[2] != "!=", match[3]))
+
+    def value(obj: Any, path: list[str]) -> str:
+        for key in path:
+            obj = obj.get(key, "") if isinstance(obj, dict) else ""
+        return "" if isinstance(obj, dict) else str(obj)
+
+    return lambda obj: all((value(obj, path) == want) == equal for path, equal, want in terms)
+
+
+def label_selector(text: str) -> Any:
+    """A predicate for a `labelSelector` (`kubectl get -l`): `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`,
+    `k notin (a,b)`, comma = and. Any other syntax is refused, as the API server does."""
+    checks = []
+    for term in filter(None, (t.strip() for t in re.split(r",(?![^()]*\))", text))):
+        if match := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", term):
+            values = {v.strip() for v in match[3].split(",")}
+            inside = match[2] == "in"
+            checks.append(lambda labels, k=match[1], vs=values, want=inside: (labels.get(k) in vs) == want)
+        elif match := re.fullmatch(r"([\w./-]+)\s*(!=|==|=)\s*([\w./-]*)", term):
+            checks.append(lambda labels, k=match[1], v=match[3], equal=match[2] != "!=":
+                          (labels.get(k) == v) == equal)
+        elif match := re.fullmatch(r"(!?)([\w./-]+)", term):
+            checks.append(lambda labels, k=match[2], absent=bool(match[1]): (k in labels) != absent)
+        else:
+            raise ValueError(f"invalid label selector term {term!r}")
+    return lambda obj: all(check(obj.get("metadata", {}).get("labels") or {}) for check in checks)
+
+
+def openapi_documents(crds: list[CRD]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """`apis/<group>/<version>` -> (hash, OpenAPI v3 document) for the CRDs: their schemas, and for each kind the
+    object paths with the verbs kubectl looks for, PATCH taking `fieldValidation` (the API server's since 1.27)."""
+    grouped: dict[str, list[CRD]] = {}
+    for crd in crds:
+        grouped.setdefault(f"apis/{crd.group}/{crd.version}", []).append(crd)
+    out = {}
+    for gv, members in grouped.items():
+        paths, schemas = {}, {}
+        for crd in members:
+            gvk = {"group": crd.group, "version": crd.version, "kind": crd.kind}
+            scope = "namespaces/{namespace}/" if crd.namespaced else ""
+            params = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}}]
+            ref = {"$ref": f"#/components/schemas/{crd.group}.{crd.version}.{crd.kind}"}
+            body = {"content": {"application/json": {"schema": ref}}}
+            paths[f"/{gv}/{scope}{crd.plural}/{{name}}"] = {
+                verb: {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": verb, "parameters": params,
+                       "responses": {"200": {"description": "OK", **body}}}
+                for verb in ("get", "put", "patch")}
+            schemas[f"{crd.group}.{crd.version}.{crd.kind}"] = {**crd.schema,
+                                                                 "x-kubernetes-group-version-kind": [gvk]}
+        doc = {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths,
+               "components": {"schemas": schemas}}
+        out[gv] = (hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32].upper(), doc)
+    return out
 
 
 def _now() -> str:
@@ -215,7 +283,7 @@ def _typed(schema: dict[str, Any], value: Any) -> Any:
     if isinstance(value, list):
         return [_typed(schema.get("items") or {}, v) for v in value]
     if isinstance(value, str) and schema.get("format") == "date-time":
-        return celtypes.TimestampType(value)
+        return celtypes.TimestampType(value.upper())  # RFC 3339 allows a lowercase t and z; pendulum does not
     return value
 
 
@@ -257,9 +325,31 @@ def cel_causes(schema: dict[str, Any], new: Any, old: Any, where: tuple[Any, ...
     return causes
 
 
+_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+
+
+def name_causes(name: str) -> list[tuple[str, str, str]]:
+    """The API server's check of a custom resource's name: a DNS-1123 subdomain (NameIsDNSSubdomain), its wording."""
+    causes = []
+    if len(name) > 253:
+        causes.append(("metadata.name", "FieldValueInvalid",
+                       f"Invalid value: {_j(name)}: must be no more than 253 characters"))
+    if not re.fullmatch(_SUBDOMAIN, name, flags=re.ASCII):
+        causes.append(("metadata.name", "FieldValueInvalid",
+                       f"Invalid value: {_j(name)}: a lowercase RFC 1123 subdomain must consist of lower case "
+                       "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
+                       f"(e.g. 'example.com', regex used for validation is '{_SUBDOMAIN}')"))
+    return causes
+
+
 def validate(crd: CRD, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-    """Raise `Invalid` for unknown fields, schema violations, then (only if the schema holds) CEL rule failures."""
+    """Raise `Invalid` for a bad name, unknown fields, schema violations, then (only if the schema holds) CEL rule
+    failures."""
     name = obj.get("metadata", {}).get("name", "")
+    causes = name_causes(name) if old is None else []  # a name cannot change after create
+    if causes:
+        texts = [f"{field}: {msg}" for field, _, msg in causes]
+        raise Invalid(causes, message=f'{crd.kind}.{crd.group} "{name}" is invalid: ' + ", ".join(texts), name=name)
     unknown = unknown_fields(crd.schema, obj)
     if unknown:
         text = ", ".join(f'unknown field "{u}"' for u in unknown)
@@ -415,7 +505,8 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
         return None
 
     def _select(self, request: rendering.Request) -> list[dict[str, Any]]:
-        fields = dict(f.split("=", 1) for f in request.params.get("fieldSelector", "").split(",") if "=" in f)
+        selector = field_selector(request.params.get("fieldSelector", ""))
+        labels = label_selector(request.params.get("labelSelector", ""))
         out = []
         for (resource, namespace, name), obj in self._objects.items():
             if resource != request.resource or obj.deleted:
@@ -424,7 +515,7 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                 continue
             if request.name and name != request.name:  # a GET of one object must not list its siblings
                 continue
-            if fields.get("metadata.name", name) != name or fields.get("metadata.namespace", namespace) != namespace:
+            if not selector(obj.raw) or not labels(obj.raw):
                 continue
             out.append(copy.deepcopy(obj.raw))
         return out
@@ -448,7 +539,21 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
         match = re.fullmatch(r"/api/v1/namespaces(?:/([^/]+))?/?", raw_request.path)
         if match and raw_request.method == "GET":
             return await self._serve_namespaces(raw_request, match.group(1))
+        if raw_request.path.startswith("/openapi/v3") and raw_request.method == "GET":
+            return self._serve_openapi(raw_request.path.removeprefix("/openapi/v3").strip("/"))
         return await super().__call__(raw_request)
+
+    def _serve_openapi(self, group_version: str) -> aiohttp.web.Response:
+        """OpenAPI v3, as much as kubectl's validation needs: per CRD group version, the PATCH operations that take
+        `fieldValidation`. kubectl then leaves schema checks to the server (`fieldValidation=Strict`, which this
+        stand-in always applies) and checks only for duplicate keys itself, so `--validate=false` is not needed."""
+        docs = openapi_documents(list(self.crds.values()))
+        if not group_version:
+            return aiohttp.web.json_response({"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash={h}"}
+                                                        for gv, (h, _) in docs.items()}})
+        if group_version not in docs:
+            return self._error(404, "NotFound", f"no OpenAPI document for {group_version}")
+        return aiohttp.web.json_response(docs[group_version][1])
 
     async def _serve_namespaces(self, raw: aiohttp.web.BaseRequest, name: str | None) -> aiohttp.web.StreamResponse:
         names = self.namespaces | {ns for _, ns, _ in self._objects if ns}
@@ -630,7 +735,8 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request._raw_request)
         names = {request.name} if request.name else None
-        fields = dict(f.split("=", 1) for f in request.params.get("fieldSelector", "").split(",") if "=" in f)
+        selector = field_selector(request.params.get("fieldSelector", ""))
+        labels = label_selector(request.params.get("labelSelector", ""))
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             nonlocal cursor
@@ -647,8 +753,8 @@ class KubeStandinEmulator(k8s.KubernetesEmulator):
                         continue
                     if request.namespace is not None and meta.get("namespace") != request.namespace:
                         continue
-                    if (names and meta.get("name") not in names) or fields.get("metadata.name",
-                                                                               meta.get("name")) != meta.get("name"):
+                    if (names and meta.get("name") not in names) or not selector(event["object"]) \
+                            or not labels(event["object"]):
                         continue
                     yield event
 

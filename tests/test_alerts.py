@@ -254,6 +254,13 @@ def test_settings_defaults_and_overrides(tmp_path):
     assert tuned.selector_labels == (("deployment", "app"), ("pod", "x.io/pod"))
 
 
+def test_a_given_onset_needs_time_after_it():
+    # faultTime = startsAt with after 0s is a window that ends at its onset: every incident would be refused
+    with pytest.raises(ValueError, match="LEMZHA_ALERTS_AFTER='0s' is under 0:01:00 with LEMZHA_ALERTS_ONSET"):
+        AlertSettings.from_env({"LEMZHA_ALERTS_ONSET": "startsAt"})
+    assert AlertSettings.from_env({"LEMZHA_ALERTS_ONSET": "startsAt", "LEMZHA_ALERTS_AFTER": "1m"}).after == "1m"
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("LEMZHA_ALERTS_PORT", "-1", "must be at least 0"),
     ("LEMZHA_ALERTS_PORT", "70000", "is not a port"),

@@ -138,8 +138,7 @@ def test_a_firing_alert_opens_an_incident_that_ranks_like_offline(alerted: Alert
     assert "faultTime" not in spec and "podSelector" not in spec
     offline = prepared.load(APPS[namespace])
     shift = alerted.window_end - offline.end
-    assert status["resolvedWindow"] == {"from": (offline.start + shift).isoformat(),
-                                        "to": alerted.window_end.isoformat()}
+    assert status["resolvedWindow"] == {"from": rfc3339(offline.start + shift), "to": rfc3339(alerted.window_end)}
     assert status["onset"]["source"] == "estimated" and status["method"] == "evidence"
     # the ranking the offline model gives the unshifted scenario without an onset (it scans the window)
     from lemzha.bundle_ranker import open_ranker

@@ -163,6 +163,8 @@ BAD = [
     ({"from": "2023-01-29T09:00:00Z", "to": "2023-01-29T09:01:59Z"}, WINDOW),  # too short
     ({"faultTime": "2023-01-29T09:21:39Z", "before": "90m", "after": "31m"}, "(before + after) must be between"),
     ({"faultTime": "2023-01-29T09:21:39Z", "before": "30s", "after": "30s"}, "(before + after) must be between"),
+    ({"faultTime": "2023-01-29T09:21:39Z", "before": "2m", "after": "0s"}, "before and after must each be at least 1m"),
+    ({"faultTime": "2023-01-29T09:21:39Z", "after": "80m"}, "(before + after) must be between"),  # before: 60m
     ({"recent": "121m"}, "recent must be between 2m and 2h"),
     ({"recent": "15 minutes"}, "spec.recent in body should match '^[0-9]+[smh]$'"),
     ({"recent": "15m", "topK": 0}, "spec.topK in body should be greater than or equal to 1"),
@@ -295,3 +297,29 @@ def test_a_kopf_operator_runs_against_the_standin(tmp_path: Path) -> None:
             operator.wait(30)
             log.close()
         assert "Handler 'deleted' succeeded" in (tmp_path / "op.log").read_text()
+
+
+def test_lists_honour_label_selectors(kubectl: Kubectl) -> None:
+    """`kubectl get rcai -l …` as against a real API server (the stand-in ignored labelSelector)."""
+    for name, labels in (("a", {"team": "pay", "tier": "web"}), ("b", {"team": "ops"}), ("c", {})):
+        body = incident(name, recent="15m")
+        body["metadata"]["labels"] = labels
+        kubectl.apply(body)
+
+    def names(selector: str) -> list[str]:
+        out = kubectl("get", "rcai", "-n", "ts", "-l", selector, "-o", "jsonpath={.items[*].metadata.name}").stdout
+        return sorted(out.split())
+
+    assert names("team=pay") == ["a"] and names("team!=pay") == ["b", "c"]
+    assert names("team in (pay,ops)") == ["a", "b"] and names("team notin (pay)") == ["b", "c"]
+    assert names("team,!tier") == ["b"] and names("team==ops,tier") == []
+
+
+def test_kubectl_apply_validates_without_validate_false(kubectl: Kubectl) -> None:
+    """The stand-in serves the OpenAPI v3 kubectl's validation reads: a plain apply creates a good incident and an
+    unknown field is refused by the server's strict field validation (before, kubectl failed to download openapi)."""
+    good = kubectl("apply", "-f", "-", stdin=yaml.safe_dump(incident("plain", recent="15m")))
+    assert "created" in good.stdout
+    bad = kubectl("apply", "-f", "-", stdin=yaml.safe_dump(incident("typo", recent="15m", windowSize="5m")),
+                  check=False)
+    assert bad.returncode != 0 and 'unknown field "spec.windowSize"' in bad.stderr, bad.stderr

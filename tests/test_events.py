@@ -44,3 +44,30 @@ def test_other_api_errors_are_raised(core):
     body = event_body({**META, "namespace": "no-such-namespace!"}, "RCAIncident", "Completed", "x")
     with pytest.raises(kubernetes.client.exceptions.ApiException):
         post_once(api, {**body, "metadata": {**body["metadata"], "name": ""}})
+
+
+def test_describe_lists_only_the_incidents_own_events(core):
+    """`kubectl describe rcai X` asks for Events by involvedObject (name, namespace, kind, uid): X's own Events only,
+    not its neighbours' nor those of a deleted incident that had the same name."""
+    api, kube = core
+    objects = kubernetes.client.CustomObjectsApi(api.api_client)
+    spec = {"faultTime": "2023-01-29T09:00:00Z"}
+
+    def create(name):
+        body = {"apiVersion": "lemzha.io/v1alpha1", "kind": "RCAIncident", "metadata": {"name": name}, "spec": spec}
+        return objects.create_namespaced_custom_object("lemzha.io", "v1alpha1", "ts", "rcaincidents", body)["metadata"]
+
+    gone = create("inc-a")
+    post_once(api, event_body(gone, "RCAIncident", "Failed", "from the deleted inc-a"))
+    objects.delete_namespaced_custom_object("lemzha.io", "v1alpha1", "ts", "rcaincidents", "inc-a")
+    own, other = create("inc-a"), create("inc-b")
+    post_once(api, event_body(own, "RCAIncident", "Completed", "top cause: ts-order-service"))
+    post_once(api, event_body(other, "RCAIncident", "Completed", "top cause: ts-route-service"))
+    body = event_body(own, "RCAIncident", "Completed", "x")["involvedObject"]
+    assert body == {"apiVersion": "lemzha.io/v1alpha1", "kind": "RCAIncident", "name": "inc-a", "namespace": "ts",
+                    "uid": own["uid"]}
+    out = subprocess.run(["kubectl", "--kubeconfig", str(kube.kubeconfig), "describe", "rcai", "inc-a", "-n", "ts"],
+                         capture_output=True, text=True, check=True).stdout
+    events = out[out.index("Events:"):]
+    assert "top cause: ts-order-service" in events
+    assert "ts-route-service" not in events and "from the deleted inc-a" not in events

@@ -1,12 +1,13 @@
 """The incident pipeline without a cluster: fake sources around real scenarios."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
 from lemzha.baselines import Baro
 from lemzha_operator.pipeline import SourceUnavailable, build_scenario, step
+from lemzha_operator.window import rfc3339
 
 CASE = "nezha/20230129_05"
 
@@ -264,8 +265,59 @@ def test_a_window_without_fault_time_gets_an_estimated_onset_with_its_estimator(
         onset = outcome.status["onset"]
         assert onset["source"] == "estimated" and onset["estimator"] == setting
         expected = case.start + timedelta(seconds=30 * estimator(case.values))
-        assert onset["time"] == expected.isoformat()
+        assert onset["time"] == rfc3339(expected)
     with pytest.raises(ValueError, match="robust_z:2"):
         onset_estimator("robust_z:2")
     with pytest.raises(ValueError, match="use cusum or"):
         onset_estimator("lstm:0.5")
+
+
+def _no_fetch(*args):
+    raise AssertionError("fetched although the attempt should not have")
+
+
+def test_a_pending_incident_is_retried_by_its_deadline_and_fails_there():
+    created = datetime(2026, 12, 4, 19, 0, tzinfo=UTC)
+    spec = {"faultTime": rfc3339(created + timedelta(minutes=20)), "timeoutSeconds": 30}
+    first = step("ts/x", spec, {}, "ts", created, created, _no_fetch, None, Baro())
+    # the window ends in 30 min: the next look is at the deadline, not 300 s later
+    assert first.phase == "Pending" and first.retry_after <= 31
+    at_deadline = created + timedelta(seconds=first.retry_after)
+    failed = step("ts/x", spec, first.status, "ts", at_deadline, created, _no_fetch, None, Baro())
+    assert failed.phase == "Failed" and failed.permanent
+    ready = failed.conditions[-1]
+    assert ready["reason"] == "DataUnavailable" and "timeoutSeconds=30" in ready["message"]
+    assert "not in yet" in ready["message"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), OverflowError("date value out of range"), KeyError("pod")])
+def test_any_exception_in_an_attempt_ends_in_a_failed_explained_outcome(error):
+    def broken(*args):
+        raise error
+
+    spec = {"faultTime": "2023-01-29T09:00:00Z"}
+    now = datetime(2023, 1, 30, tzinfo=UTC)
+    outcome = step("ts/x", spec, {}, "ts", now, now, broken, None, Baro())
+    assert outcome.phase == "Failed" and outcome.permanent and outcome.retry_after is None
+    ready = outcome.conditions[-1]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "AnalysisError")
+    assert type(error).__name__ in ready["message"] and outcome.status["message"] == ready["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("timeoutSeconds", "30"), ("timeoutSeconds", 0), ("topK", 11),
+                                              ("topK", True)])
+def test_bad_numbers_in_a_spec_are_invalid_specs(field, value):
+    now = datetime(2023, 1, 30, tzinfo=UTC)
+    outcome = step("ts/x", {"faultTime": "2023-01-29T09:00:00Z", field: value}, {}, "ts", now, now, _no_fetch,
+                   None, Baro())
+    assert outcome.phase == "Failed" and outcome.conditions[-1]["reason"] == "InvalidSpec"
+    assert f"spec.{field}" in outcome.conditions[-1]["message"]
+
+
+def test_the_phase_an_attempt_starts_in():
+    from lemzha_operator.pipeline import starting_phase
+
+    now = datetime(2023, 1, 29, 9, 5, tzinfo=UTC)
+    assert starting_phase({"faultTime": "2023-01-29T09:00:00Z"}, {}, now) == "Pending"  # ends 09:10
+    assert starting_phase({"faultTime": "2023-01-29T09:00:00Z"}, {}, now + timedelta(minutes=10)) == "Analyzing"
+    assert starting_phase({"faultTime": "0001-01-01T00:05:00Z"}, {}, now) is None

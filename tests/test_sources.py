@@ -41,8 +41,10 @@ def test_a_bundle_with_a_bad_checksum_falls_back(tmp_path, shipped_bundle):
 
 
 def test_a_missing_bundle_directory_falls_back(tmp_path):
+    # no bundle at all is NoBundle (what the README promises); BundleInvalid is kept for a bundle that fails checks
     ranker, problem = make_ranker(settings(tmp_path, tmp_path / "nowhere"))
-    assert isinstance(ranker, Fallback) and problem.reason == "BundleInvalid" and "not found" in problem.message
+    assert isinstance(ranker, Fallback) and problem.reason == "NoBundle" and "not found" in problem.message
+    assert str(tmp_path / "nowhere") in problem.message
 
 
 @pytest.mark.slow

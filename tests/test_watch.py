@@ -201,9 +201,19 @@ def test_evaluate_suspended_and_no_data():
     ev = W.evaluate(watch(suspend=True), {}, T0, lambda *a: pytest.fail("fetched while suspended"),
                     lambda b: pytest.fail("created"))
     assert ev.conditions[0]["reason"] == "Suspended" and ev.status == {"lastEvaluation": "2023-01-29T09:00:00Z"}
-    empty = W.evaluate(watch(), {}, T0, lambda ns, s, nb: SimpleNamespace(values=np.zeros((nb, 0, 18))),
+
+
+@pytest.mark.parametrize("values", [np.zeros((88, 0, 18)), np.full((88, 3, 18), np.nan)], ids=["no-pods", "all-nan"])
+def test_a_watch_without_data_says_no_data_in_its_headline_fields(values):
+    # not Firing=False/BelowThreshold with lastScore 0: that reads as "quiet" when nothing was scored
+    previous = {"lastScore": 0.42, "incidentsOpened": 2}
+    empty = W.evaluate(watch(), previous, T0, lambda ns, s, nb: SimpleNamespace(values=values[:nb]),
                        lambda b: pytest.fail("created"))
-    assert {c["type"]: c["reason"] for c in empty.conditions} == {"Ready": "NoData", "Firing": "BelowThreshold"}
+    assert {c["type"]: (c["status"], c["reason"]) for c in empty.conditions} == {
+        "Ready": ("False", "NoData"), "Firing": ("Unknown", "NoData")}
+    # null: the merge patch removes the last score, so `kubectl get` shows none rather than a stale or zero one
+    assert empty.status["lastScore"] is None and "lastScore" in empty.status
+    assert empty.status["incidentsOpened"] == 2 and empty.decision is None
 
 
 # -- clock -----------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from pathlib import Path
 from lemzha.binning import as_utc
 from lemzha_operator import selfmetrics
 from lemzha_operator.settings import GROUP, VERSION, _number
-from lemzha_operator.window import MAX_WINDOW, MIN_WINDOW, parse_duration, rfc3339
+from lemzha_operator.window import MAX_WINDOW, MIN_SIDE, MIN_WINDOW, parse_duration, rfc3339
 
 log = logging.getLogger("lemzha.alerts")
 
@@ -109,6 +109,12 @@ class AlertSettings:
         if not MIN_WINDOW <= length <= MAX_WINDOW:
             raise ValueError(f"LEMZHA_ALERTS_BEFORE + LEMZHA_ALERTS_AFTER = {length} is outside "
                              f"[{MIN_WINDOW}, {MAX_WINDOW}], the incident window's bounds")
+        if settings.onset == "startsAt":  # a faultTime window must hold its onset: the incident refuses it otherwise
+            for name, text_value, side in (("LEMZHA_ALERTS_BEFORE", settings.before, settings.before_delta),
+                                           ("LEMZHA_ALERTS_AFTER", settings.after, settings.after_delta)):
+                if side < MIN_SIDE:
+                    raise ValueError(f"{name}={text_value!r} is under {MIN_SIDE} with LEMZHA_ALERTS_ONSET=startsAt: "
+                                     "a faultTime window needs at least that on each side of the onset")
         return settings
 
     @property

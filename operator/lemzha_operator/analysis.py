@@ -16,6 +16,7 @@ from lemzha.explain import explain
 from lemzha.ranking import Ranker
 from lemzha.scenario import Scenario
 from lemzha.tracegap import edge_gaps
+from lemzha_operator.window import rfc3339
 
 MAX_EVIDENCE = 3  # per cause and kind: status stays small (objects are capped at ~1.5 MiB)
 MAX_TEMPLATE_CHARS = 512
@@ -78,7 +79,7 @@ def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None
             onset_bin = resolve_onset_bin(scenario)
     onset_time = scenario.start + timedelta(seconds=onset_bin * scenario.bin_seconds)
     gaps = edge_gaps(scenario, onset_bin)
-    onset = {"time": (scenario.onset or onset_time).isoformat(),
+    onset = {"time": rfc3339(scenario.onset or onset_time),
              "source": "given" if scenario.onset is not None else "estimated"}
     if scenario.onset is None:
         onset["estimator"] = onset_estimator.setting() if onset_estimator is not None else "cusum"

@@ -19,7 +19,7 @@ from lemzha.memory import release_freed_memory
 from lemzha_operator import selfmetrics
 from lemzha_operator.events import event_body, post_once
 from lemzha_operator.health import WatchMonitor, outranked
-from lemzha_operator.pipeline import Outcome, step
+from lemzha_operator.pipeline import Outcome, starting_phase, step
 from lemzha_operator.settings import (
     FINAL_PHASES,
     GROUP,
@@ -62,9 +62,13 @@ def merge_conditions(previous: list[dict], new: list[dict], generation: int, now
 
 def status_patch(outcome: Outcome, previous: dict, generation: int, now: datetime,
                  extra_conditions: list[dict] | None = None) -> dict:
-    """The status fields to write for an outcome."""
+    """The status fields to write for an outcome. The message is cut to the CRD's maxLength: a status the API
+    server refuses would leave the incident without one, retried forever."""
+    fields = dict(outcome.status)
+    if "message" in fields:
+        fields["message"] = str(fields["message"])[:1024]
     return {
-        **outcome.status,
+        **fields,
         "phase": outcome.phase,
         "observedGeneration": generation,
         "conditions": merge_conditions(previous.get("conditions", []), [*outcome.conditions, *(extra_conditions or [])],
@@ -114,7 +118,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     settings.posting.enabled = False
     if os.environ.get("POD_NAME"):  # several replicas with peering: each needs its own priority (kopf #734)
         settings.peering.priority = peering_priority(os.environ["POD_NAME"])
-    config = Settings.from_env()
+    try:
+        config = Settings.from_env()
+    except ValueError as err:  # a permanent error ends `kopf run` (non-zero); any other would be retried forever
+        raise kopf.PermanentError(f"bad operator settings: {err}") from err
     settings.execution.max_workers = config.concurrency  # incidents analysed at once
     memo.config = config
     memo.ranker, memo.model_problem = make_ranker(config)
@@ -127,7 +134,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_)
     memo.in_flight = InFlight()
     from lemzha.detect.onset import onset_estimator
 
-    memo.onset_estimator = onset_estimator(config.onset_estimator)  # a bad setting stops startup, named
+    try:
+        memo.onset_estimator = onset_estimator(config.onset_estimator)
+    except ValueError as err:  # a bad setting stops startup, named
+        raise kopf.PermanentError(f"bad operator settings: LEMZHA_ONSET_ESTIMATOR: {err}") from err
     selfmetrics.watch_templates(lambda: getattr(memo.ranker, "embedder", None))
     selfmetrics.serve(config.metrics_port)
     memo.janitor = asyncio.get_running_loop().create_task(janitor(memo, settings, logger))
@@ -255,6 +265,29 @@ def _post(memo: kopf.Memo, meta, reason: str, message: str, event_type: str = "N
         log.warning("%s/%s: could not post Event %s: %s", meta.get("namespace"), meta.get("name"), reason, err)
 
 
+def live_status(memo: kopf.Memo, meta) -> dict | None:
+    """The incident's status as the API server has it now (None when it cannot be read). kopf can hand a handler a
+    body older than its own last patch: the phase written below makes an extra event, and under load kopf may
+    process it after giving up waiting for its patch, as if the incident had not been handled."""
+    try:
+        obj = memo.objects.get_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
+    except Exception as err:  # the attempt goes on with kopf's body
+        log.warning("%s/%s: could not read the live status: %s", meta.get("namespace"), meta.get("name"), err)
+        return None
+    return dict(obj.get("status") or {})
+
+
+def show_phase(memo: kopf.Memo, meta, phase: str) -> None:
+    """Write the phase an attempt is in before it runs, so `kubectl get rcai` shows Pending or Analyzing while it
+    does (kopf writes the handler's own patch only when it returns). Best effort: a failed write is logged."""
+    body = {"status": {"phase": phase}}
+    try:
+        memo.objects.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+                                                           body)
+    except Exception as err:  # the attempt's own status write follows; this one is a courtesy
+        log.warning("%s/%s: could not show phase %s: %s", meta.get("namespace"), meta.get("name"), phase, err)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logger, retry: int = 0, **_) -> None:
@@ -264,6 +297,13 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
     created = datetime.fromisoformat(meta.get("creationTimestamp", now.isoformat()).replace("Z", "+00:00"))
     target = spec.get("targetNamespace") or namespace
     config: Settings = memo.config
+    status = live_status(memo, meta) or dict(status)
+    if status.get("phase") in FINAL_PHASES:  # a stale body: this incident is done already
+        log.info("%s/%s: already %s", namespace, meta["name"], status["phase"])
+        return
+    phase = starting_phase(dict(spec), status, now)
+    if phase is not None and phase != status.get("phase"):
+        show_phase(memo, meta, phase)
     with memo.in_flight as running:
         log.info("%s/%s: attempt %d started, %d in flight", namespace, meta["name"], retry, running)
         outcome = step(f"{namespace}/{meta['name']}", dict(spec), dict(status), target, now, created,
@@ -275,14 +315,15 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
                        onset_estimator=memo.onset_estimator)
     release_freed_memory()  # the attempt's frames are garbage now: keep the RSS near what is in use
     selfmetrics.record_attempt(outcome.timings, outcome.source_errors)
+    written = datetime.now(UTC)  # the status below is written now, not when the attempt started
     problem = memo.model_problem
     extra = [problem.condition()] if problem is not None else [
         {"type": "ModelLoaded", "status": "True", "reason": "BundleLoaded", "message": "ranking with the bundle"}]
-    patch.status.update(status_patch(outcome, dict(status), int(meta.get("generation", 1)), now, extra))
+    patch.status.update(status_patch(outcome, dict(status), int(meta.get("generation", 1)), written, extra))
     if outcome.phase == "Completed":
         patch.status["model"] = memo.model
     if outcome.phase in FINAL_PHASES:
-        patch.status["finishedAt"] = rfc3339(now)
+        patch.status["finishedAt"] = rfc3339(written)
         selfmetrics.record_final(outcome.phase, outcome.status.get("method", ""))
     degraded = next((c for c in outcome.conditions if c["type"] == "Degraded" and c["status"] == "True"), None)
     if degraded is not None:
@@ -297,5 +338,7 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
     elif outcome.retry_after is not None:
         logger.info("%s: %s, retrying in %.0f s", meta["name"], outcome.phase, outcome.retry_after)
         raise kopf.TemporaryError(outcome.conditions[-1]["message"], delay=outcome.retry_after)
+
+
 # registers the RCAWatch handlers and the Alertmanager webhook receiver
 from lemzha_operator import watches, webhook  # noqa: E402,F401

@@ -24,7 +24,7 @@ from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario, save_scenario
 from lemzha.services import service_of_pod
 from lemzha_operator.analysis import analyze
-from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, seconds_until_complete
+from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, rfc3339, seconds_until_complete
 
 MetricsFetcher = Callable[[str, datetime, int], tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]]
 LogsFetcher = Callable[[str, datetime, int, dict[str, str]], pd.DataFrame]
@@ -53,6 +53,7 @@ class SourceUnavailable(RuntimeError):
 LOGS_COMPLETE, LOGS_TRUNCATED, LOGS_UNAVAILABLE, LOGS_DISABLED = "complete", "truncated", "unavailable", "disabled"
 FETCH_FILE = "fetch.json"  # beside the stored scenario: the sources' coverage notes and Degraded condition
 MAX_WARNINGS = 5  # Prometheus warnings kept in status (bounded like the evidence)
+MAX_WAIT = 300.0  # seconds between looks at a window that has not ended
 
 
 @dataclass
@@ -159,27 +160,42 @@ def step(
     fetched scenario is kept there, so a retry after fetching (a crash, a failed status write) ranks what it has
     instead of querying Prometheus and Loki again. `attempt` counts earlier attempts; `backoff(attempt)` is the
     delay before the next one after a source outage. `log_cap` is the log client's line cap, for dataCoverage.
-    `onset_estimator` places the onset of a window without faultTime (`analysis.analyze`)."""
-    clock = Stopwatch()
-    timeout = float(spec.get("timeoutSeconds", 900))
-    top_k = int(spec.get("topK", 5))
+    `onset_estimator` places the onset of a window without faultTime (`analysis.analyze`).
+    Any other exception (a bug, a library failing on odd data) also ends the incident: Failed, reason
+    AnalysisError, with the exception named, instead of a handler error that kopf would retry forever."""
     try:
+        return _attempt(incident_id, spec, status, namespace, now, created, fetch_metrics, fetch_logs, ranker,
+                        fetch_pod_info, fetch_traces, store, attempt, backoff, log_cap, onset_estimator)
+    except Exception as err:  # every failure must end in an explained status, never in kopf's silent retries
+        message = f"the analysis failed: {type(err).__name__}: {err}"
+        return Outcome("Failed", {"message": message[:1024]}, [condition("Ready", False, "AnalysisError", message)],
+                       permanent=True)
+
+
+def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: datetime, created: datetime,
+             fetch_metrics: MetricsFetcher, fetch_logs: LogsFetcher | None, ranker: Ranker,
+             fetch_pod_info: PodInfoFetcher | None, fetch_traces: TracesFetcher | None, store: Path | None,
+             attempt: int, backoff: Callable[[int], float], log_cap: int | None, onset_estimator) -> Outcome:
+    clock = Stopwatch()
+    try:
+        timeout = spec_integer(spec, "timeoutSeconds", 900, 30, 86400)
+        top_k = spec_integer(spec, "topK", 5, 1, 10)
         window = window_from_status(status) or resolve_window(spec, now)
     except InvalidSpec as err:
         return Outcome("Failed", {"message": str(err)}, [condition("Ready", False, "InvalidSpec", str(err))],
                        permanent=True)
     frozen = {"resolvedWindow": window.to_status()}
     if window.onset is not None:
-        frozen["onset"] = {"time": window.onset.isoformat(), "source": "given"}
+        frozen["onset"] = {"time": rfc3339(window.onset), "source": "given"}
     waited = (now - created).total_seconds()
-    timed_out = waited > timeout
+    timed_out = waited >= timeout
     wait = seconds_until_complete(window, now)
     if wait > 0:
         if timed_out:
-            return _timeout(frozen, timeout, f"the window ends at {window.end.isoformat()}")
+            return _timeout(frozen, timeout, f"the window ends at {rfc3339(window.end)}, its data is not in yet")
         return Outcome("Pending", frozen, [condition("DataFetched", False, "WaitingForWindow",
-                                                     f"window ends at {window.end.isoformat()}")],
-                       retry_after=min(wait, 300.0))
+                                                     f"window ends at {rfc3339(window.end)}")],
+                       retry_after=retry_delay(min(wait, MAX_WAIT), timeout, waited))
     if store is not None and (store / "scenario" / "scenario.json").is_file():
         scenario = load_scenario(store / "scenario", with_label=False)
         fetched_before = json.loads((store / FETCH_FILE).read_text())
@@ -208,8 +224,7 @@ def step(
             failed = _timeout(frozen, timeout, str(err))
             failed.source_errors, failed.timings = errors, clock.timings
             return failed
-        # retry with backoff, but never sleep far past the deadline: the incident must fail on time
-        delay = max(1.0, min(backoff(attempt), timeout - waited + 1.0))
+        delay = retry_delay(backoff(attempt), timeout, waited)
         return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err)),
                                              condition("Degraded", True, err.reason,
                                                        f"{err}; retrying in {delay:.0f} s")],
@@ -273,6 +288,32 @@ def step(
     conditions = [condition("DataFetched", True, "DataFetched",
                             f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"), health]
     return _ranked(scenario, frozen, conditions, ranker, top_k, clock, coverage, errors, onset_estimator)
+
+
+def spec_integer(spec: dict, field: str, default: int, low: int, high: int) -> int:
+    """An integer field of the spec within [low, high] (the CRD's bounds; re-checked for objects created without
+    them)."""
+    value = spec.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidSpec(f"spec.{field}: {value!r} is not an integer from {low} to {high}")
+    return value
+
+
+def retry_delay(wanted: float, timeout: float, waited: float) -> float:
+    """Seconds to the next attempt: `wanted`, but never far past the deadline (timeoutSeconds after creation), so
+    the incident fails on time; the second past it makes the next attempt see the deadline as reached."""
+    return max(1.0, min(wanted, timeout - waited + 1.0))
+
+
+def starting_phase(spec: dict, status: dict, now: datetime) -> str | None:
+    """The phase to show while an attempt runs: Pending when its window has not ended (the attempt only waits),
+    Analyzing when the data is in and the attempt fetches and ranks; None when the spec cannot give a window (the
+    attempt fails at once)."""
+    try:
+        window = window_from_status(status) or resolve_window(spec, now)
+    except Exception:  # the attempt itself meets the same problem and reports it
+        return None
+    return "Pending" if seconds_until_complete(window, now) > 0 else "Analyzing"
 
 
 def missing_metrics(values: np.ndarray, names: tuple[str, ...]) -> list[str]:

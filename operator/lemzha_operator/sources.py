@@ -55,6 +55,9 @@ def make_ranker(settings: Settings) -> tuple[Ranker, ModelProblem | None]:
     ModelLoaded=False)."""
     if settings.bundle_dir is None:
         return Fallback(Baro()), ModelProblem("NoBundle", "LEMZHA_BUNDLE is not set: ranking with the BARO baseline")
+    if not settings.bundle_dir.is_dir():  # no bundle there at all, as opposed to a bundle that fails its checks
+        return Fallback(Baro()), ModelProblem("NoBundle", f"LEMZHA_BUNDLE={settings.bundle_dir}: directory not found; "
+                                              "ranking with the BARO baseline")
     from lemzha.bundle import BundleError
     from lemzha.bundle_ranker import open_ranker
 

@@ -285,6 +285,17 @@ def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create
     start, n_bins = window_for(watch, now)
     fetched = fetch(watch.target, start, n_bins)
     values = np.asarray(fetched.values)
+    pods = values.shape[1] if values.ndim == 3 else 0
+    if pods == 0 or not np.isfinite(values).any():
+        # nothing to score: say so in the headline fields too (a score of 0 would read as "all quiet")
+        message = f"no pod metrics in {watch.target} for the last {n_bins} bins"
+        out.status = {"lastEvaluation": rfc3339(now), "lastScore": None,
+                      "incidentsOpened": int(status.get("incidentsOpened", 0))}
+        out.conditions = [condition("Ready", False, "NoData", message),
+                          {**condition("Firing", False, "NoData", message), "status": "Unknown"}]
+        if list_owned is not None:
+            out.status["openIncidents"] = open_incidents(list_owned(), watch.uid)
+        return out
     scores = score(watch.detector, values)
     last = status.get("lastFiring") or {}
     decision = decide(watch, scores, start, parse_time(last.get("onset")))
@@ -292,11 +303,8 @@ def evaluate(watch: WatchSpec, status: dict, now: datetime, fetch: Fetch, create
     out.status = {"lastEvaluation": rfc3339(now),
                   "lastScore": round(decision.last_score, 6) if decision.last_score is not None else None,
                   "incidentsOpened": int(status.get("incidentsOpened", 0))}
-    pods = values.shape[1] if values.ndim == 3 else 0
     ready = condition("Ready", True, "Evaluated", f"{watch.detector} over {pods} pod(s) of {watch.target}, "
                       f"{n_bins} bins to {rfc3339(start + timedelta(seconds=n_bins * BIN_SECONDS))}")
-    if pods == 0:
-        ready = condition("Ready", False, "NoData", f"no pod metrics in {watch.target} for the last {n_bins} bins")
     if decision.action == "open":
         names, existed = [], []
         for onset, run in decision.opens:
