@@ -171,7 +171,7 @@ steps = [("python", rss())]
 import kopf, kubernetes, prometheus_client, requests  # noqa: E401
 steps.append(("kopf + kubernetes client", rss()))
 import numpy, pandas, pyarrow  # noqa: E401
-import lemzha_operator.handlers, lemzha_operator.pipeline, lemzha_operator.sources  # noqa: E401
+import lemzha_operator.main, lemzha_operator.pipeline, lemzha_operator.sources  # noqa: E401
 steps.append(("numpy + pandas + pyarrow + lemzha", rss()))
 from lemzha.bundle_ranker import open_ranker
 ranker = open_ranker(sys.argv[1], cache_dir=tempfile.mkdtemp())

@@ -65,7 +65,7 @@ def condition(obj: dict, kind: str) -> dict:
 
 
 class OperatorProcess:
-    """`kopf run --standalone --all-namespaces -m lemzha_operator.handlers` with the given environment, logging to
+    """`kopf run --standalone --all-namespaces -m lemzha_operator.main` with the given environment, logging to
     `log`; `health_url` is kopf's liveness endpoint, `metrics_url` the operator's /metrics."""
 
     def __init__(self, env: dict[str, str], log: Path, cwd: Path) -> None:
@@ -88,7 +88,7 @@ class OperatorProcess:
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
-                 f"--liveness=http://127.0.0.1:{self.health_port}/healthz", "-m", "lemzha_operator.handlers"],
+                 f"--liveness=http://127.0.0.1:{self.health_port}/healthz", "-m", "lemzha_operator.main"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while True:  # ready once /metrics answers: startup (bundle, sources) has run

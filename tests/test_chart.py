@@ -393,7 +393,7 @@ def test_operator_pod(rendered, config):
     container = operator_container(rendered)
     variables = env(container)
     command = container["command"]
-    assert command[:5] == ["kopf", "run", "-m", "lemzha_operator.handlers", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert command[:5] == ["kopf", "run", "-m", "lemzha_operator.main", "--liveness=http://0.0.0.0:8080/healthz"]
     if values.get("watch", {}).get("allNamespaces"):
         assert "--all-namespaces" in command and "-n" not in command
         assert variables["LEMZHA_WATCH_NAMESPACES"] == ""
@@ -620,7 +620,8 @@ def test_every_value_is_documented():
     expected = set(leaves(yaml.safe_load((CHART / "values.yaml").read_text())))
     guide = (ROOT / "docs" / "operator.md").read_text()
     install = guide[guide.index("## Install with Helm"):]
-    install = install[:install.index("\n## ", 1)]
+    end = install.find("\n## ", 1)  # the section runs to the next one, or to the end of the guide
+    install = install if end < 0 else install[:end]
     for where, text in (("charts/README.md", (ROOT / "charts" / "README.md").read_text()),
                         ("docs/operator.md (Install with Helm)", install)):
         documented = set(re.findall(r"^\| `([\w.]+)` \|", text, re.M))

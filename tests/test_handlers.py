@@ -3,7 +3,8 @@ from typing import ClassVar
 
 import pytest
 
-from lemzha_operator.handlers import merge_conditions, status_patch
+from lemzha_operator.cluster import merge_conditions
+from lemzha_operator.handlers import status_patch
 from lemzha_operator.pipeline import Outcome, condition
 from lemzha_operator.settings import Settings
 
@@ -43,7 +44,7 @@ def test_operator_modules_import_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, lemzha_operator.handlers, lemzha_operator.pipeline; "
+    code = ("import sys, lemzha_operator.main, lemzha_operator.pipeline; "
             "print([m for m in ('torch', 'sentence_transformers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

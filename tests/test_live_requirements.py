@@ -24,7 +24,7 @@ PROBE = """
 import importlib.util, json, sys
 from pathlib import Path
 
-import lemzha_operator.handlers  # the module `kopf run -m` loads
+import lemzha_operator.main  # the module `kopf run -m` loads
 import lemzha_operator.doctor  # the preflight, run in the operator's pod
 from lemzha.bundle_ranker import open_ranker
 from lemzha.scenario_io import load_scenario
@@ -37,7 +37,7 @@ print(json.dumps({
     "scores": [float(s) for s in ranking.scores],
     "loaded": sorted(m for m in training_only if m in sys.modules),
     "installed": sorted(m for m in training_only if importlib.util.find_spec(m) is not None),
-    "operator_file": lemzha_operator.handlers.__file__,
+    "operator_file": lemzha_operator.main.__file__,
 }))
 """
 

@@ -1,6 +1,6 @@
 """kopf handlers: thin wrappers that run `pipeline.step` and write its outcome into the resource.
 
-Run with `kopf run -m lemzha_operator.handlers --all-namespaces` (or `-n NS`), plus
+Run with `kopf run -m lemzha_operator.main --all-namespaces` (or `-n NS`), plus
 `--liveness=http://0.0.0.0:8080/healthz` for the probes. The process imports no torch.
 """
 
@@ -17,8 +17,9 @@ import kopf
 
 from lemzha.memory import release_freed_memory
 from lemzha_operator import selfmetrics
+from lemzha_operator.cluster import list_watched, merge_conditions, paused_by_peer
 from lemzha_operator.events import event_body, post_once
-from lemzha_operator.health import WatchMonitor, outranked
+from lemzha_operator.health import WatchMonitor
 from lemzha_operator.pipeline import Outcome, starting_phase, step
 from lemzha_operator.settings import (
     FINAL_PHASES,
@@ -27,7 +28,6 @@ from lemzha_operator.settings import (
     VERSION,
     Settings,
     peering_priority,
-    watched_namespaces,
 )
 from lemzha_operator.window import rfc3339
 
@@ -43,21 +43,6 @@ def ttl_due(spec: dict, status: dict, now: datetime) -> bool:
         return False
     done = datetime.fromisoformat(str(finished).replace("Z", "+00:00"))
     return (now - done).total_seconds() >= float(ttl)
-
-
-def merge_conditions(previous: list[dict], new: list[dict], generation: int, now: datetime) -> list[dict]:
-    """Kubernetes-style conditions: one per type; lastTransitionTime moves only when the status value changes."""
-    merged = {c["type"]: dict(c) for c in previous or []}
-    stamp = rfc3339(now)
-    for cond in new:
-        old = merged.get(cond["type"])
-        changed = old is None or old.get("status") != cond["status"]
-        merged[cond["type"]] = {
-            **cond,
-            "lastTransitionTime": stamp if changed else old.get("lastTransitionTime", stamp),
-            "observedGeneration": generation,
-        }
-    return [merged[t] for t in sorted(merged)]
 
 
 def status_patch(outcome: Outcome, previous: dict, generation: int, now: datetime,
@@ -174,7 +159,7 @@ async def janitor(memo: kopf.Memo, settings: kopf.OperatorSettings, logger) -> N
     while True:
         await asyncio.sleep(memo.config.ttl_check_seconds)  # LEMZHA_TTL_CHECK_SECONDS
         try:
-            if await asyncio.to_thread(_paused_by_peer, memo, settings):
+            if await asyncio.to_thread(paused_by_peer, memo, settings):
                 continue
             items = await asyncio.to_thread(_list_incidents, memo)
             for namespace, name in expired_incidents(items, datetime.now(UTC)):
@@ -204,41 +189,8 @@ def watched(event: dict, meta, memo: kopf.Memo, **_) -> None:
         monitor.delivered(meta["uid"], str(meta.get("resourceVersion", "")), deleted=event.get("type") == "DELETED")
 
 
-def list_watched(objects, plural: str) -> list[dict]:
-    """Every object of `plural` in the watched namespaces (LEMZHA_WATCH_NAMESPACES), or cluster-wide when all are
-    watched: the chart's Roles allow no more."""
-    namespaces = watched_namespaces()
-    if not namespaces:
-        return objects.list_cluster_custom_object(GROUP, VERSION, plural).get("items", [])
-    return [item for ns in namespaces
-            for item in objects.list_namespaced_custom_object(GROUP, VERSION, ns, plural).get("items", [])]
-
-
 def _list_incidents(memo: kopf.Memo) -> list[dict]:
     return list_watched(memo.objects, PLURAL)
-
-
-def _paused_by_peer(memo: kopf.Memo, settings: kopf.OperatorSettings) -> bool:
-    """With kopf peering (HA): does a live replica of higher priority keep this one paused? Reads the peering
-    object(s) kopf keeps: the ClusterKopfPeering, or the KopfPeering of each watched namespace."""
-    from kubernetes.client.exceptions import ApiException
-
-    if settings.peering.standalone or not settings.peering.name:
-        return False
-    now, own = datetime.now(UTC), settings.peering.priority
-    try:
-        if settings.peering.clusterwide:
-            found = [memo.objects.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
-                                                            settings.peering.name)]
-        else:
-            found = [memo.objects.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings",
-                                                               settings.peering.name)
-                     for ns in watched_namespaces()]
-    except ApiException as err:
-        if err.status == 404:
-            return False
-        raise
-    return any(outranked(obj.get("status", {}), own, now) for obj in found)
 
 
 @kopf.on.probe(id="watch")
@@ -246,7 +198,7 @@ async def watch_alive(memo: kopf.Memo, settings: kopf.OperatorSettings, **_) -> 
     """Fails kopf's /healthz (HTTP 500) when the watch has not delivered a change a LIST shows for
     LEMZHA_WATCH_STALE_SECONDS: a silent, dead watch (kopf #1276). A LIST that fails also fails the probe. A
     replica paused by peering receives nothing by design, so it is not checked (its standby must not be killed)."""
-    if await asyncio.to_thread(_paused_by_peer, memo, settings):
+    if await asyncio.to_thread(paused_by_peer, memo, settings):
         return {"paused": True}
     items = await asyncio.to_thread(_list_incidents, memo)
     listed = [(o["metadata"]["uid"], str(o["metadata"].get("resourceVersion", ""))) for o in items]
@@ -338,7 +290,3 @@ def analyze_incident(spec, status, meta, namespace, patch, memo: kopf.Memo, logg
     elif outcome.retry_after is not None:
         logger.info("%s: %s, retrying in %.0f s", meta["name"], outcome.phase, outcome.retry_after)
         raise kopf.TemporaryError(outcome.conditions[-1]["message"], delay=outcome.retry_after)
-
-
-# registers the RCAWatch handlers and the Alertmanager webhook receiver
-from lemzha_operator import watches, webhook  # noqa: E402,F401

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-GROUP = "lemzha.io"
-VERSION = "v1alpha1"
-PLURAL = "rcaincidents"
+from lemzha_operator.resources import GROUP, VERSION  # noqa: F401  (re-exported for the handlers)
+from lemzha_operator.resources import INCIDENT_PLURAL as PLURAL  # noqa: F401
+
 FINAL_PHASES = ("Completed", "Failed")  # an incident in one of these is done
 # Chosen on all four Nezha days by `python -m offline.detect --ship-onset` (the rule each LODO fold applies to its
 # training days); `cusum` or `<robust_z|bocpd>:<threshold>`.

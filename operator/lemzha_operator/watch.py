@@ -28,12 +28,17 @@ import numpy as np
 
 from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin
 from lemzha_operator.pipeline import condition
+from lemzha_operator.resources import (  # noqa: F401  (re-exported for watches.py)
+    GROUP,
+    INCIDENT_KIND,
+    INCIDENT_PLURAL,
+    VERSION,
+    WATCH_KIND,
+    WATCH_PLURAL,
+)
 from lemzha_operator.settings import FINAL_PHASES
 from lemzha_operator.window import parse_duration, rfc3339
 
-GROUP, VERSION = "lemzha.io", "v1alpha1"
-WATCH_KIND, WATCH_PLURAL = "RCAWatch", "rcawatches"
-INCIDENT_KIND, INCIDENT_PLURAL = "RCAIncident", "rcaincidents"
 WATCH_LABEL = "lemzha.io/watch"
 DETECTORS = ("robust_z", "bocpd")  # the torch-free zero-shot detectors; the bundle carries no fitted trained ones
 # bins of context before the scanned part: the detector's trailing reference (robust_z 20 bins, bocpd 60) + 4

@@ -9,7 +9,7 @@ LEMZHA_WATCH_TICK_SECONDS (default 10) it lists the watches of the watched names
 due; a replica paused by peering stays idle. kopf fixes a timer's interval when it is decorated anyway, so
 `spec.interval` would have needed this "tick, then check what is due" shape in a timer too.
 
-Registered by the last line of `handlers.py` (`kopf run -m lemzha_operator.handlers` loads both).
+Registered by `lemzha_operator.main`, the module `kopf run -m` loads.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import kopf
 
 from lemzha_operator import clock
 from lemzha_operator import watch as W
-from lemzha_operator.handlers import _paused_by_peer, list_watched, merge_conditions
+from lemzha_operator.cluster import list_watched, merge_conditions, paused_by_peer
 from lemzha_operator.pipeline import SourceUnavailable
 from lemzha_operator.settings import Settings
 
@@ -53,7 +53,7 @@ async def watch_loop(memo: kopf.Memo, settings: kopf.OperatorSettings, logger) -
         if getattr(memo, "objects", None) is None or getattr(memo, "fetch_metrics", None) is None:
             continue  # the main startup handler has not built the clients yet
         try:
-            if await asyncio.to_thread(_paused_by_peer, memo, settings):
+            if await asyncio.to_thread(paused_by_peer, memo, settings):
                 continue
             await asyncio.to_thread(tick, memo)
         except Exception as err:  # an API hiccup or a bad clock file must not end the loop for good
