@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import math
 import shutil
 import sys
@@ -54,7 +53,7 @@ from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
 from offline.params import load_params, params_hash
 from offline.provenance import provenance
-from offline.store import DataError, default_cache_dir
+from offline.store import DataError, default_cache_dir, read_json_file
 
 QUICK_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_text": 8, "d_fusion": 16}
 MAX_LOGIT_DIFF = 1e-4
@@ -406,12 +405,7 @@ def build_bundle(out: Path, scenarios: Sequence[Scenario], config: ModelConfig, 
 
 
 def read_results(path: Path) -> dict:
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"lodocv results not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON ({err})") from None
+    results = read_json_file(path, "lodocv results")
     if not isinstance(results, dict) or "model" not in results or "pooled" not in results["model"]:
         raise DataError(f"{path}: not an offline.lodocv results.json (no model.pooled)")
     return results

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lemzha.model import ModelConfig
 from lemzha.train import TrainParams
-from offline.store import DataError
+from offline.store import DataError, read_json_file
 
 DEFAULT_PARAMS = Path(__file__).parent / "params" / "default.json"
 
@@ -33,12 +33,7 @@ def _build(cls, section: dict, where: str):
 def load_params(path: Path | None = None) -> tuple[ModelConfig, TrainParams, str]:
     """(model config, training params, sha256 of the canonical content). Bad files get a one-line error."""
     path = Path(path or DEFAULT_PARAMS)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"params file not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON ({err})") from None
+    data = read_json_file(path, "params file")
     if not isinstance(data, dict) or not {"model", "train"} <= set(data):
         raise DataError(f"{path}: expected an object with 'model' and 'train' sections")
     model = _build(ModelConfig, data["model"], f"{path}:model")

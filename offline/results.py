@@ -12,13 +12,13 @@ by the headline table. Files are written whole or not at all.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
 
 from offline.cli import run_cli
 from offline.report import render_markdown
+from offline.store import read_json_file
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEADLINE_BASELINES = ("simplerca", "nsigma_logshare", "trace_gap", "baro", "random")
@@ -29,12 +29,7 @@ class ResultsError(ValueError):
 
 
 def read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: no {what} here (run it first)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ResultsError(f"{path}: cannot read {what} ({err})") from None
+    data = read_json_file(path, what)
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: {what} must be a JSON object")
     return data

@@ -128,6 +128,18 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
             raise
 
 
+def read_json_file(path: Path | str, what: str) -> object:
+    """A JSON file's content; a missing, unreadable or malformed file is a one-line DataError naming `what`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read {what} ({err})") from None
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())

@@ -150,7 +150,7 @@ def test_scenario_file_with_service_without_pods_is_refused(prepared, tmp_path):
 def test_results_refuses_bad_inputs_and_writes_nothing(tmp_path):
     out = tmp_path / "RESULTS.md"
     result = run("offline.results", "--lodocv", str(tmp_path / "none.json"), "--out", str(out))
-    assert result.returncode == 2 and "no offline.lodocv results here" in result.stderr
+    assert result.returncode == 2 and "offline.lodocv results not found" in result.stderr
     (tmp_path / "other.json").write_text('{"rankers": {}}')
     result = run("offline.results", "--lodocv", str(tmp_path / "other.json"), "--out", str(out))
     assert result.returncode == 2 and "not an offline.lodocv results.json" in result.stderr
