@@ -121,7 +121,7 @@ def _sequential(api, cases: list[tuple[str, object]], namespace: str, prefix: st
 def _alerts(api, alertmanager: str, relay, cases: list[tuple[str, object, object]], namespace: str) -> dict:
     """Each fault as one alert (startsAt = its window's end), pushed into Alertmanager and awaited before the next."""
     from lemzha_operator.alerts import incident_name, parse_payload
-    from tests.alertmanager_server import push_alerts
+    from offline.standins.alertmanager_server import push_alerts
 
     post_to_done, push_to_done, push_to_post, post_to_created = [], [], [], []
     stamp = f"{time.time():.0f}"  # a fresh label set per run: fresh fingerprints
@@ -205,11 +205,11 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
 
     from offline import replay
     from offline.dataset import prepare
-    from tests.alertmanager_server import ALERTMANAGER, WebhookRelay, alertmanager_server
-    from tests.kube_standin import KubeStandin
-    from tests.loki_standin import LokiStandIn
-    from tests.operator_harness import OperatorProcess
-    from tests.prometheus_server import PROMTOOL, free_port, prometheus_server
+    from offline.standins.alertmanager_server import ALERTMANAGER, WebhookRelay, alertmanager_server
+    from offline.standins.kube_standin import KubeStandin
+    from offline.standins.loki_standin import LokiStandIn
+    from offline.standins.operator_harness import OperatorProcess
+    from offline.standins.prometheus_server import PROMTOOL, free_port, prometheus_server
 
     if not PROMTOOL.is_file():
         raise FileNotFoundError("promtool not installed (apt-get install prometheus)")

@@ -74,10 +74,10 @@ def _signals_stop() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     from offline import replay
     from offline.dataset import prepare
-    from tests.kube_standin import KubeStandin
-    from tests.loki_standin import LokiStandIn
-    from tests.operator_harness import OperatorProcess
-    from tests.prometheus_server import PROMETHEUS, prometheus_server
+    from offline.standins.kube_standin import KubeStandin
+    from offline.standins.loki_standin import LokiStandIn
+    from offline.standins.operator_harness import OperatorProcess
+    from offline.standins.prometheus_server import PROMETHEUS, prometheus_server
 
     if not PROMETHEUS.is_file():
         print(f"{PROMETHEUS} not found: apt-get install prometheus", file=sys.stderr)

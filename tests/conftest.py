@@ -50,7 +50,7 @@ def replayed(prepared, tmp_path_factory) -> dict[str, Path]:
     """One backfill of a TrainTicket and an OnlineBoutique fault (nezha/20230129_05, nezha/20220822_03) into a
     Prometheus data dir, with the Loki stand-in's log file, as `python -m offline.replay` writes them."""
     from offline import replay
-    from tests.prometheus_server import PROMTOOL
+    from offline.standins.prometheus_server import PROMTOOL
 
     if not PROMTOOL.is_file():
         pytest.skip("promtool not installed (apt-get install prometheus)")

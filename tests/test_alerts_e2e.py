@@ -28,11 +28,12 @@ from lemzha.catalog import CATALOG
 from lemzha_operator.alerts import incident_name, parse_payload
 from lemzha_operator.window import rfc3339
 from offline import replay
-from tests.alertmanager_server import WebhookRelay, alertmanager_server, push_alerts, requires_alertmanager
-from tests.kube_standin import KubeStandin
-from tests.loki_standin import LokiStandIn
-from tests.operator_harness import KUBECTL, OperatorProcess
-from tests.prometheus_server import free_port, prometheus_server, requires_prometheus
+from offline.standins.alertmanager_server import WebhookRelay, alertmanager_server, push_alerts
+from offline.standins.kube_standin import KubeStandin
+from offline.standins.loki_standin import LokiStandIn
+from offline.standins.operator_harness import KUBECTL, OperatorProcess
+from offline.standins.prometheus_server import free_port, prometheus_server
+from tests.marks import requires_alertmanager, requires_prometheus
 from tests.test_operator_e2e import Env, _live_scenario, _log_totals
 from tests.test_webhook import TOKEN, refuses_each_hostile_post
 

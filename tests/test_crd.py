@@ -1,6 +1,6 @@
 """The RCAIncident CRD, driven through kubectl as a user would, against the kube-apiserver stand-in.
 
-Schema and CEL checks here run in tests/kube_standin.py (jsonschema + cel-python), not in a real API server.
+Schema and CEL checks here run in offline/standins/kube_standin.py (jsonschema + cel-python), not in a real API server.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import celpy
 import pytest
 import yaml
 
-from tests.kube_standin import CRD_DIR, KubeStandin
+from offline.standins.kube_standin import CRD_DIR, KubeStandin
 
 CRD_PATH = CRD_DIR / "rcaincident.yaml"
 EXAMPLE = CRD_DIR.parent / "charts" / "lemzha" / "examples" / "incident-trainticket.yaml"

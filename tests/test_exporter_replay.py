@@ -32,7 +32,8 @@ from lemzha.recording_rules import chart_files
 from lemzha_operator.pipeline import build_scenario, window_from_status
 from lemzha_operator.prometheus import query_instant
 from offline import exporter_replay as xr
-from tests.prometheus_server import prometheus_server, requires_prometheus
+from offline.standins.prometheus_server import prometheus_server
+from tests.marks import requires_prometheus
 
 TT_ID, OB_ID = "nezha/20230129_05", "nezha/20220822_03"
 NO_MESH = "hipster-nomesh"  # the OnlineBoutique window again, as a cluster without a mesh would export it

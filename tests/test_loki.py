@@ -1,4 +1,5 @@
-"""The Loki stand-in (tests/loki_standin.py: no Loki server is installable here) and the operator's Loki client."""
+"""The Loki stand-in (offline/standins/loki_standin.py: no Loki server is installable here) and the operator's Loki
+client."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from lemzha_operator.loki import (
     quote,
     selector,
 )
-from tests.loki_standin import LokiStandIn, parse_query
+from offline.standins.loki_standin import LokiStandIn, parse_query
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 T0_NS = int(T0.timestamp()) * 10**9

@@ -14,11 +14,12 @@ import pytest
 import requests
 import yaml
 
-from tests.fault_proxy import FaultProxy
-from tests.kube_standin import KubeStandin
-from tests.loki_standin import LokiStandIn
-from tests.operator_harness import KUBECTL, Kubectl, OperatorProcess, condition
-from tests.prometheus_server import prometheus_server, requires_prometheus
+from offline.standins.fault_proxy import FaultProxy
+from offline.standins.kube_standin import KubeStandin
+from offline.standins.loki_standin import LokiStandIn
+from offline.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess, condition
+from offline.standins.prometheus_server import prometheus_server
+from tests.marks import requires_prometheus
 
 pytestmark = [pytest.mark.slow, requires_prometheus,
               pytest.mark.skipif(not KUBECTL.is_file(), reason="kubectl not installed")]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from offline.playground import READY_LINE, incidents_yaml, paste_lines
-from tests.operator_harness import KUBECTL, REPO
-from tests.prometheus_server import requires_prometheus
+from offline.standins.operator_harness import KUBECTL, REPO
+from tests.marks import requires_prometheus
 
 
 def test_the_paste_lines_and_the_manifest(prepared, tmp_path):

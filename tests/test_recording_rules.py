@@ -15,7 +15,8 @@ import yaml
 from lemzha import recording_rules as rules
 from lemzha.catalog import CATALOG, LATENCY_SOURCE_NAMES, LATENCY_SOURCES, LatencySource
 from lemzha.histogram import histogram_quantile
-from tests.prometheus_server import PROMTOOL, requires_prometheus
+from offline.standins.prometheus_server import PROMTOOL
+from tests.marks import requires_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "charts" / "lemzha" / "files" / "rules"

@@ -28,7 +28,8 @@ from lemzha_operator.prometheus import (
 )
 from offline import replay
 from offline.openmetrics import fmt_ts, series_labels
-from tests.prometheus_server import prometheus_server, requires_prometheus
+from offline.standins.prometheus_server import prometheus_server
+from tests.marks import requires_prometheus
 
 TT_ID = "nezha/20230129_05"
 OB_ID = "nezha/20220822_03"
@@ -335,7 +336,7 @@ def test_bin_range_follows_the_server_version(tmp_path):
     bin, and on the 2.42 behind the proxy those ranges visibly see the previous bin's last millisecond: the branch
     changes the queries. (The 30s range on a real 3.x is not run here.)"""
     from lemzha.catalog import bin_range
-    from tests.fault_proxy import FaultProxy
+    from offline.standins.fault_proxy import FaultProxy
 
     day = _edge_day(LAST_MS_OFFSETS_MS)
     om = tmp_path / "edge.om.txt"

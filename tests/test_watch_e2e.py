@@ -38,9 +38,10 @@ import yaml
 from lemzha_operator import watch as W
 from lemzha_operator.clock import set_clock
 from lemzha_operator.window import rfc3339
-from tests.kube_standin import KubeStandin
-from tests.operator_harness import KUBECTL, Kubectl, OperatorProcess
-from tests.prometheus_server import PROMTOOL, prometheus_server, requires_prometheus
+from offline.standins.kube_standin import KubeStandin
+from offline.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess
+from offline.standins.prometheus_server import PROMTOOL, prometheus_server
+from tests.marks import requires_prometheus
 
 pytestmark = [pytest.mark.slow, requires_prometheus,
               pytest.mark.skipif(not KUBECTL.is_file(), reason="kubectl not installed")]

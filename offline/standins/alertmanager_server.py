@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
 import requests
 
-from tests.prometheus_server import free_port, served_process
+from offline.standins.prometheus_server import StandinUnavailable, free_port, served_process
 
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 SKIP_REASON = "Alertmanager not installed here (apt-get install prometheus-alertmanager; CI installs it)"
-requires_alertmanager = pytest.mark.skipif(not ALERTMANAGER.is_file(), reason=SKIP_REASON)
 
 
 def alertmanager_config(webhook_url: str, token_file: Path | None, repeat_interval: str) -> dict:
@@ -43,7 +41,7 @@ def alertmanager_server(webhook_url: str, token_file: Path | None = None, repeat
                         timeout: float = 30.0) -> Iterator[str]:
     """A running Alertmanager posting every alert to `webhook_url`; yields its base URL."""
     if not ALERTMANAGER.is_file():
-        pytest.skip(SKIP_REASON)
+        raise StandinUnavailable(SKIP_REASON)
     with tempfile.TemporaryDirectory(prefix="lemzha-am-") as tmp:
         root = Path(tmp)
         (root / "alertmanager.yml").write_text(json.dumps(alertmanager_config(webhook_url, token_file,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import requests
 
-from tests.prometheus_server import free_port
+from offline.standins.prometheus_server import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KUBECTL = Path("/usr/bin/kubectl")
 
 

@@ -22,7 +22,7 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
   CRDs' schemas and PATCH taking `fieldValidation`), so `kubectl apply` works without `--validate=false`.
 
 Start it with `KubeStandin()` (a context manager that runs it on 127.0.0.1:<free port> in a thread and writes a
-kubeconfig), the `kube` pytest fixture, or `python -m tests.kube_standin --kubeconfig PATH` for a separate process.
+kubeconfig), or `python -m offline.standins.kube_standin --kubeconfig PATH` for a separate process.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,16 @@ import attrs
 import celpy
 import jsonschema
 import kmock
-import pytest
 import yaml
 from celpy import celtypes
 from kmock._internal import enums, k8s, references, rendering
 
 KMOCK_VERSION = "0.8"
 if importlib.metadata.version("kmock") != KMOCK_VERSION or kmock.__version__ != KMOCK_VERSION:
-    raise ImportError(f"tests/kube_standin.py patches kmock {KMOCK_VERSION} internals; found {kmock.__version__}")
+    raise ImportError(f"offline/standins/kube_standin.py patches kmock {KMOCK_VERSION} internals; "
+                      f"found {kmock.__version__}")
 
-CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _FORMATS = jsonschema.FormatChecker(formats=())
 
@@ -869,15 +869,9 @@ class KubeStandin:
         self._thread.join(10)
 
 
-@pytest.fixture()
-def kube(tmp_path: Path) -> Iterator[KubeStandin]:
-    """A fresh stand-in per test, with its kubeconfig in tmp_path."""
-    with KubeStandin(tmp_path / "kubeconfig") as standin:
-        yield standin
-
-
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tests.kube_standin --kubeconfig PATH [--port N]`: serve until interrupted (for kopf e2e runs)."""
+    """`python -m offline.standins.kube_standin --kubeconfig PATH [--port N]`: serve until interrupted (for kopf
+    e2e runs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--port", type=int, default=None)
