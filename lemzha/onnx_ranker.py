@@ -41,7 +41,7 @@ def session(path: Path, threads: int = 1) -> onnxruntime.InferenceSession:
 
 
 def crop_feed(c: Crop) -> dict[str, np.ndarray]:
-    """One crop as model.onnx inputs: the layout of `lemzha.train.to_tensors` (pods first); the trace inputs when
+    """One crop as model.onnx inputs: the layout of `offline.train.train.to_tensors` (pods first); the trace inputs when
     the crop has them."""
     feed = {
         "metrics": np.ascontiguousarray(c.metrics.transpose(1, 0, 2), dtype=np.float32),

@@ -122,12 +122,12 @@ def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, ep
 
     from lemzha import inference
     from lemzha.features import prepare as prepare_features
-    from lemzha.model import ModelConfig, RCAModel
     from lemzha.onnx_ranker import OnnxRanker
     from lemzha.text import TextEmbedder
-    from lemzha.train import InputOptions, torch_logits_fn
     from offline.dataset import prepare
     from offline.store import default_cache_dir
+    from offline.train.model import ModelConfig, RCAModel
+    from offline.train.train import InputOptions, torch_logits_fn
 
     torch.set_num_threads(1)
     prepared = prepare(progress=False)

@@ -1,6 +1,6 @@
 """`python -m offline.export --out DIR`: train the model on the chosen days and write a torch-free bundle.
 
-The model is trained with `lemzha.train.ModelRanker` (the recipe `offline.lodocv` evaluates), exported to ONNX
+The model is trained with `offline.train.train.ModelRanker` (the recipe `offline.lodocv` evaluates), exported to ONNX
 with MiniLM's transformer beside it, checked against torch on real scenarios, and written to a temporary
 directory that is renamed into place whole. `lemzha.bundle` describes the files; `lemzha.onnx_ranker` reads them.
 """
@@ -44,16 +44,16 @@ from lemzha.features import crop
 from lemzha.fsutil import replace_directory
 from lemzha.fusion import GAP_WEIGHTS
 from lemzha.inference import SLIDE_STEP
-from lemzha.model import ModelConfig
 from lemzha.onnx_ranker import onnx_logits_fn, session
 from lemzha.scenario import Scenario
 from lemzha.text import MAX_TOKENS, OnnxEncoder, TextEmbedder, encoder_path, service_name_text, text_key
-from lemzha.train import InputOptions, ModelRanker, PreparedCache, TrainParams, to_tensors, torch_logits_fn
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
 from offline.params import load_params, params_hash
 from offline.provenance import provenance
 from offline.store import DataError, default_cache_dir, read_json_file
+from offline.train.model import ModelConfig
+from offline.train.train import InputOptions, ModelRanker, PreparedCache, TrainParams, to_tensors, torch_logits_fn
 
 QUICK_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_text": 8, "d_fusion": 16}
 MAX_LOGIT_DIFF = 1e-4

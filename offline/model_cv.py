@@ -1,6 +1,7 @@
 """The neural model under cross-validation: inner epoch selection, per-seed fits, the call-gap fusion.
 
-The model (`lemzha.model`, trained by `lemzha.train`) was the shipped ranker before the evidence ranker replaced it;
+The model (`offline.train.model`, trained by `offline.train.train`) was the shipped ranker before the evidence
+ranker replaced it;
 `python -m offline.lodocv --with-model` still scores it, in the same run and on the same folds, as a comparison.
 
 Per fold:
@@ -29,7 +30,6 @@ from lemzha.fusion import GAP_WEIGHTS, GapFusion, fuse, gap_term
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder
-from lemzha.train import InputOptions, ModelRanker, PreparedCache, service_probabilities, train_model
 from offline.folds import (
     day_of,
     estimated_onset_window,
@@ -38,6 +38,7 @@ from offline.folds import (
     rank_cases,
     unknown_onset_window,
 )
+from offline.train.train import InputOptions, ModelRanker, PreparedCache, service_probabilities, train_model
 
 TRACE_VARIANTS = {
     "traces": InputOptions(use_traces=True),

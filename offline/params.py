@@ -7,9 +7,9 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from lemzha.model import ModelConfig
-from lemzha.train import TrainParams
 from offline.store import DataError, read_json_file
+from offline.train.model import ModelConfig
+from offline.train.train import TrainParams
 
 DEFAULT_PARAMS = Path(__file__).parent / "params" / "default.json"
 

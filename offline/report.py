@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lemzha.baselines import BASELINES, random_ranking_metrics
-from lemzha.metrics import METRIC_KEYS, case_metrics, paired_bootstrap
+from offline.eval.scoring import METRIC_KEYS, case_metrics, paired_bootstrap
 
 N_BOOT = 2000
 

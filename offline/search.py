@@ -40,10 +40,8 @@ from pathlib import Path
 import optuna
 import torch
 
-from lemzha.model import ModelConfig
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder, service_name_text
-from lemzha.train import InputOptions, PreparedCache, TrainParams
 from offline.cli import run_cli
 from offline.data import add_data_arguments, prepared_from_args
 from offline.dataset import Prepared
@@ -51,6 +49,8 @@ from offline.folds import day_of
 from offline.model_cv import select_epochs
 from offline.params import DEFAULT_PARAMS, load_params
 from offline.store import DataError, default_cache_dir
+from offline.train.model import ModelConfig
+from offline.train.train import InputOptions, PreparedCache, TrainParams
 
 DEFAULT_OUT = DEFAULT_PARAMS.parent
 DEFAULT_TRIALS = 40

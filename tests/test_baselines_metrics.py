@@ -20,9 +20,9 @@ from lemzha.baselines import (
     random_ranking_metrics,
     trace_p95_scores,
 )
-from lemzha.metrics import aggregate, case_metrics, paired_bootstrap
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Label, Scenario
+from offline.eval.scoring import aggregate, case_metrics, paired_bootstrap
 
 START = datetime(2023, 1, 29, 8, 0, 0, tzinfo=UTC)
 METRICS = ("cpu_millicores", "memory_bytes")

@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from lemzha import inference
 from lemzha.bundle import REQUIRED_FILES, BundleError, load_bundle
 from lemzha.features import LOG_FEATURES, METRIC_FEATURES, prepare
-from lemzha.model import ModelConfig, RCAModel
 from lemzha.onnx_ranker import OnnxRanker
 from lemzha.ranking import Ranking
 from lemzha.scenario_io import load_scenario
 from lemzha.text import SentenceTransformerEncoder, TextEmbedder, service_name_text, text_key
-from lemzha.train import InputOptions, torch_logits_fn
 from offline.cli import run_cli
 from offline.store import REPO_ROOT, default_cache_dir
+from offline.train.model import ModelConfig, RCAModel
+from offline.train.train import InputOptions, torch_logits_fn
 
 OB, TT, LEMMA = "nezha/20220822_00", "nezha/20230129_00", "lemma/20231207"
 HEAVY = ("torch", "sentence_transformers", "transformers")
@@ -376,8 +376,8 @@ def test_trace_model_exports_with_dynamic_edges_and_matches_torch(prepared, tmp_
     from lemzha.bundle import model_inputs
     from lemzha.features import crop
     from lemzha.onnx_ranker import onnx_logits_fn, session
-    from lemzha.train import to_tensors
     from offline.export_model import export_model, model_parity
+    from offline.train.train import to_tensors
     from tests.test_model import FakeEmbedder
 
     torch.manual_seed(0)
@@ -409,8 +409,8 @@ def test_trace_bundle_ranks_with_onnx_like_torch(prepared, tmp_path):
     from dataclasses import replace as dc_replace
 
     from lemzha.bundle import TRACE_INPUTS
-    from lemzha.train import TrainParams
     from offline.export_model import QUICK_MODEL, build_bundle
+    from offline.train.train import TrainParams
 
     scenarios = [prepared.load(i) for i in (TT, "nezha/20230129_05", OB, "nezha/20220822_03", LEMMA)]
     options = InputOptions(use_traces=True, use_graph=True)

@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from lemzha.features import METRIC_FEATURES, crop, prepare
-from lemzha.model import ModelConfig, RCAModel, fuse_pods
 from lemzha.scenario import Label, Scenario
-from lemzha.train import InputOptions, ModelRanker, PreparedCache, TrainParams, service_probabilities, train_model
+from offline.train.model import ModelConfig, RCAModel, fuse_pods
+from offline.train.train import (
+    InputOptions,
+    ModelRanker,
+    PreparedCache,
+    TrainParams,
+    service_probabilities,
+    train_model,
+)
 
 START = datetime(2023, 1, 29, 8, 0, 0, tzinfo=UTC)
 SERVICES = ("alpha", "bravo", "charlie", "delta")
@@ -231,7 +238,7 @@ CHAIN_INDEX = [[0, 1], [1, 2], [2, 3]]
 
 
 def test_service_shuffle_keeps_edges_on_their_services():
-    from lemzha.train import _shuffle_services
+    from offline.train.train import _shuffle_services
 
     prep = prepare(traced("bravo", 0), FakeEmbedder())
     c = crop(prep, 10, 20, 10, use_traces=True)

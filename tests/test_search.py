@@ -15,13 +15,13 @@ import torch
 import lemzha.scenario_io
 import offline.dataset
 from lemzha.text import TextEmbedder
-from lemzha.train import InputOptions, PreparedCache
 from offline import search
 from offline.cli import run_cli
 from offline.dataset import Prepared
 from offline.model_cv import select_epochs
 from offline.params import load_params
 from offline.store import REPO_ROOT, DataError, default_cache_dir
+from offline.train.train import InputOptions, PreparedCache
 
 HELD_OUT = "2022-08-23"  # the largest day: holding it out keeps the tiny search fastest
 

@@ -151,7 +151,7 @@ def train_model(
     validate: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """`train` holds (prepared scenario, onset bin, root-cause service index)."""
-    from lemzha.model import ModelConfig, RCAModel
+    from offline.train.model import ModelConfig, RCAModel
 
     options = options or InputOptions()
     torch.manual_seed(seed)

@@ -1,0 +1,1 @@
+"""Evaluation helpers: ranking scores (Acc@k, MRR) and their bootstrap statistics."""

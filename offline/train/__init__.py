@@ -1,0 +1,1 @@
+"""Training the neural model of earlier rounds: the model (torch) and its training recipe."""
