@@ -114,7 +114,7 @@ class MetricSpec:
 
     def selector(self, namespace: str) -> str:
         """The live series of this metric in `namespace`, as a PromQL selector."""
-        matchers = f'namespace="{_escape(namespace)}"'
+        matchers = f'namespace="{promql_escape(namespace)}"'
         if self.selector_extra:
             matchers += f",{self.selector_extra}"
         for key, value in self.replay.labels:
@@ -135,7 +135,8 @@ class MetricSpec:
         return expr if factor == 1.0 else f"({expr}) * {factor!r}"
 
 
-def _escape(value: str) -> str:
+def promql_escape(value: str) -> str:
+    """A value for a PromQL label matcher in double quotes."""
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
@@ -396,11 +397,11 @@ SERVER_SPAN_KIND = "SPAN_KIND_SERVER"
 
 
 def _span_selector(namespace: str, namespace_label: str) -> str:
-    return f'{namespace_label}="{_escape(namespace)}",span_kind="{SERVER_SPAN_KIND}"'
+    return f'{namespace_label}="{promql_escape(namespace)}",span_kind="{SERVER_SPAN_KIND}"'
 
 
 def _edge_selector(namespace: str, namespace_label: str) -> str:
-    return f'{namespace_label}="{_escape(namespace)}"'
+    return f'{namespace_label}="{promql_escape(namespace)}"'
 
 
 @dataclass(frozen=True)

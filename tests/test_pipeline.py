@@ -189,6 +189,10 @@ def test_frozen_window_is_reused_on_retry(case):
     first, _ = run(case, spec_for(case), now_offset=timedelta(minutes=5))
     again, _ = run(case, {"recent": "15m"}, status=first.status)  # the spec is ignored once a window is frozen
     assert again.status["resolvedWindow"] == first.status["resolvedWindow"]
+    # the given onset is frozen with the window; status.onset is written by the analysis only, and says "given"
+    assert first.phase == "Pending" and "onset" not in first.status
+    assert first.status["resolvedWindow"]["onset"] == rfc3339(case.label.injection_time)
+    assert again.status["onset"]["source"] == "given"
 
 
 def test_a_retry_reuses_the_fetched_scenario(case, tmp_path):

@@ -371,7 +371,7 @@ def test_a_slow_buildinfo_is_one_timeout_not_four():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from lemzha_operator.settings import Settings
-    from lemzha_operator.sources import _prometheus
+    from lemzha_operator.sources import prometheus_client_for
 
     class Hung(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -383,7 +383,7 @@ def test_a_slow_buildinfo_is_one_timeout_not_four():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hung)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    prom = _prometheus(Settings(prometheus_url=f"http://127.0.0.1:{server.server_address[1]}", loki_url=None,
+    prom = prometheus_client_for(Settings(prometheus_url=f"http://127.0.0.1:{server.server_address[1]}", loki_url=None,
                                 bundle_dir=None, cache_dir=Path("/tmp")))
     t0 = time.monotonic()
     try:

@@ -72,4 +72,5 @@ def test_a_duration_too_long_for_a_timedelta_is_an_invalid_spec():
 def test_status_times_are_rfc3339_with_z_whatever_offset_the_spec_used():
     w = resolve_window({"faultTime": "2023-01-29T10:34:07+01:30", "before": "10m", "after": "10m"}, NOW)
     assert w.onset == datetime(2023, 1, 29, 9, 4, 7, tzinfo=UTC)
-    assert w.to_status() == {"from": "2023-01-29T08:54:00Z", "to": "2023-01-29T09:14:00Z"}
+    assert w.to_status() == {"from": "2023-01-29T08:54:00Z", "to": "2023-01-29T09:14:00Z",
+                             "onset": "2023-01-29T09:04:07Z"}

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from lemzha.binning import as_utc
 from lemzha_operator import selfmetrics
-from lemzha_operator.settings import GROUP, VERSION, _number
+from lemzha_operator.settings import GROUP, VERSION, number_setting
 from lemzha_operator.window import MAX_WINDOW, MIN_SIDE, MIN_WINDOW, parse_duration, rfc3339
 
 log = logging.getLogger("lemzha.alerts")
@@ -85,13 +85,13 @@ class AlertSettings:
             return env.get(name) or default
 
         settings = cls(
-            port=_number(env, "LEMZHA_ALERTS_PORT", 0, int, minimum=0),
+            port=number_setting(env, "LEMZHA_ALERTS_PORT", 0, int, minimum=0),
             host=text("LEMZHA_ALERTS_HOST", "0.0.0.0"),
             token_file=Path(env["LEMZHA_ALERTS_TOKEN_FILE"]) if env.get("LEMZHA_ALERTS_TOKEN_FILE") else None,
             namespace_label=text("LEMZHA_ALERTS_NAMESPACE_LABEL", "namespace"),
             selector_labels=parse_selector_labels(env.get("LEMZHA_ALERTS_SELECTOR_LABELS", "")),
-            max_per_minute=_number(env, "LEMZHA_ALERTS_MAX_PER_MINUTE", 10, int, minimum=1),
-            max_body_bytes=_number(env, "LEMZHA_ALERTS_MAX_BODY_BYTES", 1_048_576, int, minimum=1024),
+            max_per_minute=number_setting(env, "LEMZHA_ALERTS_MAX_PER_MINUTE", 10, int, minimum=1),
+            max_body_bytes=number_setting(env, "LEMZHA_ALERTS_MAX_BODY_BYTES", 1_048_576, int, minimum=1024),
             before=text("LEMZHA_ALERTS_BEFORE", "70m"),
             after=text("LEMZHA_ALERTS_AFTER", "0s"),
             onset=text("LEMZHA_ALERTS_ONSET", "estimated"),

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lemzha.binning import as_utc
-from lemzha.catalog import CATALOG, LATENCY_SOURCES, Exporter, ExporterSeries, MetricSpec, _escape
+from lemzha.catalog import CATALOG, LATENCY_SOURCES, Exporter, ExporterSeries, MetricSpec, promql_escape
 from lemzha.recording_rules import MESH_GROUP, NODE_GROUP, Rule, kubernetes_rules, per_node
 from lemzha_operator.prometheus import PrometheusQueryError, PrometheusUnavailable, query_instant, server_bin_range
 from lemzha_operator.prometheus import server_version as read_version
@@ -79,7 +79,7 @@ class Doctor:
     def has(self, series: ExporterSeries, extra: str = "") -> bool:
         matchers = [extra] if extra else []
         if series.namespace_label is not None:
-            matchers.append(f'{series.namespace_label}="{_escape(self.namespace)}"')
+            matchers.append(f'{series.namespace_label}="{promql_escape(self.namespace)}"')
         return self.count(f"last_over_time({series.selector(','.join(matchers))}[{self.lookback}])") > 0
 
 
@@ -181,7 +181,7 @@ def _at(text: str | None) -> datetime:
 
 def _connection(url: str, token_file: Path | None, ca_bundle: Path | None):
     from lemzha_operator.settings import Settings
-    from lemzha_operator.sources import _prometheus
+    from lemzha_operator.sources import prometheus_client_for
 
     for name, path in (("--token-file", token_file), ("--ca-bundle", ca_bundle)):
         if path is not None and not path.is_file():
@@ -189,7 +189,7 @@ def _connection(url: str, token_file: Path | None, ca_bundle: Path | None):
     from urllib3.util.retry import Retry
 
     # no retries: a preflight says at once that the server cannot be reached
-    return _prometheus(Settings(prometheus_url=url, loki_url=None, bundle_dir=None, cache_dir=Path("/tmp"),
+    return prometheus_client_for(Settings(prometheus_url=url, loki_url=None, bundle_dir=None, cache_dir=Path("/tmp"),
                                 prometheus_token_file=token_file, ca_bundle=ca_bundle), retry=Retry(total=0))
 
 

@@ -95,8 +95,7 @@ def window_from_status(status: dict) -> ResolvedWindow | None:
         return None
     start = pd.Timestamp(frozen["from"]).to_pydatetime()
     end = pd.Timestamp(frozen["to"]).to_pydatetime()
-    onset = status.get("onset", {})
-    given = onset.get("time") if onset.get("source") == "given" else None
+    given = frozen.get("onset")
     return ResolvedWindow(start, int((end - start).total_seconds() // 30),
                           pd.Timestamp(given).to_pydatetime() if given else None)
 
@@ -184,9 +183,7 @@ def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: da
     except InvalidSpec as err:
         return Outcome("Failed", {"message": str(err)}, [condition("Ready", False, "InvalidSpec", str(err))],
                        permanent=True)
-    frozen = {"resolvedWindow": window.to_status()}
-    if window.onset is not None:
-        frozen["onset"] = {"time": rfc3339(window.onset), "source": "given"}
+    frozen = {"resolvedWindow": window.to_status()}  # status.onset is the analysis's to write
     waited = (now - created).total_seconds()
     timed_out = waited >= timeout
     wait = seconds_until_complete(window, now)

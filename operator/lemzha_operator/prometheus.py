@@ -19,7 +19,7 @@ import numpy as np
 import requests
 
 from lemzha.binning import BIN_SECONDS, as_utc
-from lemzha.catalog import METRIC_NAMES, _escape, bin_range, catalog_order, spec
+from lemzha.catalog import METRIC_NAMES, bin_range, catalog_order, promql_escape, spec
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -215,7 +215,7 @@ def fetch_pod_info(prom, namespace: str, start: datetime, n_bins: int, bin_secon
     start_s = as_utc(start).timestamp()
     at = start_s + n_bins * bin_seconds - 0.001
     window = f"[{server_bin_range(prom, n_bins, timeout)}]"  # exactly the window's bins, as each metric's bin range
-    ns = f'namespace="{_escape(namespace)}"'
+    ns = f'namespace="{promql_escape(namespace)}"'
     controller = f'{ns},owner_is_controller="true"'
     pod_owner = query_instant(
         prom, f"max by (pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{{{controller}}}{window}))", at,

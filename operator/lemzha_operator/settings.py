@@ -58,15 +58,15 @@ class Settings:
             ca_bundle=path("LEMZHA_CA_BUNDLE"),
             namespace_label=env.get("LEMZHA_LOKI_NAMESPACE_LABEL", "namespace"),
             pod_label=env.get("LEMZHA_LOKI_POD_LABEL", "pod"),
-            concurrency=_number(env, "LEMZHA_CONCURRENCY", 2, int, minimum=1),
-            metrics_port=_number(env, "LEMZHA_METRICS_PORT", 8000, int, minimum=0),
-            query_timeout=_number(env, "LEMZHA_QUERY_TIMEOUT_SECONDS", 30.0, float, minimum=0.1),
-            loki_max_lines=_number(env, "LEMZHA_LOKI_MAX_LINES", 200_000, int, minimum=1),
-            retry_base=_number(env, "LEMZHA_RETRY_BASE_SECONDS", 5.0, float, minimum=0.1),
-            retry_max=_number(env, "LEMZHA_RETRY_MAX_SECONDS", 300.0, float, minimum=0.1),
-            watch_stale_seconds=_number(env, "LEMZHA_WATCH_STALE_SECONDS", 120.0, float, minimum=1),
-            watch_tick_seconds=_number(env, "LEMZHA_WATCH_TICK_SECONDS", 10.0, float, minimum=0.1),
-            ttl_check_seconds=_number(env, "LEMZHA_TTL_CHECK_SECONDS", 30.0, float, minimum=0.1),
+            concurrency=number_setting(env, "LEMZHA_CONCURRENCY", 2, int, minimum=1),
+            metrics_port=number_setting(env, "LEMZHA_METRICS_PORT", 8000, int, minimum=0),
+            query_timeout=number_setting(env, "LEMZHA_QUERY_TIMEOUT_SECONDS", 30.0, float, minimum=0.1),
+            loki_max_lines=number_setting(env, "LEMZHA_LOKI_MAX_LINES", 200_000, int, minimum=1),
+            retry_base=number_setting(env, "LEMZHA_RETRY_BASE_SECONDS", 5.0, float, minimum=0.1),
+            retry_max=number_setting(env, "LEMZHA_RETRY_MAX_SECONDS", 300.0, float, minimum=0.1),
+            watch_stale_seconds=number_setting(env, "LEMZHA_WATCH_STALE_SECONDS", 120.0, float, minimum=1),
+            watch_tick_seconds=number_setting(env, "LEMZHA_WATCH_TICK_SECONDS", 10.0, float, minimum=0.1),
+            ttl_check_seconds=number_setting(env, "LEMZHA_TTL_CHECK_SECONDS", 30.0, float, minimum=0.1),
             onset_estimator=env.get("LEMZHA_ONSET_ESTIMATOR") or DEFAULT_ONSET_ESTIMATOR,
         )
 
@@ -75,7 +75,7 @@ class Settings:
         return min(self.retry_max, self.retry_base * 2.0 ** max(0, min(attempt, 30)))
 
 
-def _number(env: dict[str, str], name: str, default, kind, minimum):
+def number_setting(env: dict[str, str], name: str, default, kind, minimum):
     """A numeric setting; a bad value stops startup with a message naming the variable."""
     text = env.get(name)
     if text in (None, ""):

@@ -70,7 +70,7 @@ def make_ranker(settings: Settings) -> tuple[Ranker, ModelProblem | None]:
                                               f"({type(err).__name__}: {err}); ranking with the BARO baseline")
 
 
-def _prometheus(settings: Settings, retry=None):
+def prometheus_client_for(settings: Settings, retry=None):
     """A PrometheusConnect with the settings' token and CA; `retry` (a urllib3 Retry) replaces the client's own."""
     from prometheus_api_client import PrometheusConnect
 
@@ -109,7 +109,7 @@ def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None
     traces are the catalog's trace series from the same Prometheus (one without trace series gives empty frames)."""
     from lemzha_operator.traces import traces_fetcher
 
-    prom = _prometheus(settings)
+    prom = prometheus_client_for(settings)
     return (metrics_fetcher(prom, timeout=settings.query_timeout),
             logs_fetcher(settings) if settings.loki_url else None,
             pod_info_fetcher(prom, timeout=settings.query_timeout),

@@ -26,8 +26,8 @@ from lemzha.catalog import (
     GRAPH_SERVER_SECONDS,
     SPAN_BUCKETS_MS,
     TRACE_NAMESPACE_LABEL,
-    _escape,
     edge_bucket_promql,
+    promql_escape,
     service_bucket_promql,
     trace_feature,
 )
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def _edge_sum_promql(namespace: str, series: str = GRAPH_SERVER_SECONDS.name, bin_range: str = BIN_RANGE) -> str:
-    sel = f'{EDGE_NAMESPACE_LABEL}="{_escape(namespace)}"'
+    sel = f'{EDGE_NAMESPACE_LABEL}="{promql_escape(namespace)}"'
     return f"sum by (client, server) (increase({series}_sum{{{sel}}}[{bin_range}]))"
 
 

@@ -39,7 +39,10 @@ class ResolvedWindow:
         return self.start + timedelta(seconds=BIN_SECONDS * self.n_bins)
 
     def to_status(self) -> dict:
-        return {"from": rfc3339(self.start), "to": rfc3339(self.end)}
+        frozen = {"from": rfc3339(self.start), "to": rfc3339(self.end)}
+        if self.onset is not None:
+            frozen["onset"] = rfc3339(self.onset)
+        return frozen
 
 
 def rfc3339(moment: datetime) -> str:
