@@ -11,9 +11,9 @@
 - `TraceGap`: the call-gap term of `lemzha.tracegap` alone (the rise of the client - server duration on the edges
   into a service).
 
-The metric baselines need an onset bin: the scenario's own onset when it has one, otherwise `estimate_onset_bin`,
-which reads only the metric values (never the label). `random_ranking_metrics` gives the analytic expectation of
-a uniformly random ranking, the floor every ranker should beat.
+The metric baselines need an onset bin: the scenario's own onset when it has one, otherwise
+`lemzha.detect.onset.cusum_onset`, which reads only the metric values (never the label). `random_ranking_metrics`
+gives the analytic expectation of a uniformly random ranking, the floor every ranker should beat.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from lemzha.detect.onset import resolve_onset_bin
 from lemzha.evidence import IQR_FLOOR_ABS, IQR_FLOOR_FRACTION, max_after, robust_z
 from lemzha.logs import ERROR_LEVELS
 from lemzha.ranking import Ranking
@@ -34,56 +35,6 @@ from lemzha.tracegap import trace_gap_scores
 # The std floor mirrors the IQR floor of robust_z, so that both z-scores treat a flat reference alike.
 STD_FLOOR_FRACTION = IQR_FLOOR_FRACTION
 STD_FLOOR_ABS = IQR_FLOOR_ABS
-
-
-# -- onset ---------------------------------------------------------------------------------------------------------
-def estimate_onset_bin(scenario: Scenario) -> int:
-    """The most likely first anomalous bin, from the metric values alone (the label is never read).
-
-    A single mean-shift (CUSUM) statistic per pod/metric series x and candidate b in [n_bins // 4, 3 * n_bins // 4]:
-    stat(b) = sqrt(n_before * n_after / (n_before + n_after)) * |mean(x[b:]) - mean(x[:b])| / sigma, with sigma
-    the noise scale from the median absolute first difference (a single step moves one difference only, so the
-    scale ignores the change it is looking for), floored as in `robust_z`. Under no change stat(b) is about
-    |N(0, 1)| for every b, so quiet series add no pull towards any bin; for a step it peaks at the step.
-    The estimate is the b maximising the sum over series of log1p(stat^2): the log keeps one series with a tiny
-    scale from deciding alone. Missing samples are skipped; ties go to the earliest candidate.
-
-    Medians of the two sides (the simpler robust rule) were tried first and localise poorly: a median ignores a
-    minority of shifted bins, so the score is flat for several bins around the change and noise picks the bin.
-    """
-    n_bins = scenario.n_bins
-    if n_bins < 2:
-        return 0
-    x = scenario.values.reshape(n_bins, -1).astype(np.float64)
-    present = ~np.isnan(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # series without samples are expected
-        # First differences between consecutive real samples (gaps bridged by forward fill).
-        filled = pd.DataFrame(x).ffill().to_numpy()
-        steps = np.where(present[1:], np.abs(np.diff(filled, axis=0)), np.nan)
-        sigma = np.nanmedian(steps, axis=0) * (1.4826 / np.sqrt(2.0))
-        level = np.nanmedian(x, axis=0)
-    sigma = np.maximum(sigma, np.maximum(np.abs(level) * IQR_FLOOR_FRACTION, IQR_FLOOR_ABS))
-    lo, hi = max(1, n_bins // 4), min(n_bins - 1, 3 * n_bins // 4)
-    candidates = np.arange(lo, hi + 1)
-    # Prefix sums give every candidate's two segment means at once: (B, series) arrays.
-    csum = np.cumsum(np.where(present, x, 0.0), axis=0)
-    ccount = np.cumsum(present, axis=0)
-    sum_before, n_before = csum[candidates - 1], ccount[candidates - 1]
-    sum_after, n_after = csum[-1] - sum_before, ccount[-1] - n_before
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shift = np.abs(sum_after / n_after - sum_before / n_before)
-        stat = np.sqrt(n_before * n_after / (n_before + n_after)) * shift / sigma
-    evidence = np.nansum(np.log1p(np.where(np.isfinite(stat), stat, 0.0) ** 2), axis=1)
-    return int(candidates[int(np.argmax(evidence))])
-
-
-def resolve_onset_bin(scenario: Scenario) -> int:
-    """The scenario's onset bin, else the estimate, clipped to [1, n_bins - 1] so both sides have bins."""
-    onset_bin = scenario.onset_bin
-    if onset_bin is None:
-        onset_bin = estimate_onset_bin(scenario)
-    return int(np.clip(onset_bin, 1, max(1, scenario.n_bins - 1)))
 
 
 # -- shared pieces -------------------------------------------------------------------------------------------------

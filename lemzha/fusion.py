@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lemzha.baselines import resolve_onset_bin
+from lemzha.detect.onset import resolve_onset_bin
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Scenario
 from lemzha.tracegap import trace_gap_scores

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lemzha.baselines import nsigma_z, resolve_onset_bin, service_max
+from lemzha.baselines import nsigma_z, service_max
 from lemzha.calibration import Calibration, fit_calibration
 from lemzha.catalog import Scope, spec
+from lemzha.detect.onset import resolve_onset_bin
 from lemzha.logs import is_error_line
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario

@@ -20,9 +20,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from lemzha.baselines import resolve_onset_bin
 from lemzha.calibration import fit_calibration
 from lemzha.coverage import with_exporters
+from lemzha.detect.onset import resolve_onset_bin
 from lemzha.rankers import CANDIDATES, EvidenceConfig, EvidenceRanker, assess_table
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario

@@ -16,10 +16,10 @@ from lemzha.baselines import (
     ServicePrior,
     TraceP95,
     error_share_increase,
-    estimate_onset_bin,
     random_ranking_metrics,
     trace_p95_scores,
 )
+from lemzha.detect.onset import cusum_onset
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Label, Scenario
 from offline.eval.scoring import aggregate, case_metrics, paired_bootstrap
@@ -266,7 +266,7 @@ def test_service_prior_orders_by_frequency_then_name():
 @pytest.mark.parametrize(("n_bins", "step"), [(40, 13), (40, 25), (20, 9)])
 def test_estimate_onset_finds_step(n_bins, step):
     s = make_scenario(n_bins=n_bins, onset_bin=None, step_bin=step, jumps={"a": 40.0, "b": 25.0, "d": 60.0})
-    assert abs(estimate_onset_bin(s.without_label()) - step) <= 1
+    assert abs(cusum_onset(s.without_label().values) - step) <= 1
 
 
 def test_estimate_onset_tolerates_missing_series():
@@ -276,7 +276,7 @@ def test_estimate_onset_tolerates_missing_series():
     values[::2, 2, 1] = np.nan  # 60 s data in 30 s bins
     gappy = Scenario(id="gappy", app="t", namespace="ns", start=START, pods=s.pods, pod_service=s.pod_service,
                      metrics=s.metrics, values=values)
-    assert abs(estimate_onset_bin(gappy) - 22) <= 1
+    assert abs(cusum_onset(gappy.values) - 22) <= 1
 
 
 def _with_p95(s: Scenario, slow: str, covered=range(6, 16)) -> Scenario:

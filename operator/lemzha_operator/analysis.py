@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from lemzha.baselines import resolve_onset_bin
+from lemzha.detect.onset import resolve_onset_bin
 from lemzha.evidence import max_after, robust_z
 from lemzha.explain import explain
 from lemzha.ranking import Ranker
