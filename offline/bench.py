@@ -1,4 +1,4 @@
-"""`python -m offline.bench prepare|lodocv|ranker|onnx|traces|operator`: wall time and peak memory, printed as figures.
+"""`python -m offline.bench prepare|lodocv|ranker|onnx|traces|logs|operator`: time and memory, printed as figures.
 
 Each measurement runs in a fresh child process so its peak RSS is its own. `prepare` measures a cold build into an
 empty temporary cache (extraction included) and then a warm run on that cache. `onnx` times the bundle's ranker
@@ -6,7 +6,8 @@ against torch on one TrainTicket scenario (46 services) and the RSS of a torch-f
 `traces` derives the trace series of all 101 Nezha scenarios cold (`python -m offline.traces` into an empty
 temporary cache: both Nezha archives verified and extracted, every trace CSV read), then warm (archives extracted).
 `operator` runs the live operator against replayed TrainTicket faults (`offline/bench_operator.py`). `ranker` times the
-shipped bundle's ranker on every Nezha case (`offline/bench_ranker.py`); `onnx` is the model bundle's.
+shipped bundle's ranker on every Nezha case (`offline/bench_ranker.py`); `onnx` is the model bundle's. `logs` times
+the log cleaner on a TrainTicket day's raw lines, cold and warm (`offline/bench_logs.py`).
 """
 
 from __future__ import annotations
@@ -219,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("traces", help="cold and warm trace derivation of all 101 Nezha scenarios")
     tr.add_argument("--datasets", type=Path)
     tr.add_argument("--workers", type=int, default=2, help="processes reading days in parallel (default 2)")
+    lg = sub.add_parser("logs", help="the log cleaner's lines per CPU second on TrainTicket lines, cold and warm")
+    lg.add_argument("--lines", type=int, default=20_000, help="lines per incident (default 20,000)")
+    lg.add_argument("--incidents", type=int, default=6, help="incidents, the first one cold (default 6)")
+    lg.add_argument("--out", type=Path, help="also write the figures as JSON here")
     op = sub.add_parser("operator", help="live operator: created->Completed latency, stages, RSS, throughput")
     op.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     op.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
@@ -235,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         return bench_operator.main(argv_op)
     if args.what == "traces":
         figures = bench_traces(args.datasets, max(1, args.workers))
+    elif args.what == "logs":
+        from offline.bench_logs import bench_logs
+
+        figures = bench_logs(args.lines, args.incidents)
     elif args.what == "prepare":
         figures = bench_prepare(args.datasets)
     elif args.what == "ranker":
