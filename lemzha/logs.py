@@ -224,15 +224,15 @@ def _cut(template: str) -> str:
 # masked by one cheap pass, and the full cleaner runs once per key. Each mask covers ONLY a span that the rules
 # provably replace whole, independently of its content and without its content changing how any other part is
 # cleaned; two lines with the same key therefore have the same template. Why, mask by mask (text as the rules see
-# it: lower-cased, whitespace collapsed; a mask needs ASCII whitespace or the message's edge around the span, which
-# stays a token boundary there):
+# it: lower-cased, whitespace collapsed; a masked id needs a space before it and ASCII whitespace or the end after
+# it, which stay token boundaries there):
 #
 # - a whitespace-delimited token of >= 24 hex digits: no rule before _LONG_HEX can match in it (no "eyj", no "-",
 #   no ":") or across its bounding spaces, and _LONG_HEX then replaces the whole token by "<hex>".
 # - a message's leading clock "hh:mm:ss.mmm" (or ",mmm") followed by a level word: no rule before _VERSION can
 #   use it (at most 3 digits in a row, no "-", "/", "#" or keyword before it; its "mmm" is followed by a level word,
 #   which is no HTTP reason phrase), and _VERSION then _NUMBER turn it into "<num>:<num>:<num>" whatever its digits.
-# - a token of 8-23 hex digits after "traceid: " / "span_id: " (the prefix after whitespace or the message start):
+# - a token of 8-23 hex digits after "traceid: " / "span_id: " (the prefix after a space):
 #   with a digit and a letter _HEX_ID replaces it by "<hex>"; letters only, nothing touches it until _TRACE_ID
 #   ("<hex>"); digits only, _NUMBER makes it "<num>", which _TRACE_ID makes "<hex>". No rule before those can match
 #   in it (no "-", "." or "/"; too long for an HTTP code; it follows "id: ", no keyword).
@@ -242,24 +242,28 @@ def _cut(template: str) -> str:
 # an ANSI escape or a protected-code character, which the cleaner deletes before its rules see the text that the
 # reasoning above is about. tests/test_logs_cache.py checks cached == uncached on every line of a TrainTicket day
 # and on synthetic lines built to break the masks (each mask loosened makes it fail).
-_MASKS = (
-    (re.compile(r"(?<!\S)[0-9a-f]{24,}(?!\S)", re.ASCII | re.IGNORECASE), "\ue101"),
-    (re.compile(r"^[0-9]{2}:[0-9]{2}:[0-9]{2}[.,][0-9]{3}(?=\s+(?:info|warn|error|debug|trace|fatal)(?:\s|$))",
-                re.ASCII | re.IGNORECASE), "\ue102"),
-    (re.compile(r"(?:^|(?<=\s))((?:trace|span)[_-]?id: )[0-9a-f]{8,23}(?!\S)", re.ASCII | re.IGNORECASE),
-     "\\1\ue103"),
-)
+# One pass masks the ids (a literal space first lets the regex engine skip to spaces), another the leading clock.
+_ID_MASK = re.compile(r" (?:((?i:trace|span)[_-]?(?i:id): )[0-9a-fA-F]{8,23}|[0-9a-fA-F]{24,})(?!\S)", re.ASCII)
+_CLOCK_MASK = re.compile(r"[0-9]{2}:[0-9]{2}:[0-9]{2}[.,][0-9]{3}(?=\s+(?:info|warn|error|debug|trace|fatal)(?:\s|$))",
+                         re.ASCII | re.IGNORECASE)
+_HEX_SENTINEL, _CLOCK_SENTINEL, _TRACE_ID_SENTINEL = "\ue101", "\ue102", "\ue103"
 _UNCACHED = re.compile("[\x1b\ue000-\ue009\ue101-\ue103]")
 TEMPLATE_CACHE_ENTRIES = 20_000
+
+
+def _masked_id(match: re.Match[str]) -> str:
+    prefix = match.group(1)
+    return f" {_HEX_SENTINEL}" if prefix is None else f" {prefix}{_TRACE_ID_SENTINEL}"
 
 
 def _cache_key(text: str) -> str | None:
     """`text` with the parts masked that the rules replace whatever their value; None: clean it without the cache."""
     if _UNCACHED.search(text):
         return None
-    for pattern, sentinel in _MASKS:
-        text = pattern.sub(sentinel, text)
-    return text
+    clock = _CLOCK_MASK.match(text)
+    if clock is not None:
+        text = _CLOCK_SENTINEL + text[clock.end():]
+    return _ID_MASK.sub(_masked_id, text)
 
 
 class _TemplateCache:
