@@ -242,20 +242,33 @@ def log_rows(
     outside [0, n_bins) are dropped; `services`, when given, keeps only those (offline keeps services that have
     metrics). `start` should be bin-aligned (lemzha.binning.floor_to_bin), as offline windows are: offline bins
     the 30 s epoch grid, so the two agree only on aligned starts."""
+    return service_rows(templated_entries(entries, start, n_bins, pod_label), pod_service, services)
+
+
+def templated_entries(entries: Iterable[Entry], start: datetime, n_bins: int, pod_label: str = "pod") -> pd.DataFrame:
+    """The first half of `log_rows`, which needs no pod->service map: each entry of the window with its pod, bin,
+    template and level (the costly part: cleaning every line), so it can run while the metrics are still fetched."""
     rows = [(ts, labels.get(pod_label), line) for ts, labels, line in entries]
     frame = pd.DataFrame(rows, columns=["ts", "pod", "line"])
     frame = frame.loc[frame["pod"].notna() & (frame["pod"] != "")]
     if frame.empty:
-        return _empty_rows()
+        return frame.assign(bin=pd.Series(dtype="int64"), template=pd.Series(dtype=object),
+                            level=pd.Series(dtype=object))
     frame["bin"] = bin_indices(pd.to_datetime(frame["ts"].astype("int64"), unit="ns", utc=True), start,
                                BIN_SECONDS)
-    frame = frame.loc[(frame["bin"] >= 0) & (frame["bin"] < n_bins)]
-    if frame.empty:
+    frame = frame.loc[(frame["bin"] >= 0) & (frame["bin"] < n_bins)].copy()
+    frame["template"], frame["level"] = templates_and_levels(frame["line"]) if len(frame) else ([], [])
+    return frame.loc[frame["template"] != ""]
+
+
+def service_rows(templated: pd.DataFrame, pod_service: dict[str, str] | None = None,
+                 services: set[str] | None = None) -> pd.DataFrame:
+    """The second half of `log_rows`: `templated_entries` counted per (service, bin, template, level)."""
+    if templated.empty:
         return _empty_rows()
-    frame["template"], frame["level"] = templates_and_levels(frame["line"])
     mapping = pod_service or {}
-    frame["service"] = frame["pod"].map({p: mapping.get(p) or service_of_pod(p) for p in frame["pod"].unique()})
-    frame = frame.loc[frame["template"] != ""]
+    frame = templated.assign(service=templated["pod"].map(
+        {p: mapping.get(p) or service_of_pod(p) for p in templated["pod"].unique()}))
     if services is not None:
         frame = frame.loc[frame["service"].isin(services)]
     if frame.empty:
