@@ -180,8 +180,9 @@ class LokiClient:
             if doc.get("status") != "success" or doc["data"]["resultType"] != "streams":
                 raise ValueError(f"status {doc.get('status')!r}, resultType {doc['data'].get('resultType')!r}")
             entries = [
-                (int(ts), dict(stream["stream"]), line)
+                (int(ts), labels, line)
                 for stream in doc["data"]["result"]
+                for labels in (dict(stream["stream"]),)  # one dict per stream, shared by its entries (read only)
                 for ts, line in stream["values"]
             ]
         except (ValueError, KeyError, TypeError, AttributeError) as err:
