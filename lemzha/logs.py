@@ -8,9 +8,11 @@ lower-cased text, spells its placeholders as the old cleaner did (`<ts>`, `<uuid
 
 from __future__ import annotations
 
-import functools
 import json
 import re
+import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -198,12 +200,6 @@ def _clean_text(text: str, guards: bool = True) -> str:
     return text.translate(_UNPROTECT)
 
 
-# Bounded: live windows bring mostly unique lines (clocks, trace ids), so a big cache would only hold memory.
-@functools.lru_cache(maxsize=1 << 14)
-def _clean_cached(text: str) -> str:
-    return _clean_text(text)
-
-
 # A template is made from a message's first MAX_MESSAGE_CHARS characters and is at most MAX_TEMPLATE_CHARS long.
 # The tail of a very long line (a dumped list of 500 tickets) carries no template information that MiniLM could see
 # (it reads 256 word pieces), while cleaning it costs time in proportion to its length; 1.5 % of TrainTicket's lines
@@ -222,12 +218,131 @@ def _cut(template: str) -> str:
     return head[:end].rstrip() if end > 0 else head
 
 
-def clean(message: str) -> str:
-    """The template of one message: ids, numbers, times, hosts masked; lower-cased; whitespace collapsed; from the
-    message's first MAX_MESSAGE_CHARS characters."""
+# --- the template cache ----------------------------------------------------------------------------------------
+# Most lines of a service differ from each other only in trace ids and clocks, which the rules above replace
+# whatever their value; cleaning each of them costs ~60 us. So a line's cache key is the line with those parts
+# masked by one cheap pass, and the full cleaner runs once per key. Each mask covers ONLY a span that the rules
+# provably replace whole, independently of its content and without its content changing how any other part is
+# cleaned; two lines with the same key therefore have the same template. Why, mask by mask (text as the rules see
+# it: lower-cased, whitespace collapsed; a masked id needs a space before it and ASCII whitespace or the end after
+# it, which stay token boundaries there):
+#
+# - a whitespace-delimited token of >= 24 hex digits: no rule before _LONG_HEX can match in it (no "eyj", no "-",
+#   no ":") or across its bounding spaces, and _LONG_HEX then replaces the whole token by "<hex>".
+# - a message's leading clock "hh:mm:ss.mmm" (or ",mmm") followed by a level word: no rule before _VERSION can
+#   use it (at most 3 digits in a row, no "-", "/", "#" or keyword before it; its "mmm" is followed by a level word,
+#   which is no HTTP reason phrase), and _VERSION then _NUMBER turn it into "<num>:<num>:<num>" whatever its digits.
+# - a token of 8-23 hex digits after "traceid: " / "span_id: " (the prefix after a space):
+#   with a digit and a letter _HEX_ID replaces it by "<hex>"; letters only, nothing touches it until _TRACE_ID
+#   ("<hex>"); digits only, _NUMBER makes it "<num>", which _TRACE_ID makes "<hex>". No rule before those can match
+#   in it (no "-", "." or "/"; too long for an HTTP code; it follows "id: ", no keyword).
+#
+# Each mask has its own sentinel character, so that keys do not confuse one mask with another. Messages holding a
+# sentinel are cleaned without the cache (their key could equal a masked one); so are, as a precaution, those with
+# an ANSI escape or a protected-code character, which the cleaner deletes before its rules see the text that the
+# reasoning above is about. tests/test_logs_cache.py checks cached == uncached on every line of a TrainTicket day
+# and on synthetic lines built to break the masks (each mask loosened makes it fail).
+# One pass masks the ids (a literal space first lets the regex engine skip to spaces), another the leading clock.
+_ID_MASK = re.compile(r" (?:((?i:trace|span)[_-]?(?i:id): )[0-9a-fA-F]{8,23}|[0-9a-fA-F]{24,})(?!\S)", re.ASCII)
+_CLOCK_MASK = re.compile(r"[0-9]{2}:[0-9]{2}:[0-9]{2}[.,][0-9]{3}(?=\s+(?:info|warn|error|debug|trace|fatal)(?:\s|$))",
+                         re.ASCII | re.IGNORECASE)
+_HEX_SENTINEL, _CLOCK_SENTINEL, _TRACE_ID_SENTINEL = "\ue101", "\ue102", "\ue103"
+_UNCACHED = re.compile("[\x1b\ue000-\ue009\ue101-\ue103]")
+TEMPLATE_CACHE_ENTRIES = 20_000
+
+
+def _masked_id(match: re.Match[str]) -> str:
+    prefix = match.group(1)
+    return f" {_HEX_SENTINEL}" if prefix is None else f" {prefix}{_TRACE_ID_SENTINEL}"
+
+
+def _cache_key(text: str) -> str | None:
+    """`text` with the parts masked that the rules replace whatever their value; None: clean it without the cache."""
+    if _UNCACHED.search(text):
+        return None
+    clock = _CLOCK_MASK.match(text)
+    if clock is not None:
+        text = _CLOCK_SENTINEL + text[clock.end():]
+    return _ID_MASK.sub(_masked_id, text)
+
+
+class _TemplateCache:
+    """Masked line -> template, least recently used first out, at most `entries` entries. Keys and templates are
+    at most MAX_MESSAGE_CHARS characters each, so the bound in memory is about entries x 2 kB (a TrainTicket key is
+    ~280 characters: ~12 MB at 20,000 entries); templates are interned, since ~300 of them serve a whole day.
+    One lock: the operator cleans the logs of two incidents at once."""
+
+    def __init__(self, entries: int) -> None:
+        if entries < 1:
+            raise ValueError(f"a template cache needs at least one entry, not {entries}")
+        self.entries = entries
+        self._items: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            template = self._items.get(key)
+            if template is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return template
+
+    def put(self, key: str, template: str) -> str:
+        template = sys.intern(template)
+        with self._lock:
+            self._items[key] = template
+            self._items.move_to_end(key)
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+        return template
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
+    def info(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._items), "max_entries": self.entries, "hits": self.hits,
+                    "misses": self.misses}
+
+
+_CACHE = _TemplateCache(TEMPLATE_CACHE_ENTRIES)
+
+
+def clear_template_cache() -> None:
+    """Empty the template cache (a cold start, for benchmarks and tests)."""
+    _CACHE.clear()
+
+
+def template_cache_info() -> dict[str, int]:
+    """The template cache's entries, bound, hits and misses since it was last cleared."""
+    return _CACHE.info()
+
+
+def clean_uncached(message: str) -> str:
+    """`clean` without the template cache: the full rules on every call (the reference the cache must equal)."""
     if not isinstance(message, str):
         return ""
-    return _cut(_clean_cached(message[:MAX_MESSAGE_CHARS]))
+    return _cut(_clean_text(message[:MAX_MESSAGE_CHARS]))
+
+
+def clean(message: str) -> str:
+    """The template of one message: ids, numbers, times, hosts masked; lower-cased; whitespace collapsed; from the
+    message's first MAX_MESSAGE_CHARS characters. Remembered in the template cache (`_TemplateCache`)."""
+    if not isinstance(message, str):
+        return ""
+    text = message[:MAX_MESSAGE_CHARS]
+    key = _cache_key(text)
+    if key is None:
+        return _cut(_clean_text(text))
+    template = _CACHE.get(key)
+    if template is None:
+        template = _CACHE.put(key, _cut(_clean_text(text)))
+    return template
 
 
 def clean_many(messages: Iterable[str]) -> list[str]:

@@ -1,7 +1,8 @@
 """Per-scenario memo: work that depends on a scenario but not on the onset, done once per scenario object.
 
 An evidence ranker without an onset tries a dozen onsets on one scenario; factorising its log templates and trace
-edges each time would cost more than the signals themselves. Entries die with the scenario (weakly keyed).
+edges each time would cost more than the signals themselves. Entries die with the scenario (weakly keyed): the
+memo is bounded by the scenarios alive, which in the operator are the incidents being ranked (LEMZHA_CONCURRENCY).
 """
 
 from __future__ import annotations

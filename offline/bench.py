@@ -1,4 +1,4 @@
-"""`python -m offline.bench prepare|lodocv|ranker|onnx|traces|operator`: wall time and peak memory, printed as figures.
+"""`python -m offline.bench prepare|lodocv|ranker|onnx|traces|logs|operator`: time and memory, printed as figures.
 
 Each measurement runs in a fresh child process so its peak RSS is its own. `prepare` measures a cold build into an
 empty temporary cache (extraction included) and then a warm run on that cache. `onnx` times the bundle's ranker
@@ -6,7 +6,8 @@ against torch on one TrainTicket scenario (46 services) and the RSS of a torch-f
 `traces` derives the trace series of all 101 Nezha scenarios cold (`python -m offline.traces` into an empty
 temporary cache: both Nezha archives verified and extracted, every trace CSV read), then warm (archives extracted).
 `operator` runs the live operator against replayed TrainTicket faults (`offline/bench_operator.py`). `ranker` times the
-shipped bundle's ranker on every Nezha case (`offline/bench_ranker.py`); `onnx` is the model bundle's.
+shipped bundle's ranker on every Nezha case (`offline/bench_ranker.py`); `onnx` is the model bundle's. `logs` times
+the log cleaner on a TrainTicket day's raw lines, cold and warm (`offline/bench_logs.py`).
 """
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("extra", nargs=argparse.REMAINDER, help="more lodocv arguments after --")
     rk = sub.add_parser("ranker", help="the shipped ranker's ms per case (known and unknown onset) and RSS")
     rk.add_argument("--bundle", type=Path, help="bundle to time (default: the shipped export, cached)")
+    rk.add_argument("--scale", action="store_true", help="only the scale pass: 46 to 1,012 pods, ms and peak RSS")
     rk.add_argument("--out", type=Path, help="also write the figures as JSON here")
     ox = sub.add_parser("onnx", help="model bundle ranking ms (cold/warm), torch vs ONNX, torch-free RSS")
     ox.add_argument("--bundle", type=Path, help="bundle to time (default: export a default-size one to a temp dir)")
@@ -219,28 +221,41 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("traces", help="cold and warm trace derivation of all 101 Nezha scenarios")
     tr.add_argument("--datasets", type=Path)
     tr.add_argument("--workers", type=int, default=2, help="processes reading days in parallel (default 2)")
+    lg = sub.add_parser("logs", help="the log cleaner's lines per CPU second on TrainTicket lines, cold and warm")
+    lg.add_argument("--lines", type=int, default=20_000, help="lines per incident (default 20,000)")
+    lg.add_argument("--incidents", type=int, default=6, help="incidents, the first one cold (default 6)")
+    lg.add_argument("--out", type=Path, help="also write the figures as JSON here")
     op = sub.add_parser("operator", help="live operator: created->Completed latency, stages, RSS, throughput")
     op.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     op.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
     op.add_argument("--bundle", type=Path, help="bundle directory (default: a --quick export, cached)")
-    op.add_argument("--passes", help="cold,warm,burst,alerts or some of them, in that order (default all)")
+    op.add_argument("--passes", help="cold,warm,burst,alerts,memory,scale or some of them, in that order")
+    op.add_argument("--no-baro", action="store_true", help="skip the same passes without a bundle (BARO only)")
+    op.add_argument("--memory-incidents", type=int, default=500, help="incidents of the memory pass (default 500)")
+    op.add_argument("--memory-batch", type=int, default=50, help="incidents at once in the memory pass")
     op.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.what == "operator":
         from offline import bench_operator
 
-        argv_op = ["--n", str(args.n), "--concurrency", str(args.concurrency)]
+        argv_op = ["--n", str(args.n), "--concurrency", str(args.concurrency), "--memory-incidents",
+                   str(args.memory_incidents), "--memory-batch", str(args.memory_batch)]
+        argv_op += ["--no-baro"] if args.no_baro else []
         for flag, value in (("--bundle", args.bundle), ("--passes", args.passes), ("--out", args.out)):
             argv_op += [flag, str(value)] if value else []
         return bench_operator.main(argv_op)
     if args.what == "traces":
         figures = bench_traces(args.datasets, max(1, args.workers))
+    elif args.what == "logs":
+        from offline.bench_logs import bench_logs
+
+        figures = bench_logs(args.lines, args.incidents)
     elif args.what == "prepare":
         figures = bench_prepare(args.datasets)
     elif args.what == "ranker":
-        from offline.bench_ranker import bench_ranker
+        from offline.bench_ranker import bench_ranker, bench_scale
 
-        figures = bench_ranker(args.bundle)
+        figures = bench_scale(args.bundle) if args.scale else bench_ranker(args.bundle)
     elif args.what == "onnx":
         figures = bench_onnx(args.bundle, args.scenario, max(1, args.repeat), max(1, args.epochs))
     else:

@@ -19,7 +19,14 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
   own push-to-post delay, and the webhook's own post-to-created time, p50 and p95 (run after cold or warm, the
   template cache is warm).
 
-`--passes` picks which passes run (default all, in the order cold, warm, burst, alerts).
+- memory: `--memory-incidents` (500) more incidents, `--memory-batch` (50) at once, each batch deleted once
+  Completed: the operator's RSS after every batch (the memory curve);
+- BARO only: the same passes (but memory) with a second operator without a bundle, on the same data in the same run,
+  and the bundle operator's CPU per incident over BARO's (`--no-baro` skips it);
+- scale: the shipped ranker on a TrainTicket namespace copied 1 to 22 times (46 to 1,012 pods), ms and peak RSS per
+  size, each in a fresh process (`offline.bench_ranker.bench_scale`).
+
+`--passes` picks which passes run (default all, in the order cold, warm, burst, alerts, memory, scale).
 
 It uses the test harness (tests/), so run it from a checkout with the test extra installed.
 """
@@ -35,10 +42,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from offline.bench_ranker import bench_scale
 from offline.store import REPO_ROOT
 
-TARGETS = {"p95_warm_s": 1.5, "rss_mib": 350, "alert_post_to_completed_p95_s": 3.0}
-PASSES = ("cold", "warm", "burst", "alerts")
+TARGETS = {"p95_warm_s": 1.0, "p95_cold_s": 1.5, "cpu_s_per_incident": 0.4, "rss_mib_after_500": 300,
+           "per_minute": 120, "alert_post_to_completed_p95_s": 3.0, "scale_1000_pods_ms": 200}
+PASSES = ("cold", "warm", "burst", "alerts", "memory", "scale")
 ALERTNAME = "LemzhaBench"
 STAGES = ("metrics", "pod_info", "logs", "traces", "scenario", "rank")
 
@@ -175,10 +184,11 @@ import lemzha_operator.main, lemzha_operator.pipeline, lemzha_operator.sources  
 steps.append(("numpy + pandas + pyarrow + lemzha", rss()))
 from lemzha.bundle_ranker import open_ranker
 ranker = open_ranker(sys.argv[1], cache_dir=tempfile.mkdtemp())
-steps.append(("onnxruntime + model + MiniLM sessions", rss()))
-from lemzha.bundle import TEMPLATES_FILE, read_templates
-ranker.embedder.seed(*read_templates(ranker.bundle.path(TEMPLATES_FILE)))
-steps.append(("bundle templates in the cache", rss()))
+steps.append((f"the bundle's {type(ranker).__name__}", rss()))
+if hasattr(ranker, "embedder"):  # a model bundle: its MiniLM template cache
+    from lemzha.bundle import TEMPLATES_FILE, read_templates
+    ranker.embedder.seed(*read_templates(ranker.bundle.path(TEMPLATES_FILE)))
+    steps.append(("bundle templates in the cache", rss()))
 from lemzha.scenario_io import load_scenario
 ranker.rank(load_scenario(sys.argv[2], with_label=False))
 steps.append(("after ranking one TrainTicket incident", rss()))
@@ -199,17 +209,102 @@ def _rss_breakdown(bundle: Path, scenario_dir: Path) -> list[dict]:
     return rows
 
 
-def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, passes: tuple[str, ...] = PASSES) -> dict:
-    import kubernetes
+def _memory_curve(api, cases: list[tuple[str, object]], namespace: str, incidents: int, batch: int,
+                  metrics_url: str) -> list[dict]:
+    """`incidents` more incidents (the cases again under new names), `batch` applied at once, each batch deleted
+    once Completed (as ttlSecondsAfterFinished would): the operator's RSS and CPU seconds after every batch."""
+    from lemzha_operator.settings import GROUP, PLURAL, VERSION
+
+    curve, done, k = [], 0, 0
+    while done < incidents:
+        names = []
+        for _ in range(min(batch, incidents - done)):
+            name, fault_time = f"mem-{k:04d}", cases[k % len(cases)][1]
+            api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _incident(name, namespace,
+                                                                                            fault_time))
+            names.append(name)
+            k += 1
+        _wait_completed(api, names, namespace, 900)
+        for name in names:
+            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        done += len(names)
+        totals = _stage_totals(metrics_url)
+        curve.append({"incidents": done, "rss_mib": round(totals["__rss__"][0] / 2**20, 1),
+                      "cpu_s": round(totals["__cpu__"][0], 1)})
+    return curve
+
+
+def _operator_run(env: dict, root: Path, api, cases, alert_cases, namespace: str, passes: tuple[str, ...],
+                  prefix: str, progress: bool, memory: tuple[int, int]) -> dict:
+    """One operator process through `passes`: latency, stage means, CPU per incident, RSS, throughput."""
     from tqdm import tqdm
+
+    from offline.standins.alertmanager_server import WebhookRelay, alertmanager_server
+    from offline.standins.operator_harness import OperatorProcess
+    from offline.standins.prometheus_server import free_port
+
+    n = len(cases)
+    webhook_port = free_port()
+    env = {**env, "LEMZHA_ALERTS_PORT": str(webhook_port)}
+    operator_passes = tuple(p for p in passes if p != "scale")
+    with OperatorProcess(env, root / f"operator-{prefix}.log", root) as operator, \
+            WebhookRelay(f"http://127.0.0.1:{webhook_port}/alerts") as relay:
+        bar = tqdm(total=len(operator_passes), desc=f"operator bench ({prefix})", disable=not progress)
+        totals = {"start": _stage_totals(operator.metrics_url)}
+        latency, burst, curve = {}, None, None
+        for name in operator_passes:
+            if name in ("cold", "warm"):
+                latency[f"{name}_template_cache"] = _percentiles(_sequential(api, cases, namespace,
+                                                                             f"{prefix}-{name}"))
+            elif name == "burst":
+                names = [f"{prefix}-burst-{i:03d}" for i in range(n)]
+                t0 = time.monotonic()
+                for incident, (_, fault_time) in zip(names, cases, strict=True):
+                    api.create_namespaced_custom_object("lemzha.io", "v1alpha1", namespace, "rcaincidents",
+                                                        _incident(incident, namespace, fault_time))
+                done = _wait_completed(api, names, namespace, 900)
+                burst = max(done.values()) - t0
+            elif name == "alerts":
+                with alertmanager_server(relay.url, repeat_interval="1h") as alertmanager:
+                    latency["alerts"] = _alerts(api, alertmanager, relay, alert_cases, namespace)
+            else:  # memory
+                curve = _memory_curve(api, cases, namespace, memory[0], memory[1], operator.metrics_url)
+            totals[name] = _stage_totals(operator.metrics_url)
+            bar.update()
+        bar.close()
+        rss = totals[operator_passes[-1]].get("__rss__", (0.0, 1.0))[0] / 2**20
+    previous = ["start", *operator_passes]
+    counts = {name: (memory[0] if name == "memory" else n) for name in operator_passes}
+    stage_means = {name: _stage_means(totals[previous[k]], totals[name]) for k, name in enumerate(operator_passes)}
+    cpu = {name: round((totals[name]["__cpu__"][0] - totals[previous[k]]["__cpu__"][0]) / counts[name], 3)
+           for k, name in enumerate(operator_passes)}
+    alerts = latency.pop("alerts", None)
+    return {
+        "latency_created_to_completed": latency,
+        # alert pushed into Alertmanager -> posted to the webhook -> incident Completed, one at a time
+        **({"latency_alert_to_completed": alerts} if alerts else {}),
+        "stage_mean_s": stage_means,
+        # CPU seconds the operator process spent per incident: unlike wall time, not inflated by other jobs
+        "operator_cpu_s_per_incident": cpu,
+        "operator_rss_mib": round(rss, 1),
+        **({"throughput": {"incidents": n, "wall_s": round(burst, 2), "per_minute": round(n / burst * 60, 1)}}
+           if burst is not None else {}),
+        **({"memory_curve": curve} if curve is not None else {}),
+    }
+
+
+def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, passes: tuple[str, ...] = PASSES,
+        baro: bool = True, memory: tuple[int, int] = (500, 50)) -> dict:
+    """The figures of an operator with `bundle`, then (`baro`) of one without a bundle (BARO only) on the same
+    replayed data in the same run, so the bundle's cost reads as a ratio that machine load does not move."""
+    import kubernetes
 
     from offline import replay
     from offline.dataset import prepare
-    from offline.standins.alertmanager_server import ALERTMANAGER, WebhookRelay, alertmanager_server
+    from offline.standins.alertmanager_server import ALERTMANAGER
     from offline.standins.kube_standin import KubeStandin
     from offline.standins.loki_standin import LokiStandIn
-    from offline.standins.operator_harness import OperatorProcess
-    from offline.standins.prometheus_server import PROMTOOL, free_port, prometheus_server
+    from offline.standins.prometheus_server import PROMTOOL, prometheus_server
 
     if not PROMTOOL.is_file():
         raise FileNotFoundError("promtool not installed (apt-get install prometheus)")
@@ -224,6 +319,7 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
 
         bundle = shipped_bundle(prepared)
     namespace = prepared.load(ids[0]).namespace
+    figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="lemzha-bench-operator-") as tmp:
         root = Path(tmp)
         argv = ["--ids", ",".join(ids), "--prom-data", str(root / "data"), "--logs", str(root / "logs.jsonl"),
@@ -236,54 +332,28 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
             config = kubernetes.client.Configuration()
             kubernetes.config.load_kube_config(str(kube.kubeconfig), client_configuration=config)
             api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
-            webhook_port = free_port()
             env = {"KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url, "LEMZHA_LOKI_URL": loki.url,
-                   "LEMZHA_BUNDLE": str(bundle), "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
+                   "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
                    "LEMZHA_CONCURRENCY": str(concurrency), "MALLOC_ARENA_MAX": "2",  # as the chart and image set
-                   "LEMZHA_ALERTS_PORT": str(webhook_port), "LEMZHA_ALERTS_HOST": "127.0.0.1",
-                   "LEMZHA_ALERTS_MAX_PER_MINUTE": str(max(10, n))}
-            with OperatorProcess(env, root / "operator.log", root) as operator, \
-                    WebhookRelay(f"http://127.0.0.1:{webhook_port}/alerts") as relay:
-                bar = tqdm(total=len(passes), desc="operator bench", disable=not progress)
-                totals = {"start": _stage_totals(operator.metrics_url)}
-                latency, burst = {}, None
-                for name in passes:
-                    if name in ("cold", "warm"):
-                        latency[f"{name}_template_cache"] = _percentiles(_sequential(api, cases, namespace, name))
-                    elif name == "burst":
-                        names = [f"burst-{i:03d}" for i in range(len(cases))]
-                        t0 = time.monotonic()
-                        for incident, (_, fault_time) in zip(names, cases, strict=True):
-                            api.create_namespaced_custom_object("lemzha.io", "v1alpha1", namespace, "rcaincidents",
-                                                                _incident(incident, namespace, fault_time))
-                        done = _wait_completed(api, names, namespace, 900)
-                        burst = max(done.values()) - t0
-                    else:
-                        with alertmanager_server(relay.url, repeat_interval="1h") as alertmanager:
-                            latency["alerts"] = _alerts(api, alertmanager, relay, alert_cases, namespace)
-                    totals[name] = _stage_totals(operator.metrics_url)
-                    bar.update()
-                bar.close()
-                rss = totals[passes[-1]].get("__rss__", (0.0, 1.0))[0] / 2**20
-    previous = ["start", *passes]
-    stage_means = {name: _stage_means(totals[previous[k]], totals[name]) for k, name in enumerate(passes)}
-    cpu = {name: round((totals[name]["__cpu__"][0] - totals[previous[k]]["__cpu__"][0]) / n, 3)
-           for k, name in enumerate(passes)}
-    alerts = latency.pop("alerts", None)
+                   "LEMZHA_ALERTS_HOST": "127.0.0.1", "LEMZHA_ALERTS_MAX_PER_MINUTE": str(max(10, n))}
+            if any(p != "scale" for p in passes):
+                figures["bundle"] = _operator_run({**env, "LEMZHA_BUNDLE": str(bundle)}, root, api, cases,
+                                                  alert_cases, namespace, passes, "bundle", progress, memory)
+                baro_passes = tuple(p for p in passes if p not in ("memory", "scale"))
+                if baro and baro_passes:  # the memory curve is the bundle's: BARO-only runs the other passes
+                    figures["baro_only"] = _operator_run(env, root, api, cases, alert_cases, namespace, baro_passes,
+                                                         "baro", progress, memory)
+    if "bundle" in figures and "baro_only" in figures:
+        figures["bundle_over_baro_cpu"] = {
+            name: round(cpu / figures["baro_only"]["operator_cpu_s_per_incident"][name], 2)
+            for name, cpu in figures["bundle"]["operator_cpu_s_per_incident"].items()
+            if figures["baro_only"]["operator_cpu_s_per_incident"].get(name)}
     return {
         "incidents": n, "scenarios": ids, "namespace": namespace, "bundle": str(bundle), "log_lines_loaded": lines,
-        "concurrency": concurrency, "passes": list(passes),
-        "latency_created_to_completed": latency,
-        # alert pushed into Alertmanager -> posted to the webhook -> incident Completed, one at a time
-        **({"latency_alert_to_completed": alerts} if alerts else {}),
-        "stage_mean_s": stage_means,
-        # CPU seconds the operator process spent per incident: unlike wall time, not inflated by other jobs
-        "operator_cpu_s_per_incident": cpu,
+        "concurrency": concurrency, "passes": list(passes), **figures,
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "operator_rss_mib": round(rss, 1),
         "rss_breakdown": _rss_breakdown(bundle, prepared.directory / ids[0]),
-        **({"throughput": {"incidents": n, "wall_s": round(burst, 2), "per_minute": round(n / burst * 60, 1)}}
-           if burst is not None else {}),
+        **({"scale": bench_scale(bundle)} if "scale" in passes else {}),
         "targets": TARGETS,
     }
 
@@ -298,17 +368,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, help="bundle directory (default: a --quick export, cached)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help=f"comma-separated, in this order: {','.join(PASSES)} (default all)")
+    parser.add_argument("--no-baro", action="store_true", help="skip the same passes without a bundle (BARO only)")
+    parser.add_argument("--memory-incidents", type=int, default=500, help="incidents of the memory pass (default 500)")
+    parser.add_argument("--memory-batch", type=int, default=50,
+                        help="incidents applied at once in the memory pass; RSS is read after each batch (default 50)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.concurrency < 1:
-        raise ValueError("--n and --concurrency must be at least 1")
+    if min(args.n, args.concurrency, args.memory_incidents, args.memory_batch) < 1:
+        raise ValueError("--n, --concurrency, --memory-incidents and --memory-batch must be at least 1")
     passes = tuple(p.strip() for p in args.passes.split(",") if p.strip())
     if not passes or any(p not in PASSES for p in passes) or list(passes) != sorted(set(passes), key=PASSES.index):
         raise ValueError(f"--passes {args.passes!r}: give some of {','.join(PASSES)}, once each, in that order")
     if args.bundle is not None and not (args.bundle / "bundle.json").is_file():
         raise FileNotFoundError(f"--bundle {args.bundle}: no bundle.json there")
-    figures = run(args.n, args.concurrency, args.bundle, progress=not args.no_progress, passes=passes)
+    figures = run(args.n, args.concurrency, args.bundle, progress=not args.no_progress, passes=passes,
+                  baro=not args.no_baro, memory=(args.memory_incidents, args.memory_batch))
     text = json.dumps(figures, indent=1)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,3 +71,57 @@ def bench_ranker(bundle: Path | None) -> dict:
                                "unknown_onset": round(cpu_unknown / len(ids), 4)},
             "process": json.loads(child.stdout.strip().splitlines()[-1]),
             "targets": {"ms_per_case": 20}}
+
+
+# One size of the scale pass, in a fresh process: its peak RSS is this size's. Ranked on a fresh copy each time, as
+# an incident is (nothing remembered): the first call, then the median of three more; BARO on the same copy.
+_SCALE_CHILD = """
+import json, statistics, sys, time
+from lemzha.baselines import Baro
+from lemzha.bundle_ranker import open_ranker
+from lemzha.scenario_io import load_scenario
+from offline.renaming import tiled
+ranker = open_ranker(sys.argv[1])
+base = load_scenario(sys.argv[2], with_label=False)
+copies = int(sys.argv[3])
+def cpu_ms(rank):
+    scenario = tiled(base, copies)
+    t0 = time.process_time()
+    rank(scenario)
+    return (time.process_time() - t0) * 1000
+first = cpu_ms(ranker.rank)
+again = statistics.median(cpu_ms(ranker.rank) for _ in range(3))
+baro = statistics.median(cpu_ms(Baro().rank) for _ in range(3))
+scenario = tiled(base, copies)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({"pods": len(scenario.pods), "services": len(scenario.services), "log_rows": len(scenario.logs),
+                  "first_ms": round(first, 1), "ms": round(again, 1), "baro_ms": round(baro, 1),
+                  "peak_rss_mib": round(int(status["VmHWM"].split()[0]) / 1024, 1)}))
+"""
+SCALE_COPIES = (1, 2, 5, 10, 22)
+
+
+def bench_scale(bundle: Path | None, copies: tuple[int, ...] = SCALE_COPIES) -> dict:
+    """The shipped ranker's CPU milliseconds and a process's peak RSS on a TrainTicket namespace copied k times
+    (`offline.renaming.tiled`: 46 pods and services per copy), BARO's milliseconds beside it."""
+    from offline.dataset import prepare
+    from offline.store import REPO_ROOT
+
+    prepared = prepare(progress=False)
+    if bundle is None:
+        from offline.bundle_cache import shipped_bundle
+
+        bundle = shipped_bundle(prepared)
+    tt = next(e["id"] for e in prepared.index["scenarios"] if e["id"].startswith("nezha/2023"))
+    sizes = []
+    for k in copies:
+        child = subprocess.run([sys.executable, "-c", _SCALE_CHILD, str(bundle), str(prepared.directory / tt), str(k)],
+                               capture_output=True, text=True, cwd=REPO_ROOT)
+        if child.returncode != 0:
+            raise RuntimeError(f"scale pass, {k} copies:\n{child.stderr[-2000:]}")
+        sizes.append({"copies": k, **json.loads(child.stdout.strip().splitlines()[-1])})
+    first, last = sizes[0], sizes[-1]
+    return {"scenario": tt, "sizes": sizes,
+            # 1.0 = linear in pods; the cost per pod at the largest size over that at the smallest
+            "ms_per_pod_growth": round((last["ms"] / last["pods"]) / (first["ms"] / first["pods"]), 2),
+            "targets": {"ms_at_1000_pods": 200}}

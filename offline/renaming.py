@@ -48,3 +48,39 @@ def rename_services(scenario: Scenario, names: dict[str, str]) -> Scenario:
 
 def neutral_names(scenario: Scenario) -> Scenario:
     return rename_services(scenario, service_names(scenario))
+
+
+def tiled(scenario: Scenario, copies: int) -> Scenario:
+    """The namespace copied `copies` times: copy j > 0 of service s is service `s-cj`, with the same pods (renamed
+    `s-cj-<suffix>`), metrics, logs and traces, calling the copies of its callees. Copy 0 keeps the names and the
+    label. For measuring how a ranker's cost grows with the pods of a namespace."""
+    import numpy as np
+    import pandas as pd
+
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, not {copies}")
+    renames = [{s: s if j == 0 else f"{s}-c{j}" for s in scenario.services} for j in range(copies)]
+    pods: list[str] = []
+    pod_service: dict[str, str] = {}
+    for names in renames:
+        for pod in scenario.pods:
+            service = scenario.pod_service[pod]
+            suffix = pod[len(service) + 1:] if pod.startswith(service + "-") else pod
+            new_pod = pod if names[service] == service else f"{names[service]}-{suffix}"
+            pods.append(new_pod)
+            pod_service[new_pod] = names[service]
+
+    def stacked(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+        parts = []
+        for names in renames:
+            part = frame.copy()
+            for column in columns:
+                part[column] = part[column].astype(str).map(names)
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+    return replace(scenario, id=f"{scenario.id}x{copies}", pods=tuple(pods), pod_service=pod_service,
+                   values=np.concatenate([scenario.values] * copies, axis=1),
+                   logs=stacked(scenario.logs, ("service",)),
+                   service_metrics=stacked(scenario.service_metrics, ("service",)),
+                   edges=stacked(scenario.edges, ("client", "server")))

@@ -108,7 +108,7 @@ def _live_scenario(env: Env, status: dict, namespace: str, incident_id: str):
     from lemzha.services import service_of_pod
 
     pod_service = {p: service_of_pod(p) for p in pods}
-    logs = fetch_logs(namespace, window.start, window.n_bins, pod_service)
+    logs = fetch_logs(namespace, window.start, window.n_bins, lambda: pod_service)
     traces = fetch_traces(namespace, window.start, window.n_bins, set(pod_service.values()))
     return build_scenario(incident_id, namespace, window, pods, values, names, logs, traces=traces)
 

@@ -325,3 +325,58 @@ def test_the_phase_an_attempt_starts_in():
     assert starting_phase({"faultTime": "2023-01-29T09:00:00Z"}, {}, now) == "Pending"  # ends 09:10
     assert starting_phase({"faultTime": "2023-01-29T09:00:00Z"}, {}, now + timedelta(minutes=10)) == "Analyzing"
     assert starting_phase({"faultTime": "0001-01-01T00:05:00Z"}, {}, now) is None
+
+
+def test_metrics_logs_and_traces_are_fetched_at_once(case):
+    """The logs are fetched and cleaned while the metrics are fetched, and the traces while the logs are: each fake
+    source waits (at most 10 s) for the one it should overlap with to have started; fetched one after the other,
+    none of them would see the other start. The logs get the pod->service map only once the metrics are in."""
+    import threading
+
+    fm, fl, _ = sources(case)
+    started = {name: threading.Event() for name in ("metrics", "logs", "traces")}
+    seen: dict[str, object] = {}
+
+    def fetch_metrics(*args):
+        started["metrics"].set()
+        seen["logs started during metrics"] = started["logs"].wait(10)
+        return fm(*args)
+
+    def fetch_logs(namespace, start, n_bins, pod_service):
+        started["logs"].set()
+        seen["metrics started before the logs' map"] = started["metrics"].is_set()
+        seen["map"] = pod_service()
+        seen["traces started during logs"] = started["traces"].wait(10)
+        return fl(namespace, start, n_bins, pod_service)
+
+    def fetch_traces(namespace, start, n_bins, services):
+        started["traces"].set()
+        window = case.window(case.bin_of(start), n_bins)
+        return window.service_metrics, window.edges
+
+    now = case.label.injection_time + timedelta(days=1)
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fetch_metrics, fetch_logs, Baro(),
+                   fetch_traces=fetch_traces)
+    assert outcome.phase == "Completed" and outcome.source_errors == []
+    assert seen["logs started during metrics"] and seen["traces started during logs"]
+    assert seen["map"] == dict(case.pod_service)
+    plain = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fl, Baro(),
+                 fetch_traces=fetch_traces)
+    assert outcome.status["rootCauses"] == plain.status["rootCauses"]
+
+
+def test_a_metrics_outage_stops_the_sources_waiting_for_its_pods(case):
+    """When the metrics fail no pod->service map comes: a logs fetch waiting for one stops (the step returns, no
+    thread is left waiting) and its time is not counted."""
+    asked = []
+
+    def fetch_logs(namespace, start, n_bins, pod_service):
+        asked.append("logs")
+        pod_service()
+        raise AssertionError("pod_service() must raise when the metrics failed")
+
+    fm, _, _ = sources(case, metrics_error=SourceUnavailable("PrometheusUnavailable", "refused"))
+    now = case.label.injection_time + timedelta(days=1)
+    outcome = step(case.id, spec_for(case), {}, case.namespace, now, now, fm, fetch_logs, Baro())
+    assert outcome.phase == "Analyzing" and outcome.source_errors == [("prometheus", "unreachable")]
+    assert asked == ["logs"] and "logs" not in outcome.timings

@@ -39,12 +39,16 @@ def carried(values: np.ndarray) -> np.ndarray:
     return pd.DataFrame(flat).ffill(limit=1).to_numpy()
 
 
+# Bounded twice: at most 24 arrays, and at most 64 MiB of them (a 1,000-pod namespace's carried series are ~35 MB
+# each, so a count alone would let a few big namespaces hold most of the operator's memory).
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 24
+_CACHE_BYTES = 64 << 20
 
 
 def _cached(kind: str, values: np.ndarray, extra, compute):
-    """Memoise pure functions of a metric array by content (detectors score the same day many times)."""
+    """Memoise pure functions of a metric array by content (detectors score the same day many times); least
+    recently used out first, within _CACHE_SIZE entries and _CACHE_BYTES bytes (an array over that is not kept)."""
     values = np.ascontiguousarray(values)
     key = (kind, extra, values.shape, str(values.dtype), hashlib.blake2b(values.tobytes(), digest_size=16).digest())
     if key in _CACHE:
@@ -53,7 +57,7 @@ def _cached(kind: str, values: np.ndarray, extra, compute):
     out = compute()
     out.setflags(write=False)
     _CACHE[key] = out
-    while len(_CACHE) > _CACHE_SIZE:
+    while len(_CACHE) > _CACHE_SIZE or (_CACHE and sum(a.nbytes for a in _CACHE.values()) > _CACHE_BYTES):
         _CACHE.popitem(last=False)
     return out
 

@@ -180,8 +180,9 @@ class LokiClient:
             if doc.get("status") != "success" or doc["data"]["resultType"] != "streams":
                 raise ValueError(f"status {doc.get('status')!r}, resultType {doc['data'].get('resultType')!r}")
             entries = [
-                (int(ts), dict(stream["stream"]), line)
+                (int(ts), labels, line)
                 for stream in doc["data"]["result"]
+                for labels in (dict(stream["stream"]),)  # one dict per stream, shared by its entries (read only)
                 for ts, line in stream["values"]
             ]
         except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -242,20 +243,35 @@ def log_rows(
     outside [0, n_bins) are dropped; `services`, when given, keeps only those (offline keeps services that have
     metrics). `start` should be bin-aligned (lemzha.binning.floor_to_bin), as offline windows are: offline bins
     the 30 s epoch grid, so the two agree only on aligned starts."""
-    rows = [(ts, labels.get(pod_label), line) for ts, labels, line in entries]
-    frame = pd.DataFrame(rows, columns=["ts", "pod", "line"])
-    frame = frame.loc[frame["pod"].notna() & (frame["pod"] != "")]
-    if frame.empty:
+    return service_rows(templated_entries(entries, start, n_bins, pod_label), pod_service, services)
+
+
+def templated_entries(entries: Iterable[Entry], start: datetime, n_bins: int, pod_label: str = "pod") -> pd.DataFrame:
+    """The first half of `log_rows`, which needs no pod->service map: each entry of the window with its pod, bin,
+    template and level (the costly part: cleaning every line), so it can run while the metrics are still fetched.
+    The raw lines never enter a DataFrame: a column of 20,000 long strings costs more to build than to clean."""
+    kept = [(ts, pod, line) for ts, labels, line in entries if (pod := labels.get(pod_label))]
+    if not kept:
+        return pd.DataFrame({"pod": pd.Series(dtype=object), "bin": pd.Series(dtype="int64"),
+                             "template": pd.Series(dtype=object), "level": pd.Series(dtype=object)})
+    times = pd.to_datetime(np.fromiter((ts for ts, _, _ in kept), dtype=np.int64, count=len(kept)), unit="ns",
+                           utc=True)
+    bins = bin_indices(times, start, BIN_SECONDS)
+    inside = np.flatnonzero((bins >= 0) & (bins < n_bins))
+    templates, levels = templates_and_levels(kept[i][2] for i in inside)
+    frame = pd.DataFrame({"pod": [kept[i][1] for i in inside], "bin": bins[inside], "template": templates,
+                          "level": levels})
+    return frame.loc[frame["template"] != ""]
+
+
+def service_rows(templated: pd.DataFrame, pod_service: dict[str, str] | None = None,
+                 services: set[str] | None = None) -> pd.DataFrame:
+    """The second half of `log_rows`: `templated_entries` counted per (service, bin, template, level)."""
+    if templated.empty:
         return _empty_rows()
-    frame["bin"] = bin_indices(pd.to_datetime(frame["ts"].astype("int64"), unit="ns", utc=True), start,
-                               BIN_SECONDS)
-    frame = frame.loc[(frame["bin"] >= 0) & (frame["bin"] < n_bins)]
-    if frame.empty:
-        return _empty_rows()
-    frame["template"], frame["level"] = templates_and_levels(frame["line"])
     mapping = pod_service or {}
-    frame["service"] = frame["pod"].map({p: mapping.get(p) or service_of_pod(p) for p in frame["pod"].unique()})
-    frame = frame.loc[frame["template"] != ""]
+    frame = templated.assign(service=templated["pod"].map(
+        {p: mapping.get(p) or service_of_pod(p) for p in templated["pod"].unique()}))
     if services is not None:
         frame = frame.loc[frame["service"].isin(services)]
     if frame.empty:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +29,9 @@ from lemzha_operator.analysis import analyze
 from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, rfc3339, seconds_until_complete
 
 MetricsFetcher = Callable[[str, datetime, int], tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]]
-LogsFetcher = Callable[[str, datetime, int, dict[str, str]], pd.DataFrame]
+# (namespace, start, n_bins, pod_service) -> log rows. The logs are fetched while the metrics are: `pod_service()`
+# blocks until the metrics have named the pods, so a fetcher calls it only once it has fetched and cleaned its lines.
+LogsFetcher = Callable[[str, datetime, int, Callable[[], dict[str, str]]], pd.DataFrame]
 PodInfoFetcher = Callable[[str, datetime, int], object]  # -> PodInfo(owners: pod->controller, labels: pod->labels)
 TracesFetcher = Callable[[str, datetime, int, set[str]], tuple[pd.DataFrame, pd.DataFrame]]  # (service_metrics, edges)
 
@@ -70,10 +74,15 @@ class Outcome:
 
 
 class Stopwatch:
-    """Seconds per pipeline stage, for the self-metrics and the latency benchmark."""
+    """Seconds per pipeline stage, for the self-metrics and the latency benchmark (stages may run in threads)."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -81,7 +90,36 @@ class Stopwatch:
         try:
             yield
         finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self.add(name, time.perf_counter() - t0)
+
+
+class _NoPods(Exception):
+    """The metrics failed, so no pod->service map will come: a source waiting for one stops."""
+
+
+def _source_job(clock: Stopwatch, stage: str, pods_known: Future, run: Callable[[Callable[[], dict]], object]):
+    """`run(pods)` in a fetch thread, where `pods()` waits for the metrics' pod->service map. The stage's time is
+    the run's, without that wait; a run stopped because the metrics failed gives None and no time."""
+    waited = 0.0
+
+    def pods() -> dict[str, str]:
+        nonlocal waited
+        t0 = time.perf_counter()
+        try:
+            return pods_known.result()
+        finally:
+            waited += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    try:
+        result = run(pods)
+    except _NoPods:
+        return None
+    except BaseException:
+        clock.add(stage, time.perf_counter() - t0 - waited)
+        raise
+    clock.add(stage, time.perf_counter() - t0 - waited)
+    return result
 
 
 def condition(kind: str, ok: bool, reason: str, message: str) -> dict:
@@ -200,45 +238,49 @@ def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: da
                       *fetched_before["conditions"]]
         return _ranked(scenario, frozen, conditions, ranker, top_k, clock, fetched_before["coverage"], [],
                        onset_estimator)
-    warnings: list[str] = []
-    try:
-        with clock.stage("metrics"):
-            fetched = fetch_metrics(namespace, window.start, window.n_bins)
-        pods, values, names = fetched[:3]
-        warnings = list(getattr(fetched, "warnings", ()))
-        owners: dict[str, str] = {}
-        if fetch_pod_info is not None or spec.get("podSelector"):
-            with clock.stage("pod_info"):
-                info = fetch_pod_info(namespace, window.start, window.n_bins) if fetch_pod_info else None
-            owners = dict(getattr(info, "owners", {}) or {})
-            pods, values = _selected(pods, values, spec.get("podSelector"), getattr(info, "labels", {}) or {})
-        if not pods or not np.isfinite(values).any():
-            raise DataUnavailable(f"no pod metrics in namespace {namespace!r} for the window"
-                                  + (" and podSelector" if spec.get("podSelector") else ""))
-    except SourceUnavailable as err:
-        errors = [(err.source, err.kind)]
-        if timed_out:
-            failed = _timeout(frozen, timeout, str(err))
-            failed.source_errors, failed.timings = errors, clock.timings
-            return failed
-        delay = retry_delay(backoff(attempt), timeout, waited)
-        return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err)),
-                                             condition("Degraded", True, err.reason,
-                                                       f"{err}; retrying in {delay:.0f} s")],
-                       retry_after=delay, timings=clock.timings, source_errors=errors)
-    except DataUnavailable as err:
-        return Outcome("Failed", {**frozen, "message": str(err)},
-                       [condition("Ready", False, "DataUnavailable", str(err))], permanent=True,
-                       timings=clock.timings)
+    # Metrics here, logs and traces in two threads at once: the logs fetch and clean their lines while the metrics
+    # are on their way, and both wait only for the pod->service map (`_source_job`). Each source keeps its own
+    # errors: a metrics outage retries the incident, a logs or traces outage degrades it.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lemzha-fetch") as pool:
+        pods_known: Future = Future()
+        logs_job = traces_job = None
+        if fetch_logs is not None:
+            logs_job = pool.submit(_source_job, clock, "logs", pods_known,
+                                   lambda pods: fetch_logs(namespace, window.start, window.n_bins, pods))
+        if fetch_traces is not None:
+            traces_job = pool.submit(_source_job, clock, "traces", pods_known,
+                                     lambda pods: fetch_traces(namespace, window.start, window.n_bins,
+                                                               set(pods().values())))
+        try:
+            pods, values, names, owners, warnings = _fetch_metrics(namespace, window, spec, fetch_metrics,
+                                                                   fetch_pod_info, clock)
+            pod_service = {p: service_of_pod(p, owners.get(p)) for p in pods}
+            pods_known.set_result(pod_service)
+        except SourceUnavailable as err:
+            errors = [(err.source, err.kind)]
+            if timed_out:
+                failed = _timeout(frozen, timeout, str(err))
+                failed.source_errors, failed.timings = errors, clock.timings
+                return failed
+            delay = retry_delay(backoff(attempt), timeout, waited)
+            return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err)),
+                                                 condition("Degraded", True, err.reason,
+                                                           f"{err}; retrying in {delay:.0f} s")],
+                           retry_after=delay, timings=clock.timings, source_errors=errors)
+        except DataUnavailable as err:
+            return Outcome("Failed", {**frozen, "message": str(err)},
+                           [condition("Ready", False, "DataUnavailable", str(err))], permanent=True,
+                           timings=clock.timings)
+        finally:
+            if not pods_known.done():  # before the pool waits for its jobs: they must not wait for ever
+                pods_known.set_exception(_NoPods())
     degraded: list[tuple[str, str]] = []  # (reason, message)
     errors: list[tuple[str, str]] = []
     logs = None
     coverage: dict = {"logs": LOGS_DISABLED}
-    pod_service = {p: service_of_pod(p, owners.get(p)) for p in pods}
-    if fetch_logs is not None:
+    if logs_job is not None:
         try:
-            with clock.stage("logs"):
-                logs = fetch_logs(namespace, window.start, window.n_bins, pod_service)
+            logs = logs_job.result()
         except SourceUnavailable as err:
             # metrics alone still rank; say so instead of failing the incident
             degraded.append((err.reason, f"ranked without logs: {err}"))
@@ -251,10 +293,9 @@ def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: da
                 degraded.append(("LogsTruncated", "Loki returned more lines than the cap"
                                  + (f" ({log_cap})" if log_cap else "") + "; log counts are incomplete"))
     traces = None
-    if fetch_traces is not None:
+    if traces_job is not None:
         try:
-            with clock.stage("traces"):
-                traces = fetch_traces(namespace, window.start, window.n_bins, set(pod_service.values()))
+            traces = traces_job.result()
         except SourceUnavailable as err:
             degraded.append((err.reason, f"ranked without traces: {err}"))
             errors.append((err.source, err.kind))
@@ -311,6 +352,26 @@ def starting_phase(spec: dict, status: dict, now: datetime) -> str | None:
     except Exception:  # the attempt itself meets the same problem and reports it
         return None
     return "Pending" if seconds_until_complete(window, now) > 0 else "Analyzing"
+
+
+def _fetch_metrics(namespace: str, window: ResolvedWindow, spec: dict, fetch_metrics: MetricsFetcher,
+                   fetch_pod_info: PodInfoFetcher | None, clock: Stopwatch):
+    """(pods, values, metric names, owners, Prometheus warnings) of the window, the pods narrowed by podSelector;
+    DataUnavailable when no pod has a metric."""
+    with clock.stage("metrics"):
+        fetched = fetch_metrics(namespace, window.start, window.n_bins)
+    pods, values, names = fetched[:3]
+    warnings = list(getattr(fetched, "warnings", ()))
+    owners: dict[str, str] = {}
+    if fetch_pod_info is not None or spec.get("podSelector"):
+        with clock.stage("pod_info"):
+            info = fetch_pod_info(namespace, window.start, window.n_bins) if fetch_pod_info else None
+        owners = dict(getattr(info, "owners", {}) or {})
+        pods, values = _selected(pods, values, spec.get("podSelector"), getattr(info, "labels", {}) or {})
+    if not pods or not np.isfinite(values).any():
+        raise DataUnavailable(f"no pod metrics in namespace {namespace!r} for the window"
+                              + (" and podSelector" if spec.get("podSelector") else ""))
+    return pods, values, names, owners, warnings
 
 
 def missing_metrics(values: np.ndarray, names: tuple[str, ...]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -10,7 +11,7 @@ import pandas as pd
 from lemzha.baselines import Baro
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Scenario
-from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, log_rows, selector
+from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, selector, service_rows, templated_entries
 from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable, TracesFetcher
 from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
@@ -87,7 +88,7 @@ def logs_fetcher(settings: Settings) -> LogsFetcher:
     client = LokiClient(settings.loki_url, token_file=settings.loki_token_file, ca_bundle=settings.ca_bundle,
                         timeout=settings.query_timeout, max_entries=settings.loki_max_lines)
 
-    def fetch(namespace: str, start: datetime, n_bins: int, pod_service: dict[str, str]) -> pd.DataFrame:
+    def fetch(namespace: str, start: datetime, n_bins: int, pod_service: Callable[[], dict[str, str]]) -> pd.DataFrame:
         end = start + timedelta(seconds=30 * n_bins)
         try:
             result = client.fetch(selector(namespace, namespace_label=settings.namespace_label), start, end)
@@ -96,8 +97,10 @@ def logs_fetcher(settings: Settings) -> LogsFetcher:
                                     else "unreachable") from err
         except LokiError as err:  # a query Loki refuses will not succeed on retry: rank without logs, say why
             raise SourceUnavailable("LokiQueryError", str(err), "rejected") from err
-        rows = log_rows(result.entries, start, n_bins, settings.pod_label, pod_service,
-                        services=set(pod_service.values()))
+        # clean the lines first: the pod->service map comes from the metrics, which may still be on their way
+        templated = templated_entries(result.entries, start, n_bins, settings.pod_label)
+        mapping = pod_service()
+        rows = service_rows(templated, mapping, services=set(mapping.values()))
         rows.attrs["truncated"] = result.truncated
         return rows
 
