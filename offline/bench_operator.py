@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     parser.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
-    parser.add_argument("--bundle", type=Path, help="bundle directory (default: the shipped evidence bundle, exported once per code version)")
+    parser.add_argument("--bundle", type=Path,
+                        help="bundle directory (default: the shipped evidence bundle, exported once per code version)")
     parser.add_argument("--passes", default=",".join(PASSES),
                         help=f"comma-separated, in this order: {','.join(PASSES)} (default all)")
     parser.add_argument("--no-baro", action="store_true", help="skip the same passes without a bundle (BARO only)")
