@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from offline.cli import run_cli
+from offline.provenance import bench_provenance
 from offline.store import REPO_ROOT
 
 
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         measure(["offline.data", "prepare"])  # make sure the scenario cache exists: not part of the figure
         figures = {"lodocv": measure(["offline.lodocv", "--out", str(args.out), *extra]),
                    "targets": {"wall_s": 600}}
+    figures["provenance"] = bench_provenance(args.what, list(sys.argv[2:] if argv is None else argv[1:]))
     print(json.dumps(figures, indent=1))
     if getattr(args, "out", None) is not None and args.what != "lodocv":
         args.out.parent.mkdir(parents=True, exist_ok=True)

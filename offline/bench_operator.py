@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from offline.bench_ranker import bench_scale
+from offline.provenance import bench_provenance
 from offline.store import REPO_ROOT
 
 TARGETS = {"p95_warm_s": 1.0, "p95_cold_s": 1.5, "cpu_s_per_incident": 0.4, "rss_mib_after_500": 300,
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"--bundle {args.bundle}: no bundle.json there")
     figures = run(args.n, args.concurrency, args.bundle, progress=not args.no_progress, passes=passes,
                   baro=not args.no_baro, memory=(args.memory_incidents, args.memory_batch))
+    figures["provenance"] = bench_provenance("operator", list(sys.argv[1:] if argv is None else argv))
     text = json.dumps(figures, indent=1)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,11 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return versions
 
 
+def bench_provenance(name: str, argv: list[str]) -> dict:
+    """What a benchmark JSON records about its run: the command as typed, the commit and when."""
+    return {**provenance(()), "command": " ".join(["python -m offline.bench", name, *argv])}
+
+
 def provenance(packages: tuple[str, ...]) -> dict:
     sha, dirty = git_state()
     return {
