@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     op = sub.add_parser("operator", help="live operator: created->Completed latency, stages, RSS, throughput")
     op.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     op.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")
-    op.add_argument("--bundle", type=Path, help="bundle directory (default: a --quick export, cached)")
+    op.add_argument("--bundle", type=Path, help="bundle directory (default: the shipped bundle, cached)")
     op.add_argument("--passes", help="cold,warm,burst,alerts,memory,scale or some of them, in that order")
     op.add_argument("--no-baro", action="store_true", help="skip the same passes without a bundle (BARO only)")
     op.add_argument("--memory-incidents", type=int, default=500, help="incidents of the memory pass (default 500)")
