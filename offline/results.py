@@ -46,7 +46,37 @@ def _cell(summary: dict, key: str) -> str:
     return f"{metric['mean']:.3f}" + (f" ± {metric['std']:.3f}" if metric.get("std") else "")
 
 
-def headline(results: dict) -> str:
+def _speed_rows(benches: list[tuple[Path, dict]]) -> list[str]:
+    """The README's speed lines, from the benchmark JSONs that are there (operator, ranker), each naming its command."""
+    rows = []
+    for _, bench in benches:
+        command = bench.get("provenance", {}).get("command", "")
+        operator = bench.get("bundle")
+        if isinstance(operator, dict) and "latency_created_to_completed" in operator:
+            latency = operator["latency_created_to_completed"]
+            warm = latency.get("warm_template_cache", {})
+            alert = operator.get("latency_alert_to_completed", {}).get("post_to_completed", {})
+            cpu = operator.get("operator_cpu_s_per_incident", {}).get("warm")
+            if warm:
+                rows.append(f"| created → Completed, warm, p50 / p95 | {warm['p50_s']:.2f} s / {warm['p95_s']:.2f} s "
+                            f"| `{command}` |")
+            if alert:
+                rows.append(f"| alert posted → Completed, p95 | {alert['p95_s']:.2f} s | `{command}` |")
+            if cpu is not None:
+                rows.append(f"| operator CPU per incident | {cpu:.2f} s | `{command}` |")
+            if "operator_rss_mib" in operator:
+                rows.append(f"| operator RSS after the run | {operator['operator_rss_mib']:.0f} MiB | `{command}` |")
+        known = bench.get("ms_per_case_known_onset")
+        if isinstance(known, dict):
+            cells = ", ".join(f"{app} {v['median']:.1f} ms" for app, v in sorted(known.items()))
+            rows.append(f"| ranking one case, onset given (median) | {cells} | `{command}` |")
+        for size in bench.get("sizes", [])[-1:]:
+            rows.append(f"| ranking {size['pods']} pods | {size['ms']:.0f} ms, peak RSS {size['peak_rss_mib']:.0f} MiB "
+                        f"| `{command}` |")
+    return rows
+
+
+def headline(results: dict, benches: list[tuple[Path, dict]] = ()) -> str:
     """The README's table: the shipped ranker and the main baselines, per protocol, with the command beside it."""
     shipped, p = results["shipped"], results["provenance"]
     day = results["protocols"].get("day")
@@ -79,6 +109,10 @@ def headline(results: dict) -> str:
                 rows.append(f"| {shipped}, {label} | {_cell(day['rankers'][variant], 'acc1')} |")
     if rows:
         lines += ["", "| variant | Acc@1 |", "|---|---|", *rows]
+    speed = _speed_rows(list(benches))
+    if speed:
+        lines += ["", "Speed, on the 2-core development machine:", "", "| figure | value | command |", "|---|---|---|",
+                  *speed]
     missed = [t for t in results["target_check"] if t["met"] is False]
     if missed:
         lines += ["", "Targets missed: " + "; ".join(f"{t['target']} {t['value']:.3f} (goal {t['goal']:g})"
@@ -156,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     readme = None
     if args.readme is not None:  # everything is checked before anything is written
         try:
-            readme = replace_block(args.readme.read_text(), headline(results), args.readme)
+            readme = replace_block(args.readme.read_text(), headline(results, benches), args.readme)
         except OSError as err:
             raise ResultsError(f"{args.readme}: cannot read ({err})") from None
     write_atomic(args.out, text)

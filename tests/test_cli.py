@@ -112,7 +112,8 @@ def test_lodocv_quick_end_to_end(prepared, tmp_path):
     # RESULTS.md and the README's block are written from this run, naming its command and commit
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"provenance": {"command": "python -m offline.bench ranker", "git_sha": "abc1234"},
-                                 "ms_per_case": {"trainticket": 7.25}}))
+                                 "ms_per_case": {"trainticket": 7.25},
+                                 "ms_per_case_known_onset": {"trainticket": {"median": 6.78, "n": 45}}}))
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\ntail\n")
     result = run("offline.results", "--lodocv", str(out / "results.json"), "--bench", str(bench),
@@ -125,6 +126,7 @@ def test_lodocv_quick_end_to_end(prepared, tmp_path):
     assert "old" not in block and block.endswith("<!-- results:end -->\n\ntail\n") and command in block
     acc1 = results["protocols"]["day"]["rankers"]["evidence"]["pooled"]["acc1"]["mean"]
     assert f"| **evidence** (shipped) | {acc1:.3f}" in block
+    assert "| ranking one case, onset given (median) | trainticket 6.8 ms | `python -m offline.bench ranker` |" in block
 
 
 def test_scenario_file_with_service_without_pods_is_refused(prepared, tmp_path):
