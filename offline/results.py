@@ -142,7 +142,21 @@ def bench_markdown(bench: dict, path: Path) -> str:
             lines.append(f"| {prefix} | {', '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in value)} |")
 
     walk("", bench)
+    for key, rows in _record_lists(bench):  # curves and size passes: one table each
+        columns = list(dict.fromkeys(c for row in rows for c in row))
+        lines += ["", f"{key}:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _record_lists(value, prefix: str = "") -> list[tuple[str, list[dict]]]:
+    """(path, rows) of every list of flat records in a benchmark JSON (e.g. a memory curve, the scale pass)."""
+    if isinstance(value, dict):
+        return [found for key, inner in value.items() if key != "provenance"
+                for found in _record_lists(inner, f"{prefix} / {key}" if prefix else str(key))]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [(prefix, value)]
+    return []
 
 
 def results_markdown(results: dict, benches: list[tuple[Path, dict]]) -> str:

@@ -113,7 +113,9 @@ def test_lodocv_quick_end_to_end(prepared, tmp_path):
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"provenance": {"command": "python -m offline.bench ranker", "git_sha": "abc1234"},
                                  "ms_per_case": {"trainticket": 7.25},
-                                 "ms_per_case_known_onset": {"trainticket": {"median": 6.78, "n": 45}}}))
+                                 "ms_per_case_known_onset": {"trainticket": {"median": 6.78, "n": 45}},
+                                 "memory_curve": [{"incidents": 10, "rss_mib": 362.0},
+                                                  {"incidents": 20, "rss_mib": 363.3}]}))
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\ntail\n")
     result = run("offline.results", "--lodocv", str(out / "results.json"), "--bench", str(bench),
@@ -122,6 +124,7 @@ def test_lodocv_quick_end_to_end(prepared, tmp_path):
     written = (tmp_path / "RESULTS.md").read_text()
     command = results["provenance"]["command"]
     assert command in written and "| **evidence** |" in written and "| ms_per_case / trainticket | 7.25 |" in written
+    assert "memory_curve:\n\n| incidents | rss_mib |\n|---|---|\n| 10 | 362.0 |\n| 20 | 363.3 |" in written
     block = readme.read_text()
     assert "old" not in block and block.endswith("<!-- results:end -->\n\ntail\n") and command in block
     acc1 = results["protocols"]["day"]["rankers"]["evidence"]["pooled"]["acc1"]["mean"]
