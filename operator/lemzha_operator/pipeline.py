@@ -209,10 +209,28 @@ def step(
                        permanent=True)
 
 
+@dataclass
+class Fetched:
+    """What the sources answered for one window: the metrics (required) and, each with its own error, the logs and
+    the traces."""
+
+    pods: tuple[str, ...]
+    values: np.ndarray
+    names: tuple[str, ...]
+    owners: dict[str, str]
+    warnings: list[str]
+    logs: pd.DataFrame | None = None
+    logs_error: SourceUnavailable | None = None
+    traces: tuple | None = None
+    traces_error: SourceUnavailable | None = None
+
+
 def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: datetime, created: datetime,
              fetch_metrics: MetricsFetcher, fetch_logs: LogsFetcher | None, ranker: Ranker,
              fetch_pod_info: PodInfoFetcher | None, fetch_traces: TracesFetcher | None, store: Path | None,
              attempt: int, backoff: Callable[[int], float], log_cap: int | None, onset_estimator) -> Outcome:
+    """The stages, in order: resolve, wait for the window, reuse or fetch (metrics and pod_info, with logs and
+    traces beside them), scenario, rank."""
     clock = Stopwatch()
     try:
         timeout = spec_integer(spec, "timeoutSeconds", 900, 30, 86400)
@@ -223,14 +241,9 @@ def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: da
                        permanent=True)
     frozen = {"resolvedWindow": window.to_status()}  # status.onset is the analysis's to write
     waited = (now - created).total_seconds()
-    timed_out = waited >= timeout
-    wait = seconds_until_complete(window, now)
-    if wait > 0:
-        if timed_out:
-            return _timeout(frozen, timeout, f"the window ends at {rfc3339(window.end)}, its data is not in yet")
-        return Outcome("Pending", frozen, [condition("DataFetched", False, "WaitingForWindow",
-                                                     f"window ends at {rfc3339(window.end)}")],
-                       retry_after=retry_delay(min(wait, MAX_WAIT), timeout, waited))
+    pending = _pending(window, frozen, now, timeout, waited)
+    if pending is not None:
+        return pending
     if store is not None and (store / "scenario" / "scenario.json").is_file():
         scenario = load_scenario(store / "scenario", with_label=False)
         fetched_before = json.loads((store / FETCH_FILE).read_text())
@@ -238,9 +251,52 @@ def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: da
                       *fetched_before["conditions"]]
         return _ranked(scenario, frozen, conditions, ranker, top_k, clock, fetched_before["coverage"], [],
                        onset_estimator)
-    # Metrics here, logs and traces in two threads at once: the logs fetch and clean their lines while the metrics
-    # are on their way, and both wait only for the pod->service map (`_source_job`). Each source keeps its own
-    # errors: a metrics outage retries the incident, a logs or traces outage degrades it.
+    try:
+        fetched = _fetch(namespace, window, spec, fetch_metrics, fetch_pod_info, fetch_logs, fetch_traces, clock)
+    except SourceUnavailable as err:  # the metrics: retry the incident
+        errors = [(err.source, err.kind)]
+        if waited >= timeout:
+            failed = _timeout(frozen, timeout, str(err))
+            failed.source_errors, failed.timings = errors, clock.timings
+            return failed
+        delay = retry_delay(backoff(attempt), timeout, waited)
+        return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err)),
+                                             condition("Degraded", True, err.reason,
+                                                       f"{err}; retrying in {delay:.0f} s")],
+                       retry_after=delay, timings=clock.timings, source_errors=errors)
+    except DataUnavailable as err:
+        return Outcome("Failed", {**frozen, "message": str(err)},
+                       [condition("Ready", False, "DataUnavailable", str(err))], permanent=True,
+                       timings=clock.timings)
+    coverage, health, errors = _coverage(fetched, log_cap, fetch_logs is not None)
+    with clock.stage("scenario"):
+        scenario = build_scenario(incident_id, namespace, window, fetched.pods, fetched.values, fetched.names,
+                                  fetched.logs, fetched.owners, fetched.traces)
+        if store is not None:
+            _keep(store, scenario, coverage, health)
+    conditions = [condition("DataFetched", True, "DataFetched",
+                            f"{len(fetched.pods)} pods, {len(fetched.names)} metrics, {window.n_bins} bins"), health]
+    return _ranked(scenario, frozen, conditions, ranker, top_k, clock, coverage, errors, onset_estimator)
+
+
+def _pending(window: ResolvedWindow, frozen: dict, now: datetime, timeout: float, waited: float) -> Outcome | None:
+    """Pending while the window has not ended (looked at again by the deadline at the latest); None once it has."""
+    wait = seconds_until_complete(window, now)
+    if wait <= 0:
+        return None
+    if waited >= timeout:
+        return _timeout(frozen, timeout, f"the window ends at {rfc3339(window.end)}, its data is not in yet")
+    return Outcome("Pending", frozen, [condition("DataFetched", False, "WaitingForWindow",
+                                                 f"window ends at {rfc3339(window.end)}")],
+                   retry_after=retry_delay(min(wait, MAX_WAIT), timeout, waited))
+
+
+def _fetch(namespace: str, window: ResolvedWindow, spec: dict, fetch_metrics: MetricsFetcher,
+           fetch_pod_info: PodInfoFetcher | None, fetch_logs: LogsFetcher | None,
+           fetch_traces: TracesFetcher | None, clock: Stopwatch) -> Fetched:
+    """Metrics here, logs and traces in two threads at once: the logs fetch and clean their lines while the metrics
+    are on their way, and both wait only for the pod->service map (`_source_job`). A metrics outage raises
+    (SourceUnavailable, DataUnavailable); a logs or traces outage is kept in the result."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lemzha-fetch") as pool:
         pods_known: Future = Future()
         logs_job = traces_job = None
@@ -254,78 +310,74 @@ def _attempt(incident_id: str, spec: dict, status: dict, namespace: str, now: da
         try:
             pods, values, names, owners, warnings = _fetch_metrics(namespace, window, spec, fetch_metrics,
                                                                    fetch_pod_info, clock)
-            pod_service = {p: service_of_pod(p, owners.get(p)) for p in pods}
-            pods_known.set_result(pod_service)
-        except SourceUnavailable as err:
-            errors = [(err.source, err.kind)]
-            if timed_out:
-                failed = _timeout(frozen, timeout, str(err))
-                failed.source_errors, failed.timings = errors, clock.timings
-                return failed
-            delay = retry_delay(backoff(attempt), timeout, waited)
-            return Outcome("Analyzing", frozen, [condition("DataFetched", False, err.reason, str(err)),
-                                                 condition("Degraded", True, err.reason,
-                                                           f"{err}; retrying in {delay:.0f} s")],
-                           retry_after=delay, timings=clock.timings, source_errors=errors)
-        except DataUnavailable as err:
-            return Outcome("Failed", {**frozen, "message": str(err)},
-                           [condition("Ready", False, "DataUnavailable", str(err))], permanent=True,
-                           timings=clock.timings)
+            pods_known.set_result({p: service_of_pod(p, owners.get(p)) for p in pods})
         finally:
             if not pods_known.done():  # before the pool waits for its jobs: they must not wait for ever
                 pods_known.set_exception(_NoPods())
-    degraded: list[tuple[str, str]] = []  # (reason, message)
-    errors: list[tuple[str, str]] = []
-    logs = None
-    coverage: dict = {"logs": LOGS_DISABLED}
+    fetched = Fetched(pods, values, names, owners, warnings)
     if logs_job is not None:
         try:
-            logs = logs_job.result()
+            fetched.logs = logs_job.result()
         except SourceUnavailable as err:
-            # metrics alone still rank; say so instead of failing the incident
-            degraded.append((err.reason, f"ranked without logs: {err}"))
-            errors.append((err.source, err.kind))
-            coverage["logs"] = LOGS_UNAVAILABLE
-        else:
-            coverage["logs"] = LOGS_COMPLETE
-            if logs is not None and logs.attrs.get("truncated"):
-                coverage["logs"] = LOGS_TRUNCATED
-                degraded.append(("LogsTruncated", "Loki returned more lines than the cap"
-                                 + (f" ({log_cap})" if log_cap else "") + "; log counts are incomplete"))
-    traces = None
+            fetched.logs_error = err
     if traces_job is not None:
         try:
-            traces = traces_job.result()
+            fetched.traces = traces_job.result()
         except SourceUnavailable as err:
-            degraded.append((err.reason, f"ranked without traces: {err}"))
-            errors.append((err.source, err.kind))
-    if log_cap is not None and fetch_logs is not None:
+            fetched.traces_error = err
+    return fetched
+
+
+def _coverage(fetched: Fetched, log_cap: int | None, logs_configured: bool
+              ) -> tuple[dict, dict, list[tuple[str, str]]]:
+    """(status.dataCoverage, the Degraded condition, the sources' errors) of what was fetched: metrics alone still
+    rank, so an outage of the logs or the traces, warnings and absent metrics are said, not fatal."""
+    degraded: list[tuple[str, str]] = []  # (reason, message)
+    errors: list[tuple[str, str]] = []
+    coverage: dict = {"logs": LOGS_DISABLED}
+    if fetched.logs_error is not None:
+        err = fetched.logs_error
+        degraded.append((err.reason, f"ranked without logs: {err}"))
+        errors.append((err.source, err.kind))
+        coverage["logs"] = LOGS_UNAVAILABLE
+    elif logs_configured:
+        coverage["logs"] = LOGS_COMPLETE
+        if fetched.logs is not None and fetched.logs.attrs.get("truncated"):
+            coverage["logs"] = LOGS_TRUNCATED
+            degraded.append(("LogsTruncated", "Loki returned more lines than the cap"
+                             + (f" ({log_cap})" if log_cap else "") + "; log counts are incomplete"))
+    if fetched.traces_error is not None:
+        err = fetched.traces_error
+        degraded.append((err.reason, f"ranked without traces: {err}"))
+        errors.append((err.source, err.kind))
+    if log_cap is not None and logs_configured:
         coverage["logLinesCap"] = int(log_cap)
+    warnings = fetched.warnings
     if warnings:
         coverage["warnings"] = [w[:256] for w in warnings[:MAX_WARNINGS]]
         degraded.append(("PrometheusWarnings", "Prometheus answered with warnings (results may be partial): "
                          + "; ".join(warnings[:MAX_WARNINGS])))
-    missing = missing_metrics(values, names)
+    missing = missing_metrics(fetched.values, fetched.names)
     coverage["missingMetrics"] = missing
-    if missing:  # thin inputs: the model reads every metric it was trained on, and some are not there
-        degraded.append(("MetricsMissing", f"ranked without {len(missing)} of its {len(names)} input metrics "
-                         f"(absent for every pod of the window): {', '.join(missing)}; `python -m "
+    if missing:  # thin inputs: the ranker reads every catalog metric, and some are not there
+        degraded.append(("MetricsMissing", f"ranked without {len(missing)} of its {len(fetched.names)} input "
+                         f"metrics (absent for every pod of the window): {', '.join(missing)}; `python -m "
                          "lemzha_operator.doctor` names the exporter or recording rule each one needs"))
     if degraded:
         health = condition("Degraded", True, degraded[0][0], "; ".join(m for _, m in degraded))
     else:
         health = condition("Degraded", False, "AllSourcesAnswered", "every configured source answered")
-    with clock.stage("scenario"):
-        scenario = build_scenario(incident_id, namespace, window, pods, values, names, logs, owners, traces)
-        if store is not None:  # what the sources said first, then the data: a scenario never lacks its notes
-            store.mkdir(parents=True, exist_ok=True)
-            tmp = store / f".{FETCH_FILE}.tmp"
-            tmp.write_text(json.dumps({"coverage": coverage, "conditions": [health]}))
-            os.replace(tmp, store / FETCH_FILE)
-            save_scenario(scenario, store / "scenario")
-    conditions = [condition("DataFetched", True, "DataFetched",
-                            f"{len(pods)} pods, {len(names)} metrics, {window.n_bins} bins"), health]
-    return _ranked(scenario, frozen, conditions, ranker, top_k, clock, coverage, errors, onset_estimator)
+    return coverage, health, errors
+
+
+def _keep(store: Path, scenario: Scenario, coverage: dict, health: dict) -> None:
+    """Keep the fetched scenario for a retry: what the sources said first, then the data, so that a kept scenario
+    never lacks its notes."""
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".{FETCH_FILE}.tmp"
+    tmp.write_text(json.dumps({"coverage": coverage, "conditions": [health]}))
+    os.replace(tmp, store / FETCH_FILE)
+    save_scenario(scenario, store / "scenario")
 
 
 def spec_integer(spec: dict, field: str, default: int, low: int, high: int) -> int:
