@@ -77,7 +77,7 @@ class EvidenceConfig:
 
 
 # The configurations inner validation chooses among (fixed before any test-day run of this ranker; designed while
-# looking at all four Nezha days: see the README's honesty notes).
+# looking at all four Nezha days: docs/ranker.md, "How it was designed, honestly").
 CANDIDATES: tuple[EvidenceConfig, ...] = tuple(
     EvidenceConfig(signals, threshold)
     for signals in (MECHANISM_SIGNALS,

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from lemzha.catalog import RESOLUTION, spec
-from lemzha.evidence import robust_deviation
+from lemzha.evidence import IQR_FLOOR_ABS, robust_deviation
 from lemzha.memo import memo
 from lemzha.scenario import Scenario
 from lemzha.signals import best_per_group
@@ -44,7 +44,7 @@ def metric_signals(scenario: Scenario, onset_bin: int, horizon: int
     if not wanted or after.start >= after.stop:
         return names, values, detail
     series = memo(scenario, "metric_series", lambda: scenario.values[:, :, wanted].astype(np.float64))
-    resolution = np.array([RESOLUTION.get(spec(scenario.metrics[c]).type, 1e-6) for c in wanted])
+    resolution = np.array([RESOLUTION.get(spec(scenario.metrics[c]).type, IQR_FLOOR_ABS) for c in wanted])
     deviation = robust_deviation(series, onset_bin, spread="mad", resolution=resolution)[after]  # (H, P, m)
     position = {c: i for i, c in enumerate(wanted)}
     pod_service = scenario.pod_service_index()

@@ -12,7 +12,7 @@ the reply out; creating an incident is the callable it is given.
   LEMZHA_ALERTS_ONSET=estimated (default) it is given as from/to and the ranker finds the onset in it; with
   `startsAt` it is given as faultTime = startsAt with before/after. startsAt is when the rule's condition had held
   for its `for`, later than the fault: a given onset there is late, and a misplaced onset costs more than scanning
-  the window does (README, "Alerts").
+  the window does (docs/operator.md, "Alerts").
 - podSelector: only from the alert labels mapped in LEMZHA_ALERTS_SELECTOR_LABELS (`alertLabel=podLabelKey,...`);
   none by default, because a selector narrows the ranking to the alerting workload, which is often the symptom,
   not the cause, and a kube-state-metrics alert's `service` label names the exporter, not the app.

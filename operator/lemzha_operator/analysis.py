@@ -65,7 +65,7 @@ def analyze(scenario: Scenario, ranker: Ranker, top_k: int, onset_estimator=None
     """Rank and explain. The scenario must carry no label (live data has none).
 
     Without a given onset the ranker gets the scenario as it is (the model slides its crops, which ranks better than
-    any estimated onset: README, "Anomaly detection"), and `onset_estimator` (a `lemzha.detect.OnsetEstimator`;
+    any estimated onset: docs/detection.md), and `onset_estimator` (a `lemzha.detect.OnsetEstimator`;
     None = the CUSUM rule) places the onset for status.onset and the evidence."""
     if scenario.label is not None:
         raise ValueError("analyze() takes live scenarios, which have no label")
