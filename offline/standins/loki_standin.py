@@ -29,11 +29,13 @@ Usage: `with LokiStandIn() as loki: requests.get(loki.url + "/ready")` (port 0 p
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -210,6 +212,11 @@ def parse_time(text: str) -> int:
 StreamKey = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
 
 
+def _kept(query: Query, key: StreamKey, entries: Iterable[tuple[int, int, str]]
+          ) -> Iterator[tuple[int, StreamKey, int, str]]:
+    return ((ts, key, seq, line) for ts, seq, line in entries if query.keeps(line))
+
+
 # --- store ------------------------------------------------------------------------------------------------------
 class Store:
     """Streams in memory: sorted label pairs -> {(ts_ns, line): push order}; thread-safe. Each stream also keeps a
@@ -237,8 +244,12 @@ class Store:
             self._sorted[key] = index
         return index
 
-    def select(self, query: Query, start_ns: int, end_ns: int) -> list[tuple[int, StreamKey, int, str]]:
-        """(ts, stream key, push order, line) of the matching entries in [start_ns, end_ns)."""
+    def select(self, query: Query, start_ns: int, end_ns: int, limit: int | None = None,
+               backward: bool = False) -> list[tuple[int, StreamKey, int, str]]:
+        """(ts, stream key, push order, line) of the first `limit` matching entries in [start_ns, end_ns), in time
+        order (newest first when `backward`), ties broken by stream key and push order. The streams' sorted slices
+        are merged lazily, so a page costs its `limit`, not every entry left in the window (as in Loki, whose
+        paging a client drives by time)."""
         with self._lock:
             chosen = []
             for key in self._streams:
@@ -246,7 +257,9 @@ class Store:
                     index = self._index(key)
                     chosen.append((key, index[bisect.bisect_left(index, (start_ns,)):
                                               bisect.bisect_left(index, (end_ns,))]))
-        return [(ts, key, seq, line) for key, entries in chosen for ts, seq, line in entries if query.keeps(line)]
+        streams = [_kept(query, key, reversed(entries) if backward else entries) for key, entries in chosen]
+        merged = heapq.merge(*streams, key=lambda h: (h[0], h[1], h[2]), reverse=backward)
+        return list(itertools.islice(merged, limit))
 
     def __len__(self) -> int:
         with self._lock:
@@ -274,10 +287,8 @@ def query_range(store: Store, params: dict[str, str], max_entries_limit: int) ->
     direction = params.get("direction", "backward").lower()
     if direction not in ("forward", "backward"):
         raise ValueError(f"invalid direction {params['direction']!r}: must be forward or backward")
-    hits = store.select(query, start_ns, end_ns)
-    # the limit counts across streams: take the first `limit` entries in time order, ties broken stably
-    hits.sort(key=lambda h: (h[0], h[1], h[2]), reverse=direction == "backward")
-    hits = hits[:limit]
+    # the limit counts across streams: the first `limit` entries in time order, ties broken stably
+    hits = store.select(query, start_ns, end_ns, limit, backward=direction == "backward")
     result: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
     for ts, key, _, line in hits:
         result.setdefault(key, []).append([str(ts), line])

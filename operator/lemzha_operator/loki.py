@@ -8,6 +8,7 @@ same raw lines; tests/test_loki.py checks that on real TrainTicket lines.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,6 +91,15 @@ def selector(namespace: str, extra: dict[str, str] | None = None, namespace_labe
     return "{" + ", ".join(f"{name}={quote(value)}" for name, value in labels.items()) + "}"
 
 
+def _server_page_limit(text: str, asked: int) -> int | None:
+    """Loki's own limit from its refusal of a page size, "max entries limit per query exceeded, limit >
+    max_entries_limit[_per_query] (asked > N)", when N is below what was asked; None for any other answer."""
+    found = re.search(r"max entries limit per query exceeded.*\((\d+) > (\d+)\)", text)
+    if found is None or int(found[1]) != asked or not 0 < int(found[2]) < asked:
+        return None
+    return int(found[2])
+
+
 def _key(ts: int, labels: dict[str, str], line: str) -> tuple[int, tuple[tuple[str, str], ...], str]:
     return ts, tuple(sorted(labels.items())), line
 
@@ -100,7 +110,10 @@ def _ns(moment: datetime) -> int:
 
 class LokiClient:
     """query_range over a window, paginated forward. `token_file` is re-read on every request (projected service
-    account tokens rotate); `ca_bundle` is a CA file for TLS verification."""
+    account tokens rotate); `ca_bundle` is a CA file for TLS verification.
+
+    `page_limit` starts at Loki's default `max_entries_limit_per_query` (5000): fewer, larger pages. A Loki
+    configured lower refuses it with "(5000 > N)"; the client then pages by N from that request on."""
 
     def __init__(
         self,
@@ -108,7 +121,7 @@ class LokiClient:
         token_file: str | Path | None = None,
         ca_bundle: str | Path | None = None,
         timeout: float = 30,
-        page_limit: int = 1000,
+        page_limit: int = 5000,
         max_entries: int = 200_000,
     ) -> None:
         if page_limit <= 0 or max_entries <= 0:
@@ -169,6 +182,9 @@ class LokiClient:
         params = {"query": query, "start": str(start_ns), "end": str(end_ns), "limit": str(self.page_limit),
                   "direction": "forward"}  # fmt: skip
         code, text = self._get("/loki/api/v1/query_range", params)
+        if code == 400 and (lower := _server_page_limit(text, self.page_limit)) is not None:
+            self.page_limit = lower
+            return self._page(query, start_ns, end_ns)
         if code >= 500 or code == 429:  # 429: rate limited, which passes like an outage
             raise LokiUnavailable(f"Loki answered {code}: {text.strip()[:500]}")
         if code >= 400:
