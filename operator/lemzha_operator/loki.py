@@ -263,13 +263,13 @@ def log_rows(
 
 
 def templated_entries(entries: Iterable[Entry], start: datetime, n_bins: int, pod_label: str = "pod") -> pd.DataFrame:
-    """The first half of `log_rows`, which needs no pod->service map: each entry of the window with its pod, bin,
-    template and level (the costly part: cleaning every line), so it can run while the metrics are still fetched.
-    The raw lines never enter a DataFrame: a column of 20,000 long strings costs more to build than to clean."""
+    """The first half of `log_rows`, which needs no pod->service map: the entries of the window counted per pod,
+    bin, template and level (the costly part: cleaning every line), so it can run while the metrics are still
+    fetched, and be kept per chunk of time (`lemzha_operator.logchunks`). The raw lines never enter a DataFrame:
+    a column of 20,000 long strings costs more to build than to clean."""
     kept = [(ts, pod, line) for ts, labels, line in entries if (pod := labels.get(pod_label))]
     if not kept:
-        return pd.DataFrame({"pod": pd.Series(dtype=object), "bin": pd.Series(dtype="int64"),
-                             "template": pd.Series(dtype=object), "level": pd.Series(dtype=object)})
+        return empty_templated()
     times = pd.to_datetime(np.fromiter((ts for ts, _, _ in kept), dtype=np.int64, count=len(kept)), unit="ns",
                            utc=True)
     bins = bin_indices(times, start, BIN_SECONDS)
@@ -277,12 +277,22 @@ def templated_entries(entries: Iterable[Entry], start: datetime, n_bins: int, po
     templates, levels = templates_and_levels(kept[i][2] for i in inside)
     frame = pd.DataFrame({"pod": [kept[i][1] for i in inside], "bin": bins[inside], "template": templates,
                           "level": levels})
-    return frame.loc[frame["template"] != ""]
+    frame = frame.loc[frame["template"] != ""]
+    return frame.groupby(list(TEMPLATED_COLUMNS[:-1]), observed=True, sort=False).size().rename("count").reset_index()
+
+
+TEMPLATED_COLUMNS = ("pod", "bin", "template", "level", "count")
+
+
+def empty_templated() -> pd.DataFrame:
+    return pd.DataFrame({"pod": pd.Series(dtype=object), "bin": pd.Series(dtype="int64"),
+                         "template": pd.Series(dtype=object), "level": pd.Series(dtype=object),
+                         "count": pd.Series(dtype="int64")})
 
 
 def service_rows(templated: pd.DataFrame, pod_service: dict[str, str] | None = None,
                  services: set[str] | None = None) -> pd.DataFrame:
-    """The second half of `log_rows`: `templated_entries` counted per (service, bin, template, level)."""
+    """The second half of `log_rows`: `templated_entries` summed per (service, bin, template, level)."""
     if templated.empty:
         return _empty_rows()
     mapping = pod_service or {}
@@ -292,7 +302,7 @@ def service_rows(templated: pd.DataFrame, pod_service: dict[str, str] | None = N
         frame = frame.loc[frame["service"].isin(services)]
     if frame.empty:
         return _empty_rows()
-    out = frame.groupby(["service", "bin", "template", "level"], observed=True).size().rename("count").reset_index()
+    out = frame.groupby(["service", "bin", "template", "level"], observed=True)["count"].sum().reset_index()
     out = out.loc[:, list(LOG_ROW_COLUMNS)]
     return _typed(out)
 

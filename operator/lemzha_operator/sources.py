@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pandas as pd
 
 from lemzha.baselines import Baro
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Scenario
-from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, selector, service_rows, templated_entries
+from lemzha_operator.logchunks import ChunkCache, ChunkedLogs
+from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, selector, service_rows
 from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable, TracesFetcher
 from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
@@ -85,23 +86,25 @@ def prometheus_client_for(settings: Settings, retry=None):
 
 
 def logs_fetcher(settings: Settings) -> LogsFetcher:
+    """Log rows of a window from Loki, cleaned chunk by chunk (`logchunks`): the settled chunks of one incident
+    serve the next one's reference hour."""
     client = LokiClient(settings.loki_url, token_file=settings.loki_token_file, ca_bundle=settings.ca_bundle,
                         timeout=settings.query_timeout, max_entries=settings.loki_max_lines)
+    chunked = ChunkedLogs(client, ChunkCache(settings.log_cache_rows), settings.pod_label)
 
     def fetch(namespace: str, start: datetime, n_bins: int, pod_service: Callable[[], dict[str, str]]) -> pd.DataFrame:
-        end = start + timedelta(seconds=30 * n_bins)
         try:
-            result = client.fetch(selector(namespace, namespace_label=settings.namespace_label), start, end)
+            # clean the lines first: the pod->service map comes from the metrics, which may still be on their way
+            templated, truncated = chunked.window(selector(namespace, namespace_label=settings.namespace_label),
+                                                  start, n_bins)
         except LokiUnavailable as err:
             raise SourceUnavailable("LokiUnavailable", str(err), "timeout" if "timed out" in str(err)
                                     else "unreachable") from err
         except LokiError as err:  # a query Loki refuses will not succeed on retry: rank without logs, say why
             raise SourceUnavailable("LokiQueryError", str(err), "rejected") from err
-        # clean the lines first: the pod->service map comes from the metrics, which may still be on their way
-        templated = templated_entries(result.entries, start, n_bins, settings.pod_label)
         mapping = pod_service()
         rows = service_rows(templated, mapping, services=set(mapping.values()))
-        rows.attrs["truncated"] = result.truncated
+        rows.attrs["truncated"] = truncated
         return rows
 
     return fetch
