@@ -11,6 +11,7 @@ millisecond timestamps because prometheus-api-client's custom_query_range rounds
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -20,6 +21,8 @@ import requests
 
 from lemzha.binning import BIN_SECONDS, as_utc
 from lemzha.catalog import METRIC_NAMES, bin_range, catalog_order, promql_escape, spec
+
+QUERY_THREADS = 4  # range queries of one window in flight at once, shared by all incidents
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -128,6 +131,26 @@ def query_range(prom, query: str, start_s: float, end_s: float, step_s: float, t
     return _post(prom, "/api/v1/query_range", body, timeout, warnings)
 
 
+_QUERY_POOL = ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="prometheus-query")
+
+
+def query_ranges(prom, queries: Sequence[str], start_s: float, end_s: float, step_s: float, timeout: float = 30.0,
+                 warnings: list[str] | None = None) -> list[list[dict]]:
+    """`query_range` of each query, QUERY_THREADS at a time (Prometheus evaluates them in parallel); results in the
+    order of `queries`, warnings too. The first failure is raised once all have ended."""
+    found = [[] for _ in queries]
+    jobs = [_QUERY_POOL.submit(query_range, prom, query, start_s, end_s, step_s, timeout, found[i])
+            for i, query in enumerate(queries)]
+    results = [job.exception() or job.result() for job in jobs]  # waits for every job before raising any
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    if warnings is not None:
+        for said in found:
+            warnings.extend(w for w in said if w not in warnings)
+    return results
+
+
 def query_instant(prom, query: str, time_s: float, timeout: float = 30.0,
                   warnings: list[str] | None = None) -> list[dict]:
     """POST /api/v1/query at a float-second time (millisecond precision kept); returns data.result."""
@@ -160,8 +183,9 @@ def fetch_metrics(
     per_metric: list[dict[str, list]] = []
     warnings: list[str] = []
     one_bin = server_bin_range(prom, timeout=timeout)
-    for name in names:
-        result = query_range(prom, spec(name).promql(namespace, one_bin), first, last, bin_seconds, timeout, warnings)
+    results = query_ranges(prom, [spec(name).promql(namespace, one_bin) for name in names], first, last, bin_seconds,
+                           timeout, warnings)
+    for result in results:
         per_metric.append({s["metric"].get("pod", ""): s["values"] for s in result if s["metric"].get("pod")})
     pods = tuple(sorted({pod for found in per_metric for pod in found}))
     index = {pod: p for p, pod in enumerate(pods)}

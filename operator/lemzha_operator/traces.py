@@ -31,7 +31,7 @@ from lemzha.catalog import (
     service_bucket_promql,
     trace_feature,
 )
-from lemzha_operator.prometheus import PrometheusUnavailable, query_range, server_bin_range
+from lemzha_operator.prometheus import PrometheusUnavailable, query_ranges, server_bin_range
 
 if TYPE_CHECKING:
     from lemzha_operator.pipeline import TracesFetcher
@@ -76,9 +76,9 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
     last = first + (n_bins - 1) * bin_seconds
     q = queries(namespace, server_bin_range(prom, timeout=timeout))
 
-    def grid(query: str, keys: tuple[str, ...]) -> dict[tuple, np.ndarray]:
+    def grid(answer: list[dict], keys: tuple[str, ...]) -> dict[tuple, np.ndarray]:
         out: dict[tuple, np.ndarray] = {}
-        for series in query_range(prom, query, first, last, bin_seconds, timeout):
+        for series in answer:
             labels = series["metric"]
             key = tuple(labels.get(k, "") for k in keys)
             values = out.setdefault(key, np.full(n_bins, np.nan))
@@ -88,14 +88,20 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
                     values[k] = float(text)
         return out
 
-    calls = {k: v for k, v in grid(q["service_calls"], ("service_name",)).items() if k[0] in services}
-    sums = grid(q["service_sum_ms"], ("service_name",))
-    service_buckets = grid(q["service_buckets"], ("service_name", "le"))
-    requests = {k: v for k, v in grid(q["edge_requests"], ("client", "server")).items()
+    keys = {"service_calls": ("service_name",), "service_sum_ms": ("service_name",),
+            "service_buckets": ("service_name", "le"), "edge_requests": ("client", "server"),
+            "edge_sum_s": ("client", "server"), "edge_client_sum_s": ("client", "server"),
+            "edge_buckets": ("client", "server", "le")}
+    answers = dict(zip(keys, query_ranges(prom, [q[name] for name in keys], first, last, bin_seconds, timeout),
+                       strict=True))
+    calls = {k: v for k, v in grid(answers["service_calls"], keys["service_calls"]).items() if k[0] in services}
+    sums = grid(answers["service_sum_ms"], keys["service_sum_ms"])
+    service_buckets = grid(answers["service_buckets"], keys["service_buckets"])
+    requests = {k: v for k, v in grid(answers["edge_requests"], keys["edge_requests"]).items()
                 if k[0] in services and k[1] in services}
-    edge_sums = grid(q["edge_sum_s"], ("client", "server"))
-    edge_client_sums = grid(q["edge_client_sum_s"], ("client", "server"))
-    edge_buckets = grid(q["edge_buckets"], ("client", "server", "le"))
+    edge_sums = grid(answers["edge_sum_s"], keys["edge_sum_s"])
+    edge_client_sums = grid(answers["edge_client_sum_s"], keys["edge_client_sum_s"])
+    edge_buckets = grid(answers["edge_buckets"], keys["edge_buckets"])
 
     covered = np.zeros(n_bins, bool)
     for found in (calls, requests):
@@ -108,34 +114,34 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
 
     def frame(counts: dict, total: dict, buckets: dict, key_names: tuple[str, ...], count_col: str,
               to_ms: float, client_total: dict | None = None) -> pd.DataFrame:
-        rows = []
         cumulative: dict[tuple, np.ndarray] = {}
         for key, values in buckets.items():
             index = _bucket_index(key[-1], to_ms)
             if index is not None and key[:-1] in counts:
                 cumulative.setdefault(key[:-1], np.zeros((n_bins, len(BUCKET_COLUMNS))))[:, index] = np.nan_to_num(
                     values)
-        for key in sorted(counts):
-            count = np.nan_to_num(counts[key])
-            duration = np.nan_to_num(total.get(key, np.zeros(n_bins))) * to_ms
+        ordered = sorted(counts)
+        if not ordered:
+            return pd.DataFrame()
+        gone = np.tile(~covered, len(ordered))  # bins without any trace series: every value unknown, not zero
+        count = np.concatenate([np.nan_to_num(counts[key]) for key in ordered])
+        columns: dict[str, object] = {"bin": np.tile(np.arange(n_bins), len(ordered))}
+        for i, name in enumerate(key_names):
+            columns[name] = np.repeat(np.array([key[i] for key in ordered], dtype=object), n_bins)
+        columns["covered"] = ~gone
+        columns[count_col] = np.where(gone, np.nan, count)
+        duration = np.concatenate([np.nan_to_num(total.get(key, np.zeros(n_bins))) for key in ordered]) * to_ms
+        columns["duration_sum_ms"] = np.where(gone, np.nan, duration)
+        table = np.concatenate([cumulative.get(key, np.zeros((n_bins, len(BUCKET_COLUMNS)))) for key in ordered])
+        table[:, -1] = count  # le_inf: every call
+        for c, name in enumerate(BUCKET_COLUMNS):
+            columns[name] = np.where(gone, np.nan, table[:, c])
+        if client_total is not None:
             # the edges' client side; a missing client series reads as no time outside the server span
-            client = (None if client_total is None
-                      else np.nan_to_num(client_total.get(key, total.get(key, np.zeros(n_bins)))) * to_ms)
-            table = cumulative.get(key, np.zeros((n_bins, len(BUCKET_COLUMNS))))
-            for b in range(n_bins):
-                row = {"bin": b, **dict(zip(key_names, key, strict=True)), "covered": bool(covered[b])}
-                if covered[b]:
-                    row |= {count_col: float(count[b]), "duration_sum_ms": float(duration[b]),
-                            **dict(zip(BUCKET_COLUMNS, table[b].tolist(), strict=True))}
-                    row["le_inf"] = float(count[b])
-                    if client is not None:
-                        row["client_duration_sum_ms"] = float(client[b])
-                else:
-                    row |= {count_col: np.nan, "duration_sum_ms": np.nan, **dict.fromkeys(BUCKET_COLUMNS, np.nan)}
-                    if client is not None:
-                        row["client_duration_sum_ms"] = np.nan
-                rows.append(row)
-        return pd.DataFrame(rows)
+            client = np.concatenate([np.nan_to_num(client_total.get(key, total.get(key, np.zeros(n_bins))))
+                                     for key in ordered]) * to_ms
+            columns["client_duration_sum_ms"] = np.where(gone, np.nan, client)
+        return pd.DataFrame(columns)
 
     service_metrics = frame(calls, sums, service_buckets, ("service",), "trace_calls", 1.0)
     edges = frame(requests, edge_sums, edge_buckets, ("client", "server"), "edge_requests", 1000.0,
