@@ -1,4 +1,4 @@
-"""offline.lemzhak: lemzha-k -> LEMMA Scenarios and Nezha OnlineBoutique day log tables, each defect undone."""
+"""offline.data.lemma: lemzha-k -> LEMMA Scenarios and Nezha OnlineBoutique day log tables, each defect undone."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from lemzha.catalog import MIB
 from lemzha.logs import clean, extract_message
-from offline import lemzhak
-from offline.store import DataError
+from offline.data import lemma as loader
+from offline.errors import DataError
 
 LEMMA_METRICS = ("cpu_millicores", "memory_bytes", "network_receive", "network_transmit")
 LEMMA_ROOT_CAUSES = {
@@ -37,31 +37,31 @@ def root(lemzhak_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def lemma(root: Path) -> dict:
-    return {s.id: s for s in lemzhak.load_lemma(root)}
+    return {s.id: s for s in loader.load_lemma(root)}
 
 
 @pytest.fixture(scope="module")
 def ob_day(root: Path) -> pd.DataFrame:
-    return lemzhak.ob_day_log_table(root, "2022-08-22")
+    return loader.ob_day_log_table(root, "2022-08-22")
 
 
 @pytest.fixture(scope="module")
 def ob_day_parts(root: Path) -> dict[str, pd.DataFrame]:
     return {
-        sid: lemzhak.log_table(root, sid) for sid in lemzhak.nezha_scenario_ids(root) if sid.startswith("20220822_")
+        sid: loader.log_table(root, sid) for sid in loader.nezha_scenario_ids(root) if sid.startswith("20220822_")
     }
 
 
 def _write_tree(base: Path, sid: str, pods: list[str], metrics: dict[str, pd.DataFrame], logs: pd.DataFrame | None):
     """A minimal lemzha-k tree: manifest, pod_<stem>.parquet files, optionally the log parquet."""
-    (base / lemzhak.META_DIR / sid).mkdir(parents=True)
-    (base / lemzhak.META_DIR / sid / "manifest.json").write_text(json.dumps({"dataset": "nezha", "pods": pods}))
-    (base / lemzhak.METRICS_DIR / sid).mkdir(parents=True)
+    (base / loader.META_DIR / sid).mkdir(parents=True)
+    (base / loader.META_DIR / sid / "manifest.json").write_text(json.dumps({"dataset": "nezha", "pods": pods}))
+    (base / loader.METRICS_DIR / sid).mkdir(parents=True)
     for stem, frame in metrics.items():
-        frame.to_parquet(base / lemzhak.METRICS_DIR / sid / f"pod_{stem}.parquet")
+        frame.to_parquet(base / loader.METRICS_DIR / sid / f"pod_{stem}.parquet")
     if logs is not None:
-        (base / lemzhak.LOGS_DIR / sid).mkdir(parents=True)
-        logs.to_parquet(base / lemzhak.LOGS_DIR / sid / lemzhak.LOG_FILE)
+        (base / loader.LOGS_DIR / sid).mkdir(parents=True)
+        logs.to_parquet(base / loader.LOGS_DIR / sid / loader.LOG_FILE)
 
 
 def _index(n: int, offset_s: int = 0) -> pd.DatetimeIndex:
@@ -84,30 +84,30 @@ def _index(n: int, offset_s: int = 0) -> pd.DatetimeIndex:
     ],
 )
 def test_parse_log_cell_tricky(cell: str, expected: list[tuple[str, int]]) -> None:
-    assert lemzhak.parse_log_cell(cell) == expected
+    assert loader.parse_log_cell(cell) == expected
 
 
 @pytest.mark.parametrize("cell", ["no count here", "a:x1 | b", "a:xq"])
 def test_parse_log_cell_rejects_malformed(cell: str) -> None:
     with pytest.raises(ValueError, match="malformed"):
-        lemzhak.parse_log_cell(cell)
+        loader.parse_log_cell(cell)
 
 
 def test_parse_log_cell_real_cells_round_trip(root: Path) -> None:
     """Every real cell of a LEMMA day parses into at most 10 entries that rebuild it exactly, including the
     loadgenerator's ASCII tables whose templates contain " | "."""
-    frame = pd.read_parquet(root / lemzhak.LOGS_DIR / "20231207" / lemzhak.LOG_FILE)
+    frame = pd.read_parquet(root / loader.LOGS_DIR / "20231207" / loader.LOG_FILE)
     tricky = 0
     for column in frame.columns:
         for cell in frame[column]:
-            entries = lemzhak.parse_log_cell(cell)
+            entries = loader.parse_log_cell(cell)
             assert " | ".join(f"{t}:x{c}" for t, c in entries) == cell
             assert len(entries) <= 10
             assert all(c > 0 for _, c in entries)
             tricky += len(entries) < cell.count(" | ") + 1 if cell else 0
     assert tricky > 0, "expected real cells whose templates contain ' | '"
     table_cell = next(c for c in frame["loadgenerator"] if "|----" in c)
-    first = lemzhak.parse_log_cell(table_cell)[0]
+    first = loader.parse_log_cell(table_cell)[0]
     assert first[0].startswith("stdout f --------|") and first[0].endswith("|-----------")
     assert first[1] == 30
 
@@ -118,18 +118,18 @@ def test_unrepeat_handmade() -> None:
     values = np.array([[1.0, 5.0], [1.0, nan], [2.0, 5.0], [2.0, 5.0], [1.0, 6.0], [1.0, 6.0]])
     expected = np.array([[1.0, 5.0], [nan, nan], [2.0, 5.0], [nan, nan], [1.0, 6.0], [nan, nan]])
     before = values.copy()
-    out = lemzhak.unrepeat(values)
+    out = loader.unrepeat(values)
     np.testing.assert_array_equal(out, expected)  # NaNs compare equal positionally here
     np.testing.assert_array_equal(values, before)  # the input is not modified
 
 
 def test_unrepeat_3d_and_integer_input() -> None:
     values = np.array([[[1, 2]], [[1, 3]], [[4, 3]]])  # (T=3, P=1, M=2) integers
-    out = lemzhak.unrepeat(values)
+    out = loader.unrepeat(values)
     assert out.dtype == np.float64 and out.shape == values.shape
     np.testing.assert_array_equal(out[:, 0, 0], [1.0, np.nan, 4.0])
     np.testing.assert_array_equal(out[:, 0, 1], [2.0, 3.0, np.nan])
-    assert lemzhak.unrepeat(np.array([7.0])).tolist() == [7.0]
+    assert loader.unrepeat(np.array([7.0])).tolist() == [7.0]
 
 
 # -- load_metrics / log_table on a synthetic tree --------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_load_metrics_synthetic(tmp_path: Path) -> None:
     metrics = {"memory_usage": memory, "cpu_usage_m": cpu, "latency_server_p95": dead, "pod_success_rate": cpu}
     _write_tree(tmp_path, "s1", pods, metrics, None)
 
-    bins, got_pods, names, values = lemzhak.load_metrics(tmp_path, "s1")
+    bins, got_pods, names, values = loader.load_metrics(tmp_path, "s1")
 
     assert got_pods == pods  # manifest order, not the parquet's column order
     assert names == ("cpu_millicores", "memory_bytes")  # catalog order; all-NaN and DROPPED stems absent
@@ -158,14 +158,14 @@ def test_load_metrics_unknown_stem_is_an_error(tmp_path: Path) -> None:
     frame = pd.DataFrame({"p-1": [1.0, 2.0]}, index=_index(2))
     _write_tree(tmp_path, "s1", ["p-1"], {"memory_usage": frame, "mystery_metric": frame}, None)
     with pytest.raises(DataError, match="mystery_metric"):
-        lemzhak.load_metrics(tmp_path, "s1")
+        loader.load_metrics(tmp_path, "s1")
 
 
 def test_load_metrics_pod_outside_manifest_is_an_error(tmp_path: Path) -> None:
     frame = pd.DataFrame({"p-1": [1.0, 2.0], "stranger": [1.0, 2.0]}, index=_index(2))
     _write_tree(tmp_path, "s1", ["p-1"], {"memory_usage": frame}, None)
     with pytest.raises(DataError, match="stranger"):
-        lemzhak.load_metrics(tmp_path, "s1")
+        loader.load_metrics(tmp_path, "s1")
 
 
 def test_log_table_synthetic(tmp_path: Path) -> None:
@@ -181,9 +181,9 @@ def test_log_table_synthetic(tmp_path: Path) -> None:
     frame = pd.DataFrame({"p-1": [1.0, 2.0]}, index=index)
     _write_tree(tmp_path, "s1", ["p-1"], {"memory_usage": frame}, logs)
 
-    table = lemzhak.log_table(tmp_path, "s1", {"a": "svc", "b": "svc"}.get)
+    table = loader.log_table(tmp_path, "s1", {"a": "svc", "b": "svc"}.get)
 
-    assert list(table.columns) == list(lemzhak.LOG_TABLE_COLUMNS)
+    assert list(table.columns) == list(loader.LOG_TABLE_COLUMNS)
     assert str(table["bin_time"].dtype) == "datetime64[ns, UTC]"
     assert set(table["service"]) == {"svc"}  # column "c" mapped to None: dropped
     assert not table.duplicated(KEY).any()
@@ -194,7 +194,7 @@ def test_log_table_synthetic(tmp_path: Path) -> None:
     assert row["count"].tolist() == [5]  # 2 from "a" + 3 from "b", summed
     assert row["level"].tolist() == [extract_message(raw)[1]]
     assert table["count"].sum() == 2 + 1 + 3 + 4
-    assert lemzhak.log_table(tmp_path, "s1", lambda _column: None).empty
+    assert loader.log_table(tmp_path, "s1", lambda _column: None).empty
 
 
 # -- LEMMA -----------------------------------------------------------------------------------------------------------
@@ -225,18 +225,18 @@ def test_lemma_root_cause_pods_are_the_service_pods(lemma: dict, root: Path) -> 
         assert label.root_cause_service == LEMMA_ROOT_CAUSES[sid]
         service_pods = {p for p in scenario.pods if scenario.pod_service[p] == label.root_cause_service}
         assert set(label.root_cause_pods) == service_pods
-        truth = json.loads((root / lemzhak.META_DIR / sid.split("/")[1] / "ground_truth.json").read_text())
+        truth = json.loads((root / loader.META_DIR / sid.split("/")[1] / "ground_truth.json").read_text())
         assert set(truth["root_cause_pods"]) <= service_pods
     assert len(lemma["lemma/20240115"].label.root_cause_pods) == 1  # not the 30 scenario10-bot pods
     assert len(lemma["lemma/20231221"].label.root_cause_pods) == 3
 
 
 def test_lemma_root_cause_majority_with_note() -> None:
-    service, note = lemzhak.lemma_root_cause(["a-1", "a-2", "b-1"], {"a-1": "a", "a-2": "a", "b-1": "b"})
+    service, note = loader.lemma_root_cause(["a-1", "a-2", "b-1"], {"a-1": "a", "a-2": "a", "b-1": "b"})
     assert service == "a" and note is not None and "'b': 1" in note
-    assert lemzhak.lemma_root_cause(["a-1"], {"a-1": "a"}) == ("a", None)
+    assert loader.lemma_root_cause(["a-1"], {"a-1": "a"}) == ("a", None)
     with pytest.raises(DataError):
-        lemzhak.lemma_root_cause(["ghost"], {"a-1": "a"})
+        loader.lemma_root_cause(["ghost"], {"a-1": "a"})
 
 
 def test_lemma_label_times(lemma: dict) -> None:
@@ -254,7 +254,7 @@ def test_lemma_label_times(lemma: dict) -> None:
 def test_lemma_values_unrepeated_and_cpu_on_one_scale(lemma: dict, root: Path) -> None:
     s = lemma["lemma/20231207"]  # on the 30 s grid already: stored rows and bins correspond one to one
     for stem, m in (("memory_working_set", 1), ("cpu_usage_total", 0)):
-        raw = pd.read_parquet(root / lemzhak.METRICS_DIR / "20231207" / f"pod_{stem}.parquet")[list(s.pods)]
+        raw = pd.read_parquet(root / loader.METRICS_DIR / "20231207" / f"pod_{stem}.parquet")[list(s.pods)]
         raw = raw.to_numpy(dtype=np.float64)
         repeat = np.zeros_like(raw, dtype=bool)
         repeat[1:] = raw[1:] == raw[:-1]
@@ -273,7 +273,7 @@ def test_lemma_logs_mapped_only_when_unambiguous(lemma: dict, root: Path) -> Non
     assert services <= set(s.services)
     assert {"dashboard-metrics-scraper", "productpage"} <= services  # columns "dashboard", "productpage"
     assert not services & {"carts", "carts-db", "aws-node"}  # columns "carts", "aws": ambiguous, dropped
-    report = lemzhak.lemma_log_mapping_report(root)
+    report = loader.lemma_log_mapping_report(root)
     entry = report["20231207"]
     assert entry["dropped"]["carts"] == ["carts", "carts-db"]
     assert entry["mapped"]["front"] == "front-end"
@@ -281,12 +281,12 @@ def test_lemma_logs_mapped_only_when_unambiguous(lemma: dict, root: Path) -> Non
     assert report["20240115"]["dropped"]["scenario10"] == ["scenario10-bot-deployment", "scenario10-malware-deployment"]
     assert report["20231221"]["mapped"]["ratings"] == "ratings"
     assert s.logs["count"].sum() == entry["lines_mapped"]
-    assert report["total"]["columns"] == sum(report[sid]["columns"] for sid in lemzhak.LEMMA_IDS)
+    assert report["total"]["columns"] == sum(report[sid]["columns"] for sid in loader.LEMMA_IDS)
 
 
 # -- OnlineBoutique day log tables -----------------------------------------------------------------------------------
 def test_ob_day_table_has_unique_rows(ob_day: pd.DataFrame) -> None:
-    assert list(ob_day.columns) == list(lemzhak.LOG_TABLE_COLUMNS)
+    assert list(ob_day.columns) == list(loader.LOG_TABLE_COLUMNS)
     assert str(ob_day["bin_time"].dtype) == "datetime64[ns, UTC]"
     assert len(ob_day) > 1000
     assert not ob_day.duplicated(KEY).any()
@@ -298,7 +298,7 @@ def test_ob_day_table_has_unique_rows(ob_day: pd.DataFrame) -> None:
 def _cells(table: pd.DataFrame) -> dict[tuple, tuple]:
     """(bin_time, service) -> its sorted (template, level, count) rows."""
     cells: dict[tuple, list] = {}
-    for t, service, template, count, level in table[list(lemzhak.LOG_TABLE_COLUMNS)].itertuples(index=False):
+    for t, service, template, count, level in table[list(loader.LOG_TABLE_COLUMNS)].itertuples(index=False):
         cells.setdefault((t, service), []).append((template, level, count))
     return {key: tuple(sorted(rows)) for key, rows in cells.items()}
 
@@ -323,13 +323,13 @@ def test_ob_day_shared_bins_are_not_doubled(ob_day: pd.DataFrame, ob_day_parts: 
 
 def test_ob_day_rejects_other_days(root: Path) -> None:
     with pytest.raises(ValueError, match="OnlineBoutique"):
-        lemzhak.ob_day_log_table(root, "2023-01-29")
+        loader.ob_day_log_table(root, "2023-01-29")
 
 
 # -- ids -------------------------------------------------------------------------------------------------------------
 def test_nezha_scenario_ids(root: Path) -> None:
-    ids = lemzhak.nezha_scenario_ids(root)
+    ids = loader.nezha_scenario_ids(root)
     assert len(ids) == 94 and len(set(ids)) == 94
     assert Counter(i.split("_")[0] for i in ids) == {"20220822": 21, "20220823": 30, "20230129": 28, "20230130": 15}
-    assert not set(ids) & set(lemzhak.LEMMA_IDS)
+    assert not set(ids) & set(loader.LEMMA_IDS)
     assert ids.index("20220822_nezha_2") < ids.index("20220822_nezha_10")  # numeric, not lexical

@@ -22,10 +22,10 @@ import yaml
 from lemzha_operator.pipeline import build_scenario, window_from_status
 from lemzha_operator.settings import Settings
 from lemzha_operator.sources import make_sources
-from offline.standins.kube_standin import KubeStandin
-from offline.standins.loki_standin import LokiStandIn
-from offline.standins.operator_harness import KUBECTL, REPO, Kubectl, OperatorProcess
-from offline.standins.prometheus_server import prometheus_server
+from offline.bench.standins.kube_standin import KubeStandin
+from offline.bench.standins.loki_standin import LokiStandIn
+from offline.bench.standins.operator_harness import KUBECTL, REPO, Kubectl, OperatorProcess
+from offline.bench.standins.prometheus_server import prometheus_server
 from tests.marks import requires_prometheus
 
 TT_ID, OB_ID = "nezha/20230129_05", "nezha/20220822_03"

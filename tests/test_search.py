@@ -13,14 +13,15 @@ import pytest
 import torch
 
 import lemzha.scenario_io
-import offline.dataset
+import offline.data.dataset
 from lemzha.text import TextEmbedder
-from offline import search
 from offline.cli import run_cli
-from offline.dataset import Prepared
-from offline.model_cv import select_epochs
-from offline.params import load_params
-from offline.store import REPO_ROOT, DataError, default_cache_dir
+from offline.data.dataset import Prepared
+from offline.data.store import REPO_ROOT, default_cache_dir
+from offline.errors import DataError
+from offline.train import search
+from offline.train.model_cv import select_epochs
+from offline.train.params import load_params
 from offline.train.train import InputOptions, PreparedCache
 
 HELD_OUT = "2022-08-23"  # the largest day: holding it out keeps the tiny search fastest
@@ -53,7 +54,7 @@ def spy_loads(monkeypatch) -> list[str]:
         return scenario
 
     monkeypatch.setattr(lemzha.scenario_io, "load_scenario", spy)
-    monkeypatch.setattr(offline.dataset, "load_scenario", spy)
+    monkeypatch.setattr(offline.data.dataset, "load_scenario", spy)
     return seen
 
 

@@ -3,11 +3,11 @@
 Each measurement runs in a fresh child process so its peak RSS is its own. `prepare` measures a cold build into an
 empty temporary cache (extraction included) and then a warm run on that cache. `onnx` times the bundle's ranker
 against torch on one TrainTicket scenario (46 services) and the RSS of a torch-free process holding the bundle.
-`traces` derives the trace series of all 101 Nezha scenarios cold (`python -m offline.traces` into an empty
+`traces` derives the trace series of all 101 Nezha scenarios cold (`python -m offline.data.traces` into an empty
 temporary cache: both Nezha archives verified and extracted, every trace CSV read), then warm (archives extracted).
-`operator` runs the live operator against replayed TrainTicket faults (`offline/bench_operator.py`). `ranker` times the
-shipped bundle's ranker on every Nezha case (`offline/bench_ranker.py`); `onnx` is the model bundle's. `logs` times
-the log cleaner on a TrainTicket day's raw lines, cold and warm (`offline/bench_logs.py`).
+`operator` runs the live operator against replayed TrainTicket faults (`offline/bench/operator.py`). `ranker` times the
+shipped bundle's ranker on every Nezha case (`offline/bench/ranker.py`); `onnx` is the model bundle's. `logs` times
+the log cleaner on a TrainTicket day's raw lines, cold and warm (`offline/bench/logs.py`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from offline.cli import run_cli
+from offline.data.store import REPO_ROOT
 from offline.provenance import bench_provenance
-from offline.store import REPO_ROOT
 
 
 def measure(args: list[str]) -> dict:
@@ -57,7 +56,7 @@ def bench_prepare(datasets: Path | None) -> dict:
 
 def bench_traces(datasets: Path | None, workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="lemzha-bench-") as cache:
-        base = ["offline.traces", "--cache", cache, "--workers", str(workers)]
+        base = ["offline.data.traces", "--cache", cache, "--workers", str(workers)]
         if datasets:
             base += ["--datasets", str(datasets)]
         cold = _measure_json(base)
@@ -126,8 +125,8 @@ def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, ep
     from lemzha.features import prepare as prepare_features
     from lemzha.onnx_ranker import OnnxRanker
     from lemzha.text import TextEmbedder
-    from offline.dataset import prepare
-    from offline.store import default_cache_dir
+    from offline.data.dataset import prepare
+    from offline.data.store import default_cache_dir
     from offline.train.model import ModelConfig, RCAModel
     from offline.train.train import InputOptions, torch_logits_fn
 
@@ -142,8 +141,8 @@ def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, ep
         if bundle_dir is None:  # a default-size model; its weights do not change the timing
             from dataclasses import replace
 
-            from offline.export_model import build_bundle
-            from offline.params import load_params
+            from offline.train.export_model import build_bundle
+            from offline.train.params import load_params
 
             config, params, _ = load_params()
             # the weight every fold picked on inner validation, so that the ranking time includes the call-gap term
@@ -237,24 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.what == "operator":
-        from offline import bench_operator
+        from offline.bench import operator
 
         argv_op = ["--n", str(args.n), "--concurrency", str(args.concurrency), "--memory-incidents",
                    str(args.memory_incidents), "--memory-batch", str(args.memory_batch)]
         argv_op += ["--no-baro"] if args.no_baro else []
         for flag, value in (("--bundle", args.bundle), ("--passes", args.passes), ("--out", args.out)):
             argv_op += [flag, str(value)] if value else []
-        return bench_operator.main(argv_op)
+        return operator.main(argv_op)
     if args.what == "traces":
         figures = bench_traces(args.datasets, max(1, args.workers))
     elif args.what == "logs":
-        from offline.bench_logs import bench_logs
+        from offline.bench.logs import bench_logs
 
         figures = bench_logs(args.lines, args.incidents)
     elif args.what == "prepare":
         figures = bench_prepare(args.datasets)
     elif args.what == "ranker":
-        from offline.bench_ranker import bench_ranker, bench_scale
+        from offline.bench.ranker import bench_ranker, bench_scale
 
         figures = bench_scale(args.bundle) if args.scale else bench_ranker(args.bundle)
     elif args.what == "onnx":
@@ -271,6 +270,3 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(figures, indent=1) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

@@ -52,9 +52,9 @@ from lemzha.catalog import (
     NODE_NETWORK_RECEIVE,
     latency_source,
 )
-from offline import nezha
-from offline.openmetrics import BIN_MS, PROMTOOL, fmt_labels, fmt_ts, keep_samples, series_labels
-from offline.store import DataError
+from offline.bench.openmetrics import BIN_MS, PROMTOOL, fmt_labels, fmt_ts, keep_samples, series_labels
+from offline.data import nezha
+from offline.errors import DataError
 
 ISTIO_BUCKETS_MS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000,
                                        60_000, 300_000, 600_000, 1_800_000, 3_600_000)

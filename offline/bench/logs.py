@@ -37,7 +37,7 @@ def _incidents(nezha_root: Path, lines_per_incident: int, count: int) -> list[li
 
 def bench_logs(lines_per_incident: int = 20_000, count: int = 6) -> dict:
     from lemzha import logs
-    from offline.store import ensure_extracted
+    from offline.data.store import ensure_extracted
 
     if lines_per_incident < 1 or count < 2:
         raise ValueError("--lines must be at least 1 and --incidents at least 2 (one cold, one warm)")

@@ -1,5 +1,5 @@
 """OpenMetrics text for replayed series: labels, timestamps and the samples a replay keeps. Shared by
-`offline.replay` (the catalog's series) and `offline.exporter_replay` (raw exporter series)."""
+`offline.replay` (the catalog's series) and `offline.bench.exporter_replay` (raw exporter series)."""
 
 from __future__ import annotations
 

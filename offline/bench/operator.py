@@ -24,7 +24,7 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
 - BARO only: the same passes (but memory) with a second operator without a bundle, on the same data in the same run,
   and the bundle operator's CPU per incident over BARO's (`--no-baro` skips it);
 - scale: the shipped ranker on a TrainTicket namespace copied 1 to 22 times (46 to 1,012 pods), ms and peak RSS per
-  size, each in a fresh process (`offline.bench_ranker.bench_scale`).
+  size, each in a fresh process (`offline.bench.ranker.bench_scale`).
 
 `--passes` picks which passes run (default all, in the order cold, warm, burst, alerts, memory, scale).
 
@@ -42,9 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from offline.bench_ranker import bench_scale
+from offline.bench.ranker import bench_scale
+from offline.data.store import REPO_ROOT
 from offline.provenance import bench_provenance
-from offline.store import REPO_ROOT
 
 TARGETS = {"p95_warm_s": 1.0, "p95_cold_s": 1.5, "cpu_s_per_incident": 0.4, "rss_mib_after_500": 300,
            "per_minute": 120, "alert_post_to_completed_p95_s": 3.0, "scale_1000_pods_ms": 200}
@@ -131,7 +131,7 @@ def _sequential(api, cases: list[tuple[str, object]], namespace: str, prefix: st
 def _alerts(api, alertmanager: str, relay, cases: list[tuple[str, object, object]], namespace: str) -> dict:
     """Each fault as one alert (startsAt = its window's end), pushed into Alertmanager and awaited before the next."""
     from lemzha_operator.alerts import incident_name, parse_payload
-    from offline.standins.alertmanager_server import push_alerts
+    from offline.bench.standins.alertmanager_server import push_alerts
 
     post_to_done, push_to_done, push_to_post, post_to_created = [], [], [], []
     stamp = f"{time.time():.0f}"  # a fresh label set per run: fresh fingerprints
@@ -240,9 +240,9 @@ def _operator_run(env: dict, root: Path, api, cases, alert_cases, namespace: str
     """One operator process through `passes`: latency, stage means, CPU per incident, RSS, throughput."""
     from tqdm import tqdm
 
-    from offline.standins.alertmanager_server import WebhookRelay, alertmanager_server
-    from offline.standins.operator_harness import OperatorProcess
-    from offline.standins.prometheus_server import free_port
+    from offline.bench.standins.alertmanager_server import WebhookRelay, alertmanager_server
+    from offline.bench.standins.operator_harness import OperatorProcess
+    from offline.bench.standins.prometheus_server import free_port
 
     n = len(cases)
     webhook_port = free_port()
@@ -300,12 +300,12 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
     replayed data in the same run, so the bundle's cost reads as a ratio that machine load does not move."""
     import kubernetes
 
-    from offline import replay
-    from offline.dataset import prepare
-    from offline.standins.alertmanager_server import ALERTMANAGER
-    from offline.standins.kube_standin import KubeStandin
-    from offline.standins.loki_standin import LokiStandIn
-    from offline.standins.prometheus_server import PROMTOOL, prometheus_server
+    from offline.bench import replay
+    from offline.bench.standins.alertmanager_server import ALERTMANAGER
+    from offline.bench.standins.kube_standin import KubeStandin
+    from offline.bench.standins.loki_standin import LokiStandIn
+    from offline.bench.standins.prometheus_server import PROMTOOL, prometheus_server
+    from offline.data.dataset import prepare
 
     if not PROMTOOL.is_file():
         raise FileNotFoundError("promtool not installed (apt-get install prometheus)")
@@ -316,7 +316,7 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
     cases = [(i, prepared.load(i).label.injection_time) for i in ids]
     alert_cases = [(i, t, prepared.load(i).end) for i, t in cases]
     if bundle is None:
-        from offline.bundle_cache import shipped_bundle
+        from offline.train.bundle_cache import shipped_bundle
 
         bundle = shipped_bundle(prepared)
     namespace = prepared.load(ids[0]).namespace
@@ -362,7 +362,7 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m offline.bench_operator", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m offline.bench.operator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     parser.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")

@@ -72,12 +72,12 @@ def _signals_stop() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from offline import replay
-    from offline.dataset import prepare
-    from offline.standins.kube_standin import KubeStandin
-    from offline.standins.loki_standin import LokiStandIn
-    from offline.standins.operator_harness import OperatorProcess
-    from offline.standins.prometheus_server import PROMETHEUS, prometheus_server
+    from offline.bench import replay
+    from offline.bench.standins.kube_standin import KubeStandin
+    from offline.bench.standins.loki_standin import LokiStandIn
+    from offline.bench.standins.operator_harness import OperatorProcess
+    from offline.bench.standins.prometheus_server import PROMETHEUS, prometheus_server
+    from offline.data.dataset import prepare
 
     if not PROMETHEUS.is_file():
         print(f"{PROMETHEUS} not found: apt-get install prometheus", file=sys.stderr)
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                           "--logs", str(root / "logs.jsonl"), "--no-progress"]))
             bundle = args.bundle
             if bundle is None:
-                from offline.bundle_cache import shipped_bundle
+                from offline.train.bundle_cache import shipped_bundle
 
                 bundle = shipped_bundle(prepared)
             prom_url = stack.enter_context(prometheus_server(root / "prom-data"))

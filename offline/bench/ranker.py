@@ -37,11 +37,11 @@ def _stats(values: list[float]) -> dict:
 
 def bench_ranker(bundle: Path | None) -> dict:
     from lemzha.bundle_ranker import open_ranker
-    from offline.dataset import prepare
+    from offline.data.dataset import prepare
 
     prepared = prepare(progress=False)
     if bundle is None:
-        from offline.bundle_cache import shipped_bundle
+        from offline.train.bundle_cache import shipped_bundle
 
         bundle = shipped_bundle(prepared)
     ranker = open_ranker(bundle)
@@ -80,7 +80,7 @@ import json, statistics, sys, time
 from lemzha.baselines import Baro
 from lemzha.bundle_ranker import open_ranker
 from lemzha.scenario_io import load_scenario
-from offline.renaming import tiled
+from offline.data.renaming import tiled
 ranker = open_ranker(sys.argv[1])
 base = load_scenario(sys.argv[2], with_label=False)
 copies = int(sys.argv[3])
@@ -103,13 +103,13 @@ SCALE_COPIES = (1, 2, 5, 10, 22)
 
 def bench_scale(bundle: Path | None, copies: tuple[int, ...] = SCALE_COPIES) -> dict:
     """The shipped ranker's CPU milliseconds and a process's peak RSS on a TrainTicket namespace copied k times
-    (`offline.renaming.tiled`: 46 pods and services per copy), BARO's milliseconds beside it."""
-    from offline.dataset import prepare
-    from offline.store import REPO_ROOT
+    (`offline.data.renaming.tiled`: 46 pods and services per copy), BARO's milliseconds beside it."""
+    from offline.data.dataset import prepare
+    from offline.data.store import REPO_ROOT
 
     prepared = prepare(progress=False)
     if bundle is None:
-        from offline.bundle_cache import shipped_bundle
+        from offline.train.bundle_cache import shipped_bundle
 
         bundle = shipped_bundle(prepared)
     tt = next(e["id"] for e in prepared.index["scenarios"] if e["id"].startswith("nezha/2023"))

@@ -4,7 +4,8 @@
                              [--shift-to-now | --shift-to TIME] [--exporters istio|none]
 
 With --exporters the metrics are the raw series of cAdvisor, kube-state-metrics, node-exporter and Istio instead
-(`offline.exporter_replay`), for the chart's recording rules to be backfilled on (`exporter_replay.backfill_rules`).
+(`offline.bench.exporter_replay`), for the chart's recording rules to be backfilled on
+(`exporter_replay.backfill_rules`).
 
 Metrics: every raw per-pod sample (exact time, floored to the millisecond Prometheus stores) is written through
 the catalog's replay inverse, so that `MetricSpec.promql` evaluated at bin end minus 1 ms reads the offline binned
@@ -18,7 +19,7 @@ whole. With --ids only samples from 5 minutes before each window to its end are 
 
 Traces (issue #8; when the traces archive or a --source tree with trace folders is there, unless --no-traces): the
 span-metrics and service-graph series of `lemzha.catalog` (TRACE_SERIES), per traced service and per edge, from the
-day's trace files as `offline.traces` derives them. Each is a cumulative counter (histograms as `_bucket{le}`,
+day's trace files as `offline.data.traces` derives them. Each is a cumulative counter (histograms as `_bucket{le}`,
 `_count` and `_sum`) with two samples per covered bin, at the bin start (the total before the bin) and at its end
 minus 1 ms (the total after it), so that `increase(...[29999ms])` evaluated at bin end - 1 ms is exactly the bin's
 count (both samples sit on the range's ends: Prometheus 2.x does not extrapolate) and `histogram_quantile` sees
@@ -76,10 +77,10 @@ from lemzha.catalog import (
 )
 from lemzha.fsutil import replace_directory
 from lemzha.services import service_of_pod, workload_of_pod
-from offline import nezha, traces
+from offline.bench.openmetrics import BIN_MS, PROMTOOL, fmt_labels, fmt_ts, keep_samples, series_labels
 from offline.cli import run_cli
-from offline.openmetrics import BIN_MS, PROMTOOL, fmt_labels, fmt_ts, keep_samples, series_labels
-from offline.store import DataError
+from offline.data import nezha, traces
+from offline.errors import DataError
 
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 IRATE_RANGE_MS = 120_000  # the catalog's irate(...[2m])
@@ -304,8 +305,8 @@ def write_openmetrics(days: list[tuple[nezha.DayMetrics, str, tuple | None]], pa
     """One OpenMetrics file for (day metrics, namespace, windows or None) triples, and each day's trace series when
     `day_traces` gives them (same order, None for a day without), each day moved by its `shifts_ms` (default 0);
     returns the number of samples. `exporters` (istio or none; or one per day) writes the raw exporter series of
-    `offline.exporter_replay` in place of the catalog's series (unshifted: the two options exclude each other)."""
-    from offline.exporter_replay import exporter_lines
+    `offline.bench.exporter_replay` in place of the catalog's series (unshifted: the two options exclude each other)."""
+    from offline.bench.exporter_replay import exporter_lines
 
     families: dict[str, list[str]] = {}
     for d, (metrics, namespace, windows) in enumerate(days):
@@ -474,7 +475,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     shift.add_argument("--exporters", choices=("istio", "none"),
                        help="write the raw series of cAdvisor, kube-state-metrics, node-exporter and (istio) the "
                             "mesh instead of the recorded lemzha:* series; then backfill the chart's recording "
-                            "rules (offline.exporter_replay); not with a shift")
+                            "rules (offline.bench.exporter_replay); not with a shift")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -491,8 +492,8 @@ def run(args: argparse.Namespace) -> dict:
     if (args.shift_to_now or args.shift_to) and not ids:
         raise ValueError("--shift-to-now and --shift-to move fault windows: give --ids")
     shift_to = parse_time_ms(args.shift_to) if args.shift_to else None
-    from offline.dataset import prepare, traces_root
-    from offline.store import resolve_sources
+    from offline.data.dataset import prepare, traces_root
+    from offline.data.store import resolve_sources
 
     progress = not args.no_progress
     needs_prepared = bool(ids) or (args.logs is not None)

@@ -20,8 +20,8 @@ from lemzha.fsutil import file_lock
 from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario, save_scenario
 from lemzha.services import service_of_pod
-from offline import lemzhak, nezha, traces
-from offline.store import (
+from offline.data import lemma, nezha, traces
+from offline.data.store import (
     ARCHIVES,
     REPO_ROOT,
     DataError,
@@ -41,10 +41,10 @@ _SHAPING_CODE = (
     "lemzha/scenario_io.py",
     "lemzha/services.py",
     "lemzha/histogram.py",
-    "offline/nezha.py",
-    "offline/traces.py",
-    "offline/lemzhak.py",
-    "offline/dataset.py",
+    "offline/data/nezha.py",
+    "offline/data/traces.py",
+    "offline/data/lemma.py",
+    "offline/data/dataset.py",
 )
 
 
@@ -144,7 +144,7 @@ def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool, tr
         bar.set_postfix_str(f"{day.day} metrics+logs")
         metrics = nezha.read_day_metrics(sources.nezha, day)
         raw_logs = nezha.read_day_logs(sources.nezha, day)
-        fallback = lemzhak.ob_day_log_table(sources.lemzhak, day.day) if day.app == "onlineboutique" else None
+        fallback = lemma.ob_day_log_table(sources.lemzhak, day.day) if day.app == "onlineboutique" else None
         metric_services = {service_of_pod(p) for p in metrics.pods}
         day_traces = None if traces_dir is None else traces.read_day_traces(traces_dir, day, metric_services)
         days[day.day] = {
@@ -187,7 +187,7 @@ def _build(sources: Sources, window: nezha.Window, out: Path, progress: bool, tr
                 }
             )
             bar.update()
-    for scenario in lemzhak.load_lemma(sources.lemzhak):
+    for scenario in lemma.load_lemma(sources.lemzhak):
         save_scenario(scenario, out / scenario.id)
         entries.append(
             {"id": scenario.id, "dataset": "lemma", "day": scenario.label.injection_time.date().isoformat(),

@@ -29,7 +29,7 @@ from lemzha.catalog import DROPPED, by_lemzhak_name, catalog_order
 from lemzha.logs import clean_many, extract_message
 from lemzha.scenario import Label, Scenario
 from lemzha.services import service_of_pod
-from offline.store import DataError
+from offline.errors import DataError
 
 METRICS_DIR = "core_metrics_tmp"
 LOGS_DIR = "core_logs_tmp"

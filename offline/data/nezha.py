@@ -25,7 +25,7 @@ from lemzha.catalog import CATALOG
 from lemzha.logs import templates_and_levels
 from lemzha.scenario import Injection, Label, Scenario, empty_logs
 from lemzha.services import service_of_pod
-from offline.store import DataError
+from offline.errors import DataError
 
 MALFORMED_LIMIT = 0.01  # a file with more malformed rows than this share is an error, not noise
 

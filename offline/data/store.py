@@ -16,14 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lemzha.fsutil import file_lock, file_sha256
+from offline.errors import DataError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS_ENV = "LEMZHA_DATASETS"
 CACHE_ENV = "LEMZHA_CACHE"
-
-
-class DataError(RuntimeError):
-    """Bad input data or paths: reported as a one-line error by the CLIs."""
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,9 @@ from lemzha.binning import BIN_SECONDS, as_utc
 from lemzha.catalog import BUCKET_COLUMNS, BUCKET_NS
 from lemzha.scenario import EDGE_BASE_COLUMNS, SERVICE_METRIC_BASE_COLUMNS, empty_edges, empty_service_metrics
 from lemzha.services import service_of_pod
-from offline import nezha
-from offline.nezha import NezhaDay, day_dir, day_folders
-from offline.store import DataError
+from offline.data import nezha
+from offline.data.nezha import NezhaDay, day_dir, day_folders
+from offline.errors import DataError
 
 BIN_NS = BIN_SECONDS * 1_000_000_000
 MERGE_GAP_NS = 15 * 1_000_000_000  # consecutive files' root intervals closer than this are one interval
@@ -317,7 +317,7 @@ def trace_coverage(day: DayTraces, start: datetime, n_bins: int) -> float:
 def derive_all(nezha_root: Path, traces_dir: Path, window=None, workers: int = 1) -> dict:
     """Trace frames of all 101 Nezha scenarios (service_metrics and edges with derived features), from the raw
     trace files; returns per-day figures. Scenario services come from the metric file names (pods), as in
-    `offline.nezha.build_scenario`. With workers > 1 the days are read in a process pool."""
+    `offline.data.nezha.build_scenario`. With workers > 1 the days are read in a process pool."""
     window = window or nezha.Window()
     days = list(nezha.DAYS)
     if workers > 1:
@@ -359,15 +359,15 @@ def _derive_day(nezha_root: Path, traces_dir: Path, day: NezhaDay, window) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m offline.traces [--datasets DIR] [--cache DIR] [--workers N]`: extract the archives if needed and
+    """`python -m offline.data.traces [--datasets DIR] [--cache DIR] [--workers N]`: extract the archives if needed and
     derive the trace frames of all 101 Nezha scenarios; prints timings and per-day figures as JSON."""
     import argparse
     import json
     import time
 
-    from offline.store import ensure_extracted
+    from offline.data.store import ensure_extracted
 
-    parser = argparse.ArgumentParser(prog="python -m offline.traces", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m offline.data.traces", description=main.__doc__)
     parser.add_argument("--datasets", type=Path)
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--workers", type=int, default=1)

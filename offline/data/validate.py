@@ -9,7 +9,7 @@ import numpy as np
 
 from lemzha.evidence import max_after, robust_z
 from lemzha.scenario import Scenario
-from offline.dataset import Prepared
+from offline.data.dataset import Prepared
 
 
 def _share(mask: np.ndarray) -> float:

@@ -12,6 +12,7 @@ An audit reads labels: it is an evaluation tool, never a ranker's input. Outputs
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,8 @@ from lemzha.explain import alert_text
 from lemzha.rankers import EvidenceConfig, EvidenceRanker, assess_table
 from lemzha.scenario import Scenario
 from lemzha.signals import SignalTable
-from offline.evidence_cv import inner_select, tables_of
-from offline.folds import day_of, split
+from offline.train.evidence_cv import inner_select, tables_of
+from offline.train.folds import day_of, split
 
 
 @dataclass
@@ -164,3 +165,19 @@ def write_audit(cases: list[AuditCase], n_total: int, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps([c.to_json() for c in cases], indent=1))
     (out / "audit.md").write_text(render_markdown(cases, n_total))
+
+
+def run_audit(prepared, args: argparse.Namespace) -> int:
+    """`python -m offline.data audit`: audit the prepared cases (`--all`, `--id`) and write the reports to `--out`."""
+    scenarios = prepared.load_all()
+    if args.ids:
+        unknown = sorted(set(args.ids) - set(prepared.ids))
+        if unknown:
+            raise ValueError(f"unknown case id(s) {unknown}")
+    cases = audit(scenarios, misses_only=not args.all)
+    if args.ids:
+        cases = [c for c in cases if c.case in args.ids]
+    n_total = sum(s.dataset == "nezha" for s in scenarios)
+    write_audit(cases, n_total, args.out)
+    print(f"{len(cases)} of {n_total} cases audited; report: {args.out / 'audit.md'}")
+    return 0

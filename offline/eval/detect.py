@@ -49,10 +49,11 @@ from lemzha.detect import (
 from lemzha.detect.onset import cusum_onset, fit_onset_threshold, onset_from_scores
 from lemzha.fsutil import replace_directory
 from offline.cli import run_cli
-from offline.folds import UNKNOWN_ONSET_BINS, unknown_onset_span
-from offline.nezha import DAYS, NezhaDay, Window, list_faults, read_day_metrics
+from offline.data.nezha import DAYS, NezhaDay, Window, list_faults, read_day_metrics
+from offline.data.store import ARCHIVES, ensure_extracted
+from offline.errors import DataError
 from offline.provenance import provenance
-from offline.store import ARCHIVES, DataError, ensure_extracted
+from offline.train.folds import UNKNOWN_ONSET_BINS, unknown_onset_span
 
 FRACTIONS = (0.0, 0.1, 0.25, 0.5, 1.0)
 CHUNK_BINS = 20  # a "labelled window" of the learning curve: 10 min of a training stream

@@ -6,10 +6,12 @@ an unseen system gets. LEMMA's four incidents are in every fold's training data.
 
 Per fold, everything is fitted on the training cases only:
 - the shipped ranker, `evidence` (`lemzha.rankers.EvidenceRanker`), with its configuration picked on inner validation
-  over the training days (`offline.evidence_cv`), plus its unknown-onset, same-window and renamed-services variants;
+  over the training days (`offline.train.evidence_cv`), plus its unknown-onset, same-window and renamed-services
+  variants;
 - the baselines: every `lemzha.baselines.BASELINES` ranker, the faithful `simplerca`, and the analytic random
   ranking, each also on the unknown-onset windows (a 30 min window, the fault somewhere in it, no onset given);
-- with `--with-model`, the neural model of earlier rounds (`offline.model_cv`), trained per seed (minutes per fold).
+- with `--with-model`, the neural model of earlier rounds (`offline.train.model_cv`), trained per seed (minutes per
+  fold).
 
 Rankers only ever receive `scenario.without_label()`. Outputs: results.json (`protocols.<p>.rankers.<name>` with the
 same blocks for every ranker, `shipped` naming the bundle's ranker), predictions.jsonl, timing.json, report.md and
@@ -32,13 +34,14 @@ from tqdm import tqdm
 from lemzha.baselines import BASELINES
 from lemzha.fsutil import replace_directory
 from lemzha.rankers import SimpleRCA
-from offline import report
 from offline.cli import run_cli
-from offline.data import add_data_arguments, prepared_from_args
-from offline.evidence_cv import SHIPPED, evidence_fold, tables_of
-from offline.folds import PROTOCOLS, fold_key, random_rows, rank_cases, split, unknown_onset_window
+from offline.data.cli import add_data_arguments, prepared_from_args
+from offline.data.store import ARCHIVES
+from offline.errors import DataError
+from offline.eval import report
 from offline.provenance import provenance
-from offline.store import ARCHIVES, DataError
+from offline.train.evidence_cv import SHIPPED, evidence_fold, tables_of
+from offline.train.folds import PROTOCOLS, fold_key, random_rows, rank_cases, split, unknown_onset_window
 
 TARGETS = {"acc1": 0.95, "acc3": 0.98, "per_app_acc1": 0.93, "per_fault_type_acc1": 0.85, "loao_acc1": 0.85,
            "unknown_onset_gap": 0.05, "coverage_gap": 0.10, "ms_per_case": 20.0, "total_minutes": 10.0}
@@ -82,7 +85,7 @@ def run_protocol(protocol: str, scenarios, tables, folds_wanted: list[str] | Non
         fold_rows, inner[fold] = evidence_fold(train, test, fold, tables, seeds)
         rows += fold_rows + baseline_rows(train, test, fold, seeds)
     if model_job is not None:
-        from offline.model_cv import run_folds
+        from offline.train.model_cv import run_folds
 
         model_job.protocol = protocol
         model_rows, model_inner = run_folds(model_job, folds, workers)
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if not seeds:
         raise DataError("--seeds must be at least 1")
     if args.with_model and args.params is not None and not args.params.is_dir():
-        from offline.params import load_params
+        from offline.train.params import load_params
 
         load_params(args.params)  # a bad file is refused before any data is read
     command = "python -m offline.lodocv " + " ".join(shlex.quote(a) for a in (argv if argv is not None
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     timing["signals_s"] = time.perf_counter() - t0
     model_job = None
     if args.with_model:
-        from offline.model_cv import model_job_from_args
+        from offline.train.model_cv import model_job_from_args
 
         model_job = model_job_from_args(args, prepared, scenarios, seeds)
     folds_wanted = [f.strip() for f in args.folds.split(",")] if args.folds else None

@@ -21,7 +21,7 @@ from lemzha.rankers import SimpleRCA
 from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario
 from offline.cli import run_cli
-from offline.store import DataError
+from offline.errors import DataError
 
 BASELINES = {"baro": Baro, "nsigma": NSigma, "nsigma_logshare": NSigmaLogShare, "simplerca": SimpleRCA}
 

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from offline.cli import run_cli
-from offline.report import render_markdown
-from offline.store import read_json_file
+from offline.data.store import read_json_file
+from offline.eval.report import render_markdown
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEADLINE_BASELINES = ("simplerca", "nsigma_logshare", "trace_gap", "baro", "random")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from lemzha.fsutil import file_lock
-from offline.store import REPO_ROOT, default_cache_dir
+from offline.data.store import REPO_ROOT, default_cache_dir
 
 KEEP_SECONDS = 86400  # other versions nobody built for a day are removed
 
@@ -24,7 +24,7 @@ KEEP_SECONDS = 86400  # other versions nobody built for a day are removed
 def _root(prepared, kind: str) -> Path:
     digest = hashlib.sha256(f"{kind}\0{prepared.index.get('key')}".encode())
     for path in sorted([*REPO_ROOT.glob("lemzha/**/*.py"), *REPO_ROOT.glob("offline/**/*.py"),
-                        *REPO_ROOT.glob("offline/params/*.json")]):
+                        *REPO_ROOT.glob("offline/train/params/*.json")]):
         digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     return default_cache_dir() / "bundles" / digest.hexdigest()[:16]
 
@@ -32,7 +32,7 @@ def _root(prepared, kind: str) -> Path:
 def _build(root: Path, argv: list[str], done: list[Path]) -> None:
     if all(p.exists() for p in done):
         return
-    from offline.export import main as export
+    from offline.train.export import main as export
 
     with file_lock(root.parent / f".{root.name}.lock"):  # parallel test workers: one exports, the others wait
         if all(p.exists() for p in done):

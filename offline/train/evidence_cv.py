@@ -27,8 +27,8 @@ from lemzha.rankers import CANDIDATES, EvidenceConfig, EvidenceRanker, assess_ta
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.signals import SignalTable, signal_table
-from offline.folds import case_row, day_of, rank_cases, unknown_onset_window
-from offline.renaming import neutral_names
+from offline.data.renaming import neutral_names
+from offline.train.folds import case_row, day_of, rank_cases, unknown_onset_window
 
 SHIPPED = "evidence"
 COVERAGE_PRESETS = ("cadvisor", "cadvisor_ksm_node")

@@ -1,8 +1,8 @@
 """`python -m offline.export --out DIR`: write the bundle the operator ranks with.
 
 `--ranker evidence` (the default) calibrates the shipped evidence ranker on the chosen days and picks its
-configuration on inner validation over them (`offline.export_evidence`): seconds, no torch. `--ranker model` trains
-and exports the neural model of earlier rounds instead (`offline.export_model`; its own options follow, see
+configuration on inner validation over them (`offline.train.export_evidence`): seconds, no torch. `--ranker model`
+trains and exports the neural model of earlier rounds instead (`offline.train.export_model`; its own options follow, see
 `python -m offline.export --ranker model --help`).
 """
 
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from offline.cli import run_cli
-from offline.data import add_data_arguments, prepared_from_args
-from offline.export_model import check_out, read_results, select_scenarios
-from offline.store import DataError
+from offline.data.cli import add_data_arguments, prepared_from_args
+from offline.errors import DataError
+from offline.train.export_model import check_out, read_results, select_scenarios
 
 RANKERS = ("evidence", "model")
 
@@ -44,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     chooser.add_argument("--ranker", choices=RANKERS, default="evidence")
     chosen, rest = chooser.parse_known_args(argv)
     if chosen.ranker == "model":
-        from offline.export_model import main as export_model
+        from offline.train.export_model import main as export_model
 
         return export_model(rest)
     args = build_parser().parse_args(argv)
     from lemzha.bundle import load_bundle
     from lemzha.rankers import EvidenceConfig
-    from offline.export_evidence import build_evidence_bundle, parse_config
+    from offline.train.export_evidence import build_evidence_bundle, parse_config
 
     out = check_out(args.out)
     config = EvidenceConfig() if args.quick else parse_config(args.config)

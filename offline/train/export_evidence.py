@@ -1,6 +1,6 @@
 """The evidence bundle: calibrate the shipped ranker on the chosen days and write it with its model card.
 
-The configuration is chosen as lodocv chooses it per fold (`offline.evidence_cv.inner_select`), here over every
+The configuration is chosen as lodocv chooses it per fold (`offline.train.evidence_cv.inner_select`), here over every
 chosen day (`--config auto`), or named (`--config cpu,memory,log_errors,log_vanished,call_gap@1.5`). Calibration reads
 no label; only the choice of configuration does.
 """
@@ -17,9 +17,9 @@ from lemzha.calibration import fit_calibration
 from lemzha.fsutil import replace_directory
 from lemzha.rankers import CANDIDATES, EvidenceConfig, EvidenceRanker
 from lemzha.scenario import Scenario
-from offline.evidence_cv import inner_select, tables_of
+from offline.errors import DataError
 from offline.provenance import provenance
-from offline.store import DataError
+from offline.train.evidence_cv import inner_select, tables_of
 
 
 def parse_config(text: str) -> EvidenceConfig | None:

@@ -48,11 +48,12 @@ from lemzha.onnx_ranker import onnx_logits_fn, session
 from lemzha.scenario import Scenario
 from lemzha.text import MAX_TOKENS, OnnxEncoder, TextEmbedder, encoder_path, service_name_text, text_key
 from offline.cli import run_cli
-from offline.data import add_data_arguments, prepared_from_args
-from offline.params import load_params, params_hash
+from offline.data.cli import add_data_arguments, prepared_from_args
+from offline.data.store import default_cache_dir, read_json_file
+from offline.errors import DataError
 from offline.provenance import provenance
-from offline.store import DataError, default_cache_dir, read_json_file
 from offline.train.model import ModelConfig
+from offline.train.params import load_params, params_hash
 from offline.train.train import InputOptions, ModelRanker, PreparedCache, TrainParams, to_tensors, torch_logits_fn
 
 QUICK_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_text": 8, "d_fusion": 16}
@@ -416,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced whole)")
-    parser.add_argument("--params", type=Path, help="hyper-parameter JSON (default offline/params/default.json)")
+    parser.add_argument("--params", type=Path, help="hyper-parameter JSON (default offline/train/params/default.json)")
     parser.add_argument("--days", default="all", help="Nezha days to train on: all, or YYYY-MM-DD,... (default all)")
     parser.add_argument("--no-lemma", action="store_true", help="leave the LEMMA incidents out of training")
     parser.add_argument("--seed", type=int, default=0)
@@ -453,8 +454,8 @@ def choose_gap_weight(choice: str | float, scenarios: Sequence[Scenario], config
     picks, with the inner MRR of every weight. Needs at least two Nezha days for auto."""
     if choice != "auto":
         return {"weight": float(choice), "chosen": "given (--gap-weight)"}
-    from offline.folds import day_of
-    from offline.model_cv import select_epochs
+    from offline.train.folds import day_of
+    from offline.train.model_cv import select_epochs
 
     days = sorted({day_of(s) for s in scenarios if s.dataset == "nezha"})
     if len(days) < 2:

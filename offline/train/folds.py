@@ -109,5 +109,5 @@ def case_row(case: Scenario, fold: str, seed: int | None, name: str, rank: int |
 
 
 def random_rows(cases: list[Scenario], fold: str) -> list[dict]:
-    """The analytic random ranking's rows (`offline.report` turns them into expected metrics)."""
+    """The analytic random ranking's rows (`offline.eval.report` turns them into expected metrics)."""
     return [case_row(c, fold, None, "random", None, [], 0.0) for c in cases]

@@ -30,7 +30,7 @@ from lemzha.fusion import GAP_WEIGHTS, GapFusion, fuse, gap_term
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder
-from offline.folds import (
+from offline.train.folds import (
     day_of,
     estimated_onset_window,
     fold_key,
@@ -242,8 +242,8 @@ def run_folds(job: FoldJob, folds: list[str], workers: int) -> tuple[list[dict],
 def model_job_from_args(args, prepared, scenarios: list[Scenario], seeds: list[int]) -> FoldJob:
     """The model's fold job from lodocv's arguments: parameters, embeddings of every text (label-free, once)."""
     from lemzha.text import service_name_text
-    from offline.params import load_params
-    from offline.store import default_cache_dir
+    from offline.data.store import default_cache_dir
+    from offline.train.params import load_params
 
     variants = {"model": InputOptions()}
     if args.model_variants:

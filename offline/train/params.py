@@ -7,11 +7,12 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from offline.store import DataError, read_json_file
+from offline.data.store import read_json_file
+from offline.errors import DataError
 from offline.train.model import ModelConfig
 from offline.train.train import TrainParams
 
-DEFAULT_PARAMS = Path(__file__).parent / "params" / "default.json"
+DEFAULT_PARAMS = Path(__file__).parent.parent / "params" / "default.json"  # the JSON files stay in offline/params/
 
 
 def _build(cls, section: dict, where: str):

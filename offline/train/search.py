@@ -2,9 +2,10 @@
 
 `--fold DAY` searches for one outer leave-one-day-out fold: the scenarios of DAY are filtered out of the prepared
 index before anything is loaded, so the held-out day is never read. The objective is the inner-validation MRR of
-`offline.lodocv.select_epochs` on the remaining days: each training Nezha day is held out in turn (whole days, never a
-random split), the model is trained on the rest plus the LEMMA incidents, and the epoch with the best mean inner MRR
-is picked. The result is `<out>/fold-DAY.json`, which `python -m offline.lodocv --params <out>` uses for that fold.
+`offline.train.model_cv.select_epochs` on the remaining days: each training Nezha day is held out in turn (whole
+days, never a random split), the model is trained on the rest plus the LEMMA incidents, and the epoch with the best
+mean inner MRR is picked. The result is `<out>/fold-DAY.json`, which `python -m offline.lodocv --params <out>` uses
+for that fold.
 
 `--all-days` runs the same inner leave-one-day-out over all four Nezha days. Its result, `<out>/all-days.json`,
 is for the shipped bundle only: it has seen every day, so it must never be scored by lodocv.
@@ -43,13 +44,14 @@ import torch
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder, service_name_text
 from offline.cli import run_cli
-from offline.data import add_data_arguments, prepared_from_args
-from offline.dataset import Prepared
-from offline.folds import day_of
-from offline.model_cv import select_epochs
-from offline.params import DEFAULT_PARAMS, load_params
-from offline.store import DataError, default_cache_dir
+from offline.data.cli import add_data_arguments, prepared_from_args
+from offline.data.dataset import Prepared
+from offline.data.store import default_cache_dir
+from offline.errors import DataError
+from offline.train.folds import day_of
 from offline.train.model import ModelConfig
+from offline.train.model_cv import select_epochs
+from offline.train.params import DEFAULT_PARAMS, load_params
 from offline.train.train import InputOptions, PreparedCache, TrainParams
 
 DEFAULT_OUT = DEFAULT_PARAMS.parent

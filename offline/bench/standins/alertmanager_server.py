@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from offline.standins.prometheus_server import StandinUnavailable, free_port, served_process
+from offline.bench.standins.prometheus_server import StandinUnavailable, free_port, served_process
 
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 SKIP_REASON = "Alertmanager not installed here (apt-get install prometheus-alertmanager; CI installs it)"

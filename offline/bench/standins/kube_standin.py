@@ -22,7 +22,7 @@ What it adds to kmock's `KubernetesEmulator` (private API, hence the version pin
   CRDs' schemas and PATCH taking `fieldValidation`), so `kubectl apply` works without `--validate=false`.
 
 Start it with `KubeStandin()` (a context manager that runs it on 127.0.0.1:<free port> in a thread and writes a
-kubeconfig), or `python -m offline.standins.kube_standin --kubeconfig PATH` for a separate process.
+kubeconfig), or `python -m offline.bench.standins.kube_standin --kubeconfig PATH` for a separate process.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from kmock._internal import enums, k8s, references, rendering
 
 KMOCK_VERSION = "0.8"
 if importlib.metadata.version("kmock") != KMOCK_VERSION or kmock.__version__ != KMOCK_VERSION:
-    raise ImportError(f"offline/standins/kube_standin.py patches kmock {KMOCK_VERSION} internals; "
+    raise ImportError(f"offline/bench/standins/kube_standin.py patches kmock {KMOCK_VERSION} internals; "
                       f"found {kmock.__version__}")
 
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _FORMATS = jsonschema.FormatChecker(formats=())
 
@@ -870,7 +870,7 @@ class KubeStandin:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m offline.standins.kube_standin --kubeconfig PATH [--port N]`: serve until interrupted (for kopf
+    """`python -m offline.bench.standins.kube_standin --kubeconfig PATH [--port N]`: serve until interrupted (for kopf
     e2e runs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", type=Path, required=True)

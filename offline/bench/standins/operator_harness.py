@@ -1,6 +1,6 @@
 """Test and benchmark helper: the operator as a `kopf run` subprocess, and kubectl against the kube stand-in.
 
-Used by the end-to-end tests, the fault tests and `python -m offline.bench_operator`. Processes are stopped by
+Used by the end-to-end tests, the fault tests and `python -m offline.bench.operator`. Processes are stopped by
 their own PID only.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import requests
 
-from offline.standins.prometheus_server import free_port
+from offline.bench.standins.prometheus_server import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 KUBECTL = Path("/usr/bin/kubectl")
 
 
