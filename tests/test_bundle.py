@@ -368,7 +368,7 @@ def test_rank_cli_bad_input_is_one_line_and_exit_2(prepared, model_bundle, tmp_p
     assert result.stderr.strip().count("\n") == 0 and expected in result.stderr
 
 
-# -- traces (issue #8) -------------------------------------------------------------------------------------------------
+# -- traces ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("graph", [False, True], ids=["traces", "traces_graph"])
 def test_trace_model_exports_with_dynamic_edges_and_matches_torch(prepared, tmp_path, graph):
     """A trace model's ONNX export takes the trace inputs, with services and edges dynamic: parity on TrainTicket

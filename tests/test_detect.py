@@ -267,8 +267,7 @@ def test_lodocv_estimated_onset_uses_training_days_only(prepared, monkeypatch):
     is the unknown-onset window with an onset in range."""
     from offline.train import folds as lodocv
 
-    scenarios = [prepared.load(i) for i in prepared.ids if i.startswith("nezha/20220822") or
-                 i.startswith("nezha/20220823")]
+    scenarios = [prepared.load(i) for i in prepared.ids_of("nezha", app="onlineboutique")]
     train = [s for s in scenarios if lodocv.day_of(s) == "2022-08-22"]
     test = [s for s in scenarios if lodocv.day_of(s) == "2022-08-23"]
     test_ids = {s.id for s in test}

@@ -1,4 +1,4 @@
-"""End to end on raw exporter series (issue #17): Nezha replayed as cAdvisor, kube-state-metrics, node-exporter and
+"""End to end on raw exporter series: Nezha replayed as cAdvisor, kube-state-metrics, node-exporter and
 Istio series into a real Prometheus, the chart's recording rules backfilled with `promtool tsdb create-blocks-from
 rules`, Prometheus restarted, and the operator's live scenario compared with the offline one for one fault per app.
 Also the preflight doctor against the same servers.

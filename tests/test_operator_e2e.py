@@ -163,7 +163,7 @@ def test_incident_completes_like_offline(cluster: Env, prepared, shipped_bundle,
     # replayed raw TrainTicket lines and lemzha-k templates expanded to lines both read back to the offline rows
     assert len(offline_logs) > 0
     pd.testing.assert_series_equal(live_logs, offline_logs, check_dtype=False, check_names=False)
-    # trace series (issue #8): the catalog's live PromQL gives the offline rows; uncovered bins NaN in both
+    # trace series: the catalog's live PromQL gives the offline rows; uncovered bins NaN in both
     assert len(offline.service_metrics) and len(offline.edges)
     for live_frame, offline_frame in ((live.service_metrics, offline.service_metrics), (live.edges, offline.edges)):
         sums = [c for c in ("duration_sum_ms", "client_duration_sum_ms", "edge_client_gap_ms") if c in offline_frame]

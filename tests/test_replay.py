@@ -461,7 +461,7 @@ def test_log_file_format(replayed, prepared):
     assert tt_lines and all(r["line"] for r in tt_lines)
 
 
-# -- traces (issue #8) -------------------------------------------------------------------------------------------------
+# -- traces ------------------------------------------------------------------------------------------------------------
 def _live_grid(url, query: str, start: datetime, n_bins: int, keys: tuple[str, ...]) -> dict[tuple, float]:
     """{(label values..., bin): value} of a catalog trace query on the bin grid (bin end - 1 ms)."""
     first = start.timestamp() + 30 - 0.001

@@ -1,4 +1,4 @@
-"""Trace modality (issue #8): histogram_quantile, the span-role rule and the derivation on real Nezha trace files."""
+"""Trace modality: histogram_quantile, the span-role rule and the derivation on real Nezha trace files."""
 
 from __future__ import annotations
 

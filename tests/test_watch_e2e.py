@@ -8,7 +8,7 @@ the watch's status lost (the name is derived from the onset, so the create answe
 of the auto-opened incidents against the day's true injections stay above floors.
 
 Matching rule: an incident is a true positive when its faultTime (the estimated onset) lies in [injection - 1 min,
-injection + 5 min] of an injection not matched yet (nearest first, in faultTime order); the 5 min are issue #9's
+injection + 5 min] of an injection not matched yet (nearest first, in faultTime order); the 5 min are the detector's
 effect period (`lemzha.detect.label_bins`), the minute before allows for the 60 s sampling. Recall = matched
 injections / 28; precision = matched incidents / incidents.
 

@@ -133,7 +133,7 @@ def bench_onnx(bundle_dir: Path | None, scenario_id: str | None, repeat: int, ep
     torch.set_num_threads(1)
     prepared = prepare(progress=False)
     if scenario_id is None:
-        scenario_id = next(e["id"] for e in prepared.index["scenarios"] if e["id"].startswith("nezha/2023"))
+        scenario_id = prepared.ids_of("nezha", app="trainticket")[0]
     scenario = prepared.load(scenario_id).without_label()
     without_onset = scenario.with_onset(None)
     embedder = TextEmbedder(default_cache_dir() / "embeddings")

@@ -1,4 +1,4 @@
-"""Raw exporter series derived from Nezha (issue #17): what cAdvisor, kube-state-metrics, node-exporter and Istio
+"""Raw exporter series derived from Nezha: what cAdvisor, kube-state-metrics, node-exporter and Istio
 would have exported for a replayed day, so the chart's recording rules run on them in a real Prometheus.
 
 `python -m offline.replay ... --exporters istio|none` writes these instead of the recorded `lemzha:*` series; then

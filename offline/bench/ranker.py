@@ -48,7 +48,7 @@ def bench_ranker(bundle: Path | None) -> dict:
     known: dict[str, list[float]] = {}
     unknown: dict[str, list[float]] = {}
     cpu_known = cpu_unknown = 0.0
-    ids = [e["id"] for e in prepared.index["scenarios"] if e["dataset"] == "nezha"]
+    ids = prepared.ids_of("nezha")
     for scenario_id in ids:
         for store, given in ((known, True), (unknown, False)):
             scenario = prepared.load(scenario_id).without_label()  # fresh: nothing remembered from a former call
@@ -112,7 +112,7 @@ def bench_scale(bundle: Path | None, copies: tuple[int, ...] = SCALE_COPIES) -> 
         from offline.train.bundle_cache import shipped_bundle
 
         bundle = shipped_bundle(prepared)
-    tt = next(e["id"] for e in prepared.index["scenarios"] if e["id"].startswith("nezha/2023"))
+    tt = prepared.ids_of("nezha", app="trainticket")[0]
     sizes = []
     for k in copies:
         child = subprocess.run([sys.executable, "-c", _SCALE_CHILD, str(bundle), str(prepared.directory / tt), str(k)],

@@ -17,7 +17,7 @@ value back:
 The OpenMetrics file is turned into blocks with `promtool tsdb create-blocks-from openmetrics`; DIR is replaced
 whole. With --ids only samples from 5 minutes before each window to its end are written.
 
-Traces (issue #8; when the traces archive or a --source tree with trace folders is there, unless --no-traces): the
+Traces (when the traces archive or a --source tree with trace folders is there, unless --no-traces): the
 span-metrics and service-graph series of `lemzha.catalog` (TRACE_SERIES), per traced service and per edge, from the
 day's trace files as `offline.data.traces` derives them. Each is a cumulative counter (histograms as `_bucket{le}`,
 `_count` and `_sum`) with two samples per covered bin, at the bin start (the total before the bin) and at its end

@@ -94,6 +94,13 @@ class Prepared:
                 return entry
         raise DataError(f"unknown scenario id {scenario_id!r}")
 
+    def ids_of(self, dataset: str, app: str | None = None) -> list[str]:
+        """Ids of one data set ("nezha", "lemma") in index order; with `app`, only the Nezha days of that application
+        ("onlineboutique", "trainticket")."""
+        apps = {d.day: d.app for d in nezha.DAYS}
+        return [e["id"] for e in self.index["scenarios"] if e["dataset"] == dataset
+                and (app is None or (e["dataset"] == "nezha" and apps.get(e["day"]) == app))]
+
     def load(self, scenario_id: str) -> Scenario:
         self.entry(scenario_id)
         return load_scenario(self.directory / scenario_id)

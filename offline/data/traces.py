@@ -1,4 +1,5 @@
-"""Nezha trace CSVs -> per-service and per-edge trace series per 30 s bin (issue #8, the data half).
+"""Nezha trace CSVs -> per-service and per-edge trace series per 30 s bin (the data half of the trace
+modality).
 
 Input: `rca_data/<day>/trace/<HH>_<MM>_trace.csv` (TraceID, SpanID, ParentID, PodName, OperationName,
 StartTimeUnixNano, EndTimeUnixNano, Duration) from `nezha-traces.tar.xz`, read with pyarrow.csv (only the needed

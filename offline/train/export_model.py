@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-state", type=Path, help="also save the trained torch weights here (parity checks)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--traces", action="store_true",
-                        help="train and export with the trace inputs (issue #8; the operator must then read traces)")
+                        help="train and export with the trace inputs (the operator must then read traces)")
     parser.add_argument("--graph", action="store_true", help="with --traces: the graph part over call edges")
     parser.add_argument("--gap-weight", default="auto", type=_gap_weight_arg,
                         help="weight of the call-gap trace term added to the model's probabilities: a number >= 0 "

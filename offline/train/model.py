@@ -5,7 +5,7 @@
 - frozen MiniLM embeddings of log templates (before/after the onset) and of service names
 - pod -> service fusion by MAX and MEAN over a variable number of pods, plus the service's contrast to the others
 - a cosine-similarity head between the fused service vector and its name embedding, scaled by a temperature
-- optionally (issue #8) a service-level trace encoder, and a graph part: rounds of message passing over the crop's
+- optionally a service-level trace encoder, and a graph part: rounds of message passing over the crop's
   call edges (caller -> callee), each message carrying an edge anomaly term; a service also sees the max over its
   callees, so that "anomalous, and no callee more anomalous" (the deepest anomalous callee) can be learned
 """

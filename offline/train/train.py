@@ -51,7 +51,7 @@ class InputOptions:
     use_logs: bool = True
     use_metrics: bool = True
     neutral_names: bool = False
-    use_traces: bool = False  # issue #8: per-service trace features (span calls and latencies)
+    use_traces: bool = False  # per-service trace features (span calls and latencies)
     use_graph: bool = False  # with use_traces: message passing over the call edges (edge requests and latency)
 
     def to_json(self) -> dict:
