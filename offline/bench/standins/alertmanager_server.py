@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import requests
 
+from offline.bench.standins.http_server import BackgroundHTTPServer, send_answer
 from offline.bench.standins.prometheus_server import StandinUnavailable, free_port, served_process
 
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
@@ -68,7 +69,7 @@ class Post:
     status: int  # what the operator answered
 
 
-class WebhookRelay:
+class WebhookRelay(BackgroundHTTPServer):
     """An HTTP server on 127.0.0.1 that records each POST and forwards it, headers that matter included, to
     `target`; the sender gets the target's status and body. A context manager; `url` is the address to post to."""
 
@@ -92,35 +93,17 @@ class WebhookRelay:
                     status, content = 502, str(err).encode()
                 with relay._lock:
                     relay.posts.append(Post(at, time.monotonic(), body, auth, status))
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(content)))
-                    self.end_headers()
-                    self.wfile.write(content)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # Alertmanager gave up on this post (it retries on its own)
+                send_answer(self, status, content)  # Alertmanager may have given up on this post: it retries
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="webhook-relay", daemon=True)
+        super().__init__(Handler, name="webhook-relay", poll_interval=0.05)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/alerts"
+        return f"{self.base_url}/alerts"
 
     def received(self) -> list[Post]:
         with self._lock:
             return list(self.posts)
-
-    def __enter__(self) -> WebhookRelay:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()

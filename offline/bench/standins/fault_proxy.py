@@ -17,15 +17,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 import requests
 
+from offline.bench.standins.http_server import BackgroundHTTPServer, send_answer
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
-class FaultProxy:
+class FaultProxy(BackgroundHTTPServer):
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.mode = "pass"
@@ -36,14 +38,11 @@ class FaultProxy:
         self.version: str | None = None
         self.queries: list[str] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler(), name="fault-proxy")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.base_url
 
     def set(self, mode: str = "pass", delay: float = 0.0, warnings: list[str] | None = None,
             fail_after: int | None = None) -> None:
@@ -102,14 +101,7 @@ class FaultProxy:
                 self._answer(resp.status_code, content, resp.headers.get("Content-Type", "application/json"))
 
             def _answer(self, code: int, content: bytes, content_type: str) -> None:
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(content)))
-                    self.end_headers()
-                    self.wfile.write(content)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
-                    pass
+                send_answer(self, code, content, content_type)
 
             def do_GET(self) -> None:
                 self._forward("GET")
@@ -118,11 +110,3 @@ class FaultProxy:
                 self._forward("POST")
 
         return Handler
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
