@@ -24,7 +24,7 @@ KEEP_SECONDS = 86400  # other versions nobody built for a day are removed
 def _root(prepared, kind: str) -> Path:
     digest = hashlib.sha256(f"{kind}\0{prepared.index.get('key')}".encode())
     for path in sorted([*REPO_ROOT.glob("lemzha/**/*.py"), *REPO_ROOT.glob("offline/**/*.py"),
-                        *REPO_ROOT.glob("offline/train/params/*.json")]):
+                        *REPO_ROOT.glob("offline/params/*.json")]):
         digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     return default_cache_dir() / "bundles" / digest.hexdigest()[:16]
 

@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced whole)")
-    parser.add_argument("--params", type=Path, help="hyper-parameter JSON (default offline/train/params/default.json)")
+    parser.add_argument("--params", type=Path, help="hyper-parameter JSON (default offline/params/default.json)")
     parser.add_argument("--days", default="all", help="Nezha days to train on: all, or YYYY-MM-DD,... (default all)")
     parser.add_argument("--no-lemma", action="store_true", help="leave the LEMMA incidents out of training")
     parser.add_argument("--seed", type=int, default=0)
