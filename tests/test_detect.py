@@ -265,24 +265,24 @@ def test_cli_rejects_unknown_detector(capsys):
 def test_lodocv_estimated_onset_uses_training_days_only(prepared, monkeypatch):
     """lodocv's estimated-onset mode: the estimator is chosen on training-day windows only, and the shown window
     is the unknown-onset window with an onset in range."""
-    from offline.train import folds as lodocv
+    from offline.train import folds
 
     scenarios = [prepared.load(i) for i in prepared.ids_of("nezha", app="onlineboutique")]
-    train = [s for s in scenarios if lodocv.day_of(s) == "2022-08-22"]
-    test = [s for s in scenarios if lodocv.day_of(s) == "2022-08-23"]
+    train = [s for s in scenarios if folds.day_of(s) == "2022-08-22"]
+    test = [s for s in scenarios if folds.day_of(s) == "2022-08-23"]
     test_ids = {s.id for s in test}
-    original = lodocv.unknown_onset_window
+    original = folds.unknown_onset_window
     labelled: list[str] = []
 
     def spy(scenario, seed):
         labelled.append(scenario.id)
         return original(scenario, seed)
 
-    monkeypatch.setattr(lodocv, "unknown_onset_window", spy)
-    estimator = lodocv.fold_onset_estimator(train)
+    monkeypatch.setattr(folds, "unknown_onset_window", spy)
+    estimator = folds.fold_onset_estimator(train)
     assert labelled and not set(labelled) & test_ids
     for case in test[:5]:
-        shown = lodocv.estimated_onset_window(case, 0, estimator)
+        shown = folds.estimated_onset_window(case, 0, estimator)
         plain = original(case, 0)
         assert np.array_equal(shown.values, plain.values, equal_nan=True)
         assert 1 <= shown.onset_bin <= shown.n_bins - 1
