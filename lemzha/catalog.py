@@ -321,7 +321,7 @@ def catalog_order(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 # and `servicegraph` connectors (or Tempo's metrics-generator) with a Prometheus exporter. The names below are what
 # those connectors export with `namespace: traces.span.metrics` (spanmetrics) and the servicegraph defaults.
 #
-# Offline (Nezha) the same quantities are derived from the raw spans by `offline/traces.py`:
+# Offline (Nezha) the same quantities are derived from the raw spans by `offline/data/traces.py`:
 # - Nezha spans have no span kind: a span is a *server* span when it has no parent (ParentID "root") or when its
 #   parent is in another pod; the caller of that request is the parent's pod. Services come from pods by the one
 #   pod -> service rule (`lemzha.services`). Live, `service_name` must carry that same service name (the Deployment

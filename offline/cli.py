@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 from lemzha.scenario import ScenarioError
-from offline.store import DataError
+from offline.errors import DataError
 
 USER_ERRORS = (DataError, ScenarioError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError)
 

@@ -7,7 +7,7 @@ import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
 
-from offline.store import REPO_ROOT
+from offline.data.store import REPO_ROOT
 
 
 def git_state() -> tuple[str, bool | None]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from offline.store import ensure_extracted
+from offline.data.store import ensure_extracted
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def lemzhak_root() -> Path:
 
 @pytest.fixture(scope="session")
 def prepared():
-    from offline.dataset import prepare
+    from offline.data.dataset import prepare
 
     return prepare(progress=False)
 
@@ -30,8 +30,8 @@ def prepared():
 @pytest.fixture(scope="session")
 def shipped_bundle(prepared) -> Path:
     """The bundle `python -m offline.export` writes by default (the evidence ranker), once per version of the code
-    and data (offline/bundle_cache.py)."""
-    from offline.bundle_cache import shipped_bundle as cached
+    and data (offline/train/bundle_cache.py)."""
+    from offline.train.bundle_cache import shipped_bundle as cached
 
     return cached(prepared)
 
@@ -40,7 +40,7 @@ def shipped_bundle(prepared) -> Path:
 def model_bundle(prepared) -> Path:
     """One `offline.export --ranker model --quick` bundle per version of the code and data, with the trained torch
     weights beside it (torch_state.pt) for parity tests."""
-    from offline.bundle_cache import model_bundle as cached
+    from offline.train.bundle_cache import model_bundle as cached
 
     return cached(prepared)
 
@@ -49,8 +49,8 @@ def model_bundle(prepared) -> Path:
 def replayed(prepared, tmp_path_factory) -> dict[str, Path]:
     """One backfill of a TrainTicket and an OnlineBoutique fault (nezha/20230129_05, nezha/20220822_03) into a
     Prometheus data dir, with the Loki stand-in's log file, as `python -m offline.replay` writes them."""
-    from offline import replay
-    from offline.standins.prometheus_server import PROMTOOL
+    from offline.bench import replay
+    from offline.bench.standins.prometheus_server import PROMTOOL
 
     if not PROMTOOL.is_file():
         pytest.skip("promtool not installed (apt-get install prometheus)")

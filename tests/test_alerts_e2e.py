@@ -27,12 +27,12 @@ import yaml
 from lemzha.catalog import CATALOG
 from lemzha_operator.alerts import incident_name, parse_payload
 from lemzha_operator.window import rfc3339
-from offline import replay
-from offline.standins.alertmanager_server import WebhookRelay, alertmanager_server, push_alerts
-from offline.standins.kube_standin import KubeStandin
-from offline.standins.loki_standin import LokiStandIn
-from offline.standins.operator_harness import KUBECTL, OperatorProcess
-from offline.standins.prometheus_server import free_port, prometheus_server
+from offline.bench import replay
+from offline.bench.standins.alertmanager_server import WebhookRelay, alertmanager_server, push_alerts
+from offline.bench.standins.kube_standin import KubeStandin
+from offline.bench.standins.loki_standin import LokiStandIn
+from offline.bench.standins.operator_harness import KUBECTL, OperatorProcess
+from offline.bench.standins.prometheus_server import free_port, prometheus_server
 from tests.marks import requires_alertmanager, requires_prometheus
 from tests.test_operator_e2e import Env, _live_scenario, _log_totals
 from tests.test_webhook import TOKEN, refuses_each_hostile_post

@@ -24,7 +24,7 @@ from lemzha.ranking import Ranking
 from lemzha.scenario_io import load_scenario
 from lemzha.text import SentenceTransformerEncoder, TextEmbedder, service_name_text, text_key
 from offline.cli import run_cli
-from offline.store import REPO_ROOT, default_cache_dir
+from offline.data.store import REPO_ROOT, default_cache_dir
 from offline.train.model import ModelConfig, RCAModel
 from offline.train.train import InputOptions, torch_logits_fn
 
@@ -83,7 +83,7 @@ def edit_manifest(bundle: Path, **changes) -> None:
 
 # -- fast: export mechanics and the text cache, no bundle needed -------------------------------------------------------
 def test_model_exports_with_dynamic_pods_bins_and_services(tmp_path):
-    from offline.export_model import export_model
+    from offline.train.export_model import export_model
 
     model = RCAModel(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_text=8, d_fusion=16)).eval()
     packed, fastpath = F._in_projection_packed, torch.backends.mha.get_fastpath_enabled()
@@ -140,7 +140,7 @@ def test_ranker_modules_import_without_torch():
 
 
 def test_export_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path, capsys):
-    from offline.export_model import main
+    from offline.train.export_model import main
 
     (tmp_path / "notes.txt").write_text("mine")
     assert run_cli(main, ["--quick", "--out", str(tmp_path)]) == 2
@@ -149,7 +149,7 @@ def test_export_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path, ca
 
 
 def test_export_rejects_an_unknown_day(prepared, tmp_path, capsys):
-    from offline.export_model import main
+    from offline.train.export_model import main
 
     assert run_cli(main, ["--quick", "--out", str(tmp_path / "b"), "--days", "2099-01-01"]) == 2
     assert "unknown day" in capsys.readouterr().err
@@ -245,7 +245,7 @@ print(json.dumps({"services": list(ranking.services), "total": float(sum(probs))
 def test_missing_metrics_are_masked_not_fatal(prepared, onnx_ranker):
     from dataclasses import replace
 
-    from offline.rank import missing_metrics
+    from offline.eval.rank import missing_metrics
 
     full = prepared.load(OB).without_label()
     keep = [full.metrics.index(m) for m in ("cpu_millicores", "memory_bytes")]  # a cluster without a mesh
@@ -309,7 +309,7 @@ def test_bundle_adds_the_inner_chosen_gap_term(prepared, model_bundle, onnx_rank
 
 
 def test_export_gap_weight_argument_is_checked(capsys):
-    from offline.export_model import main as export
+    from offline.train.export_model import main as export
 
     for bad in ("-1", "nan", "heavy"):
         with pytest.raises(SystemExit) as exit_info:
@@ -368,7 +368,7 @@ def test_rank_cli_bad_input_is_one_line_and_exit_2(prepared, model_bundle, tmp_p
     assert result.stderr.strip().count("\n") == 0 and expected in result.stderr
 
 
-# -- traces (issue #8) -------------------------------------------------------------------------------------------------
+# -- traces ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("graph", [False, True], ids=["traces", "traces_graph"])
 def test_trace_model_exports_with_dynamic_edges_and_matches_torch(prepared, tmp_path, graph):
     """A trace model's ONNX export takes the trace inputs, with services and edges dynamic: parity on TrainTicket
@@ -376,7 +376,7 @@ def test_trace_model_exports_with_dynamic_edges_and_matches_torch(prepared, tmp_
     from lemzha.bundle import model_inputs
     from lemzha.features import crop
     from lemzha.onnx_ranker import onnx_logits_fn, session
-    from offline.export_model import export_model, model_parity
+    from offline.train.export_model import export_model, model_parity
     from offline.train.train import to_tensors
     from tests.test_model import FakeEmbedder
 
@@ -409,7 +409,7 @@ def test_trace_bundle_ranks_with_onnx_like_torch(prepared, tmp_path):
     from dataclasses import replace as dc_replace
 
     from lemzha.bundle import TRACE_INPUTS
-    from offline.export_model import QUICK_MODEL, build_bundle
+    from offline.train.export_model import QUICK_MODEL, build_bundle
     from offline.train.train import TrainParams
 
     scenarios = [prepared.load(i) for i in (TT, "nezha/20230129_05", OB, "nezha/20220822_03", LEMMA)]

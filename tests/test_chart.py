@@ -178,7 +178,7 @@ def test_servicemonitor_matches_its_schema_and_service(tmp_path):
 
 def promtool_check_groups(groups: list[dict[str, Any]], tmp_path: Path) -> str:
     """`promtool check rules` on rendered rule groups; raises with promtool's reason when it refuses them."""
-    from offline.standins.prometheus_server import PROMTOOL
+    from offline.bench.standins.prometheus_server import PROMTOOL
 
     path = tmp_path / "rendered-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
@@ -193,7 +193,7 @@ def test_recording_rules_render_as_the_catalog_generates_them(latency, tmp_path)
     """The PrometheusRule holds exactly the generated groups for the chosen latency source, valid for its schema and
     for the real promtool; the ConfigMap holds the same rule files byte for byte."""
     from lemzha import recording_rules as rules
-    from offline.standins.prometheus_server import PROMTOOL
+    from offline.bench.standins.prometheus_server import PROMTOOL
 
     objs = objects(merged(DEFAULTS, {"recordingRules": {"latencySource": latency},
                                      "prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}), tmp_path)
@@ -222,7 +222,7 @@ def test_recording_rules_defaults(tmp_path):
 def test_prometheusrule_schema_and_promtool_catch_a_broken_rule(tmp_path):
     """Not vacuous: a misspelt field fails the vendored schema, and a broken expression fails promtool with its
     reason (so a rules file that promtool refuses fails the chart test)."""
-    from offline.standins.prometheus_server import PROMTOOL
+    from offline.bench.standins.prometheus_server import PROMTOOL
 
     objs = objects(merged(DEFAULTS, {"prometheusRule": {"enabled": True}}), tmp_path)
     (rule,) = of_kind(objs, "PrometheusRule")
@@ -249,7 +249,7 @@ def test_unknown_latency_source_is_refused_with_the_choices(tmp_path):
 
 
 def test_example_incidents_match_the_crd():
-    from offline.standins.kube_standin import Invalid, load_crds, validate
+    from offline.bench.standins.kube_standin import Invalid, load_crds, validate
 
     crds = {(f"{c.group}/{c.version}", c.kind): c for c, _ in load_crds(CHART / "crds")}
     examples = sorted((CHART / "examples").glob("*.yaml"))
@@ -660,7 +660,7 @@ def test_dockerfile_final_stage():
     # the export step's command line must parse (flags that do not exist would only fail at `docker build`)
     command = re.search(r"python -m offline\.export ([^\\\n]*)", build)
     assert command, "stage 1 runs python -m offline.export"
-    from offline import export
+    from offline.train import export
 
     flags = command.group(1).replace("${EXPORT_ARGS}", "").split()
     for extra in ([], ["--quick"]):  # as documented: EXPORT_ARGS=--quick for a smoke-test bundle

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from offline.store import REPO_ROOT
+from offline.data.store import REPO_ROOT
 
 
 def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -163,7 +163,7 @@ def test_results_refuses_bad_inputs_and_writes_nothing(tmp_path):
 
 
 def test_results_block_needs_exactly_one_pair_of_markers():
-    from offline.results import BEGIN, END, ResultsError, replace_block
+    from offline.eval.results import BEGIN, END, ResultsError, replace_block
 
     assert replace_block(f"a\n{BEGIN}\nold\n{END}\nb", "new", Path("R.md")) == f"a\n{BEGIN}\nnew\n{END}\nb"
     for text in ("no markers", f"{END}{BEGIN}", f"{BEGIN}{END}{BEGIN}{END}"):

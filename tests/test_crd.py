@@ -1,6 +1,7 @@
 """The RCAIncident CRD, driven through kubectl as a user would, against the kube-apiserver stand-in.
 
-Schema and CEL checks here run in offline/standins/kube_standin.py (jsonschema + cel-python), not in a real API server.
+Schema and CEL checks here run in offline/bench/standins/kube_standin.py (jsonschema + cel-python), not in a real API
+server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import celpy
 import pytest
 import yaml
 
-from offline.standins.kube_standin import CRD_DIR, KubeStandin
+from offline.bench.standins.kube_standin import CRD_DIR, KubeStandin
 
 CRD_PATH = CRD_DIR / "rcaincident.yaml"
 EXAMPLE = CRD_DIR.parent / "charts" / "lemzha" / "examples" / "incident-trainticket.yaml"
@@ -104,7 +105,7 @@ def test_crd_is_a_valid_structural_crd() -> None:
 
 def test_example_fault_time_is_the_datasets_inject_time(nezha_root: Path) -> None:
     """The example's faultTime is nezha/20230129_05's inject_time, not a made-up one."""
-    from offline.nezha import NezhaDay, list_faults
+    from offline.data.nezha import NezhaDay, list_faults
 
     fault = list_faults(nezha_root, NezhaDay("2023-01-29", "trainticket", "ts"))[5]
     spec = yaml.safe_load(EXAMPLE.read_text())["spec"]

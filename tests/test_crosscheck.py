@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from lemzha.catalog import METRIC_NAMES
-from offline import lemzhak
+from offline.data import lemma
 
 
 @pytest.mark.parametrize("lemzhak_id", ["20220823_nezha_5", "20230129_nezha_3", "20230130_nezha_7"])
 def test_raw_loader_matches_lemzhak_where_both_have_samples(prepared, lemzhak_root, lemzhak_id):
     day, _, index = lemzhak_id.split("_")
     ours = prepared.load(f"nezha/{day}_{int(index):02d}")
-    bins, pods, metrics, values = lemzhak.load_metrics(lemzhak_root, lemzhak_id)
+    bins, pods, metrics, values = lemma.load_metrics(lemzhak_root, lemzhak_id)
     assert set(pods) == set(ours.pods)
     our_bins = {t: i for i, t in enumerate(ours.bin_starts)}
     compared = matched = 0

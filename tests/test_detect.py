@@ -25,8 +25,8 @@ from lemzha.detect import (
 )
 from lemzha.detect.base import carry_forward, fixed_calibration
 from lemzha.detect.zeroshot import BocpdDetector
-from offline import detect as bench
-from offline.nezha import DAYS, list_faults
+from offline.data.nezha import DAYS, list_faults
+from offline.eval import detect as bench
 
 DAY = {d.day: d for d in DAYS}
 
@@ -216,7 +216,7 @@ def test_no_test_day_bin_reaches_fit(days, monkeypatch):
 def test_rca_windows_match_lodocv(prepared, days):
     """offline.detect cuts the same windows from the day stream as lodocv's unknown-onset mode does from
     the scenario, with the same values."""
-    from offline.folds import unknown_onset_window
+    from offline.train.folds import unknown_onset_window
 
     for day in ("2022-08-22", "2023-01-29"):
         stream, faults = days[day]
@@ -265,25 +265,24 @@ def test_cli_rejects_unknown_detector(capsys):
 def test_lodocv_estimated_onset_uses_training_days_only(prepared, monkeypatch):
     """lodocv's estimated-onset mode: the estimator is chosen on training-day windows only, and the shown window
     is the unknown-onset window with an onset in range."""
-    from offline import folds as lodocv
+    from offline.train import folds
 
-    scenarios = [prepared.load(i) for i in prepared.ids if i.startswith("nezha/20220822") or
-                 i.startswith("nezha/20220823")]
-    train = [s for s in scenarios if lodocv.day_of(s) == "2022-08-22"]
-    test = [s for s in scenarios if lodocv.day_of(s) == "2022-08-23"]
+    scenarios = [prepared.load(i) for i in prepared.ids_of("nezha", app="onlineboutique")]
+    train = [s for s in scenarios if folds.day_of(s) == "2022-08-22"]
+    test = [s for s in scenarios if folds.day_of(s) == "2022-08-23"]
     test_ids = {s.id for s in test}
-    original = lodocv.unknown_onset_window
+    original = folds.unknown_onset_window
     labelled: list[str] = []
 
     def spy(scenario, seed):
         labelled.append(scenario.id)
         return original(scenario, seed)
 
-    monkeypatch.setattr(lodocv, "unknown_onset_window", spy)
-    estimator = lodocv.fold_onset_estimator(train)
+    monkeypatch.setattr(folds, "unknown_onset_window", spy)
+    estimator = folds.fold_onset_estimator(train)
     assert labelled and not set(labelled) & test_ids
     for case in test[:5]:
-        shown = lodocv.estimated_onset_window(case, 0, estimator)
+        shown = folds.estimated_onset_window(case, 0, estimator)
         plain = original(case, 0)
         assert np.array_equal(shown.values, plain.values, equal_nan=True)
         assert 1 <= shown.onset_bin <= shown.n_bins - 1

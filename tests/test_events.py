@@ -7,7 +7,7 @@ import kubernetes
 import pytest
 
 from lemzha_operator.events import event_body, event_name, post_once
-from offline.standins.kube_standin import KubeStandin
+from offline.bench.standins.kube_standin import KubeStandin
 
 META = {"name": "nezha-20230129-05", "namespace": "ts", "uid": "0b9c6a0e-5d1f-4c55-9a1c-3f2d7e8a9b10"}
 

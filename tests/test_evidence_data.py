@@ -38,7 +38,7 @@ def test_windows_reach_an_hour_back(prepared):
 
 @pytest.mark.slow
 def test_audit_reports_misses_with_alignment(prepared, tmp_path):
-    from offline.data import main
+    from offline.data.__main__ import main
 
     assert main(["audit", "--out", str(tmp_path), "--all", "--id", "nezha/20230129_15"]) == 0
     cases = json.loads((tmp_path / "audit.json").read_text())
@@ -53,7 +53,7 @@ def test_audit_reports_misses_with_alignment(prepared, tmp_path):
 
 def test_audit_refuses_an_unknown_case(prepared, tmp_path, capsys):
     from offline.cli import run_cli
-    from offline.data import main
+    from offline.data.__main__ import main
 
     assert run_cli(main, ["audit", "--out", str(tmp_path), "--id", "nezha/29990101_00"]) == 2
     assert "unknown case id" in capsys.readouterr().err
@@ -81,7 +81,7 @@ def test_shipped_bundle_verifies_and_refuses_tampering(shipped_bundle, tmp_path)
 @pytest.mark.slow
 def test_shipped_bundle_reads_no_service_name(shipped_bundle, prepared):
     """Renaming every service consistently (pods, logs, traces) changes no score of the shipped ranker."""
-    from offline.renaming import neutral_names, service_names
+    from offline.data.renaming import neutral_names, service_names
 
     ranker = open_ranker(shipped_bundle)
     for case in ("nezha/20230129_21", "nezha/20220822_03", "nezha/20230130_00"):

@@ -1,9 +1,9 @@
-"""End to end on raw exporter series (issue #17): Nezha replayed as cAdvisor, kube-state-metrics, node-exporter and
+"""End to end on raw exporter series: Nezha replayed as cAdvisor, kube-state-metrics, node-exporter and
 Istio series into a real Prometheus, the chart's recording rules backfilled with `promtool tsdb create-blocks-from
 rules`, Prometheus restarted, and the operator's live scenario compared with the offline one for one fault per app.
 Also the preflight doctor against the same servers.
 
-Tolerances, per metric (what the replay can and cannot keep; offline.exporter_replay):
+Tolerances, per metric (what the replay can and cannot keep; offline.bench.exporter_replay):
 - cAdvisor metrics, workload, node memory and node network: equal to float32 precision (rtol 1e-6), same mask;
 - node CPU: rtol 1e-6, and 1e-9 absolute (100 x (1 - idle) leaves 1e-13 where Nezha has 0);
 - cpu_percent, memory_percent: exactly the rules' 100 x usage / limit (rtol 1e-6) with the replayed limits; against
@@ -31,8 +31,8 @@ from lemzha.histogram import histogram_quantile
 from lemzha.recording_rules import chart_files
 from lemzha_operator.pipeline import build_scenario, window_from_status
 from lemzha_operator.prometheus import query_instant
-from offline import exporter_replay as xr
-from offline.standins.prometheus_server import prometheus_server
+from offline.bench import exporter_replay as xr
+from offline.bench.standins.prometheus_server import prometheus_server
 from tests.marks import requires_prometheus
 
 TT_ID, OB_ID = "nezha/20230129_05", "nezha/20220822_03"
@@ -49,8 +49,9 @@ pytestmark = [pytest.mark.slow, requires_prometheus]
 @pytest.fixture(scope="module")
 def exported(prepared, tmp_path_factory) -> dict:
     """Raw blocks, and raw + rule blocks, of TT_ID and OB_ID with Istio, and OB_ID without a mesh."""
-    from offline import nezha, replay
-    from offline.store import ensure_extracted
+    from offline.bench import replay
+    from offline.data import nezha
+    from offline.data.store import ensure_extracted
 
     root = tmp_path_factory.mktemp("exporters")
     targets = replay.resolve_targets([TT_ID, OB_ID], [], prepared)
@@ -82,7 +83,7 @@ def _window(offline) -> dict:
 
 def test_rule_evaluation_offsets_leave_room_for_the_counter_pairs(exported, prepared):
     """Each group is evaluated at an offset of its own within the 30 s; the replayed counters need it past their
-    first millisecond (offline.exporter_replay.PAIR_MS). The offsets depend only on group and file names."""
+    first millisecond (offline.bench.exporter_replay.PAIR_MS). The offsets depend only on group and file names."""
     offline = prepared.load(TT_ID)
     at = offline.start.timestamp() + offline.n_bins * 30
     with prometheus_server(exported["all"]) as url:

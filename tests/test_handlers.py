@@ -76,7 +76,7 @@ async def test_startup_sets_watch_timeouts_concurrency_and_falls_back_without_a_
     import kopf
 
     from lemzha_operator import handlers
-    from offline.standins.kube_standin import write_kubeconfig
+    from offline.bench.standins.kube_standin import write_kubeconfig
 
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")))
     for name, value in {"LEMZHA_PROMETHEUS_URL": "http://127.0.0.1:1", "LEMZHA_BUNDLE": "", "LEMZHA_CONCURRENCY": "3",

@@ -2,7 +2,7 @@
 
 Each row has two verdicts:
 - at apply: the CRD's schema and CEL rules (checked here as the kube stand-in checks them,
-  `offline/standins/kube_standin.py`, which approximates the API server) refuse it with a message, or accept it;
+  `offline/bench/standins/kube_standin.py`, which approximates the API server) refuse it with a message, or accept it;
 - in the operator: one attempt of `pipeline.step` against fake sources. Whatever got past the CRD (or a CRD installed
   without its rules) must end in a final phase with a reason, never an exception or a silent retry.
 """
@@ -21,7 +21,7 @@ from lemzha.catalog import CATALOG
 from lemzha_operator.pipeline import step
 from lemzha_operator.settings import FINAL_PHASES
 from lemzha_operator.window import resolve_window
-from offline.standins.kube_standin import Invalid, KubeStandin, load_crds, validate
+from offline.bench.standins.kube_standin import Invalid, KubeStandin, load_crds, validate
 
 NOW = datetime(2026, 12, 4, 20, 0, tzinfo=UTC)
 CREATED = NOW - timedelta(seconds=31)  # past the smallest timeoutSeconds (30) for specs that wait
@@ -99,7 +99,7 @@ def fetch_metrics(namespace: str, start: datetime, n_bins: int):
 
 def apply_verdict(crd, name: str, spec: dict) -> str | None:
     """None when the CRD accepts the object, else the API server's message."""
-    from offline.standins.kube_standin import apply_defaults
+    from offline.bench.standins.kube_standin import apply_defaults
 
     obj = {"apiVersion": "lemzha.io/v1alpha1", "kind": "RCAIncident", "metadata": {"name": name, "namespace": "ts"},
            "spec": dict(spec)}

@@ -1,5 +1,5 @@
-"""The Loki stand-in (offline/standins/loki_standin.py: no Loki server is installable here) and the operator's Loki
-client."""
+"""The Loki stand-in (offline/bench/standins/loki_standin.py: no Loki server is installable here) and the operator's
+Loki client."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from lemzha_operator.loki import (
     quote,
     selector,
 )
-from offline.standins.loki_standin import LokiStandIn, parse_query
+from offline.bench.standins.loki_standin import LokiStandIn, parse_query
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 T0_NS = int(T0.timestamp()) * 10**9
@@ -403,7 +403,7 @@ def _window_files(log_dir: Path, start: datetime, n_bins: int) -> list[Path]:
 
 
 def test_live_rows_equal_offline_rows_on_real_trainticket_lines(nezha_root: Path, tmp_path: Path) -> None:
-    from offline import nezha
+    from offline.data import nezha
 
     day = next(d for d in nezha.DAYS if d.day == "2023-01-29")
     fault = nezha.list_faults(nezha_root, day)[5]

@@ -143,7 +143,7 @@ def test_training_records_a_validation_curve():
     assert result.curve == [0.5, 0.5]
 
 
-# -- traces (issue #8) -------------------------------------------------------------------------------------------------
+# -- traces ------------------------------------------------------------------------------------------------------------
 CHAIN = (("alpha", "bravo"), ("bravo", "charlie"), ("charlie", "delta"))  # caller -> callee
 
 

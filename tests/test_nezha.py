@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from offline import nezha
-from offline.store import DataError
+from offline.data import nezha
+from offline.errors import DataError
 
 DAY_0822, DAY_0823, DAY_0129, DAY_0130 = nezha.DAYS
 

@@ -22,10 +22,10 @@ import yaml
 from lemzha_operator.pipeline import build_scenario, window_from_status
 from lemzha_operator.settings import Settings
 from lemzha_operator.sources import make_sources
-from offline.standins.kube_standin import KubeStandin
-from offline.standins.loki_standin import LokiStandIn
-from offline.standins.operator_harness import KUBECTL, REPO, Kubectl, OperatorProcess
-from offline.standins.prometheus_server import prometheus_server
+from offline.bench.standins.kube_standin import KubeStandin
+from offline.bench.standins.loki_standin import LokiStandIn
+from offline.bench.standins.operator_harness import KUBECTL, REPO, Kubectl, OperatorProcess
+from offline.bench.standins.prometheus_server import prometheus_server
 from tests.marks import requires_prometheus
 
 TT_ID, OB_ID = "nezha/20230129_05", "nezha/20220822_03"
@@ -163,7 +163,7 @@ def test_incident_completes_like_offline(cluster: Env, prepared, shipped_bundle,
     # replayed raw TrainTicket lines and lemzha-k templates expanded to lines both read back to the offline rows
     assert len(offline_logs) > 0
     pd.testing.assert_series_equal(live_logs, offline_logs, check_dtype=False, check_names=False)
-    # trace series (issue #8): the catalog's live PromQL gives the offline rows; uncovered bins NaN in both
+    # trace series: the catalog's live PromQL gives the offline rows; uncovered bins NaN in both
     assert len(offline.service_metrics) and len(offline.edges)
     for live_frame, offline_frame in ((live.service_metrics, offline.service_metrics), (live.edges, offline.edges)):
         sums = [c for c in ("duration_sum_ms", "client_duration_sum_ms", "edge_client_gap_ms") if c in offline_frame]

@@ -14,11 +14,11 @@ import pytest
 import requests
 import yaml
 
-from offline.standins.fault_proxy import FaultProxy
-from offline.standins.kube_standin import KubeStandin
-from offline.standins.loki_standin import LokiStandIn
-from offline.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess, condition
-from offline.standins.prometheus_server import prometheus_server
+from offline.bench.standins.fault_proxy import FaultProxy
+from offline.bench.standins.kube_standin import KubeStandin
+from offline.bench.standins.loki_standin import LokiStandIn
+from offline.bench.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess, condition
+from offline.bench.standins.prometheus_server import prometheus_server
 from tests.marks import requires_prometheus
 
 pytestmark = [pytest.mark.slow, requires_prometheus,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from offline.playground import READY_LINE, incidents_yaml, paste_lines
-from offline.standins.operator_harness import KUBECTL, REPO
+from offline.bench.playground import READY_LINE, incidents_yaml, paste_lines
+from offline.bench.standins.operator_harness import KUBECTL, REPO
 from tests.marks import requires_prometheus
 
 

@@ -15,7 +15,7 @@ import yaml
 from lemzha import recording_rules as rules
 from lemzha.catalog import CATALOG, LATENCY_SOURCE_NAMES, LATENCY_SOURCES, LatencySource
 from lemzha.histogram import histogram_quantile
-from offline.standins.prometheus_server import PROMTOOL
+from offline.bench.standins.prometheus_server import PROMTOOL
 from tests.marks import requires_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,9 +26,9 @@ from lemzha_operator.prometheus import (
     pod_info_fetcher,
     query_range,
 )
-from offline import replay
-from offline.openmetrics import fmt_ts, series_labels
-from offline.standins.prometheus_server import prometheus_server
+from offline.bench import replay
+from offline.bench.openmetrics import fmt_ts, series_labels
+from offline.bench.standins.prometheus_server import prometheus_server
 from tests.marks import requires_prometheus
 
 TT_ID = "nezha/20230129_05"
@@ -271,7 +271,7 @@ LAST_MS_OFFSETS_MS = {"edge-c-1": [89_999, 150_000, 209_999, 600_000.25]}
 
 
 def _edge_day(offsets_by_pod: dict[str, list[float]], seed: int = 0):
-    from offline.nezha import DayMetrics, PodSeries, Quality
+    from offline.data.nezha import DayMetrics, PodSeries, Quality
 
     rng = np.random.default_rng(seed)
     base_ns = int(EDGE_START.timestamp()) * 10**9
@@ -336,7 +336,7 @@ def test_bin_range_follows_the_server_version(tmp_path):
     bin, and on the 2.42 behind the proxy those ranges visibly see the previous bin's last millisecond: the branch
     changes the queries. (The 30s range on a real 3.x is not run here.)"""
     from lemzha.catalog import bin_range
-    from offline.standins.fault_proxy import FaultProxy
+    from offline.bench.standins.fault_proxy import FaultProxy
 
     day = _edge_day(LAST_MS_OFFSETS_MS)
     om = tmp_path / "edge.om.txt"
@@ -461,7 +461,7 @@ def test_log_file_format(replayed, prepared):
     assert tt_lines and all(r["line"] for r in tt_lines)
 
 
-# -- traces (issue #8) -------------------------------------------------------------------------------------------------
+# -- traces ------------------------------------------------------------------------------------------------------------
 def _live_grid(url, query: str, start: datetime, n_bins: int, keys: tuple[str, ...]) -> dict[tuple, float]:
     """{(label values..., bin): value} of a catalog trace query on the bin grid (bin end - 1 ms)."""
     first = start.timestamp() + 30 - 0.001

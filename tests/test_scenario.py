@@ -105,7 +105,7 @@ def test_load_refuses_unknown_schema(tmp_path):
         load_scenario(tmp_path / "missing")
 
 
-# -- trace series (issue #8) -----------------------------------------------------------------------------------------
+# -- trace series ----------------------------------------------------------------------------------------------------
 def _trace_frames(n_bins: int = 4):
     from lemzha.catalog import BUCKET_COLUMNS
 

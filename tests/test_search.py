@@ -13,14 +13,15 @@ import pytest
 import torch
 
 import lemzha.scenario_io
-import offline.dataset
+import offline.data.dataset
 from lemzha.text import TextEmbedder
-from offline import search
 from offline.cli import run_cli
-from offline.dataset import Prepared
-from offline.model_cv import select_epochs
-from offline.params import load_params
-from offline.store import REPO_ROOT, DataError, default_cache_dir
+from offline.data.dataset import Prepared
+from offline.data.store import REPO_ROOT, default_cache_dir
+from offline.errors import DataError
+from offline.train import search
+from offline.train.model_cv import select_epochs
+from offline.train.params import load_params
 from offline.train.train import InputOptions, PreparedCache
 
 HELD_OUT = "2022-08-23"  # the largest day: holding it out keeps the tiny search fastest
@@ -53,7 +54,7 @@ def spy_loads(monkeypatch) -> list[str]:
         return scenario
 
     monkeypatch.setattr(lemzha.scenario_io, "load_scenario", spy)
-    monkeypatch.setattr(offline.dataset, "load_scenario", spy)
+    monkeypatch.setattr(offline.data.dataset, "load_scenario", spy)
     return seen
 
 
@@ -78,12 +79,13 @@ def first_search(prepared, tmp_path_factory):
 @pytest.mark.slow
 def test_search_never_reads_the_held_out_day(first_search, prepared):
     seen = first_search["seen"]
-    days = {day_of_id(prepared, i) for i in seen if i.startswith("nezha/")}
+    nezha_seen = [i for i in seen if prepared.entry(i)["dataset"] == "nezha"]
+    days = {day_of_id(prepared, i) for i in nezha_seen}
     assert HELD_OUT not in days
-    assert not [i for i in seen if i.startswith("nezha/") and day_of_id(prepared, i) == HELD_OUT]
+    assert not [i for i in nezha_seen if day_of_id(prepared, i) == HELD_OUT]
     # the spy did watch the loads: every other day and every LEMMA incident was read, once
     assert days == set(search.nezha_days(prepared.index)) - {HELD_OUT}
-    assert sum(i.startswith("lemma/") for i in seen) == 4
+    assert sum(prepared.entry(i)["dataset"] == "lemma" for i in seen) == 4
     assert len(seen) == len(set(seen)) == len(search.allowed_entries(prepared.index, HELD_OUT))
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from offline import search
-from offline.store import REPO_ROOT, DataError
+from offline.data.store import REPO_ROOT
+from offline.errors import DataError
+from offline.train import search
 from tests.postgres_server import postgres_server, requires_postgres
 from tests.test_search import HELD_OUT
 

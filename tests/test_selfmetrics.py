@@ -5,7 +5,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from lemzha_operator import selfmetrics
-from offline.standins.prometheus_server import free_port
+from offline.bench.standins.prometheus_server import free_port
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

@@ -13,7 +13,7 @@ from lemzha.explain import summary
 from lemzha.rankers import EvidenceConfig, EvidenceRanker, SimpleRCA, assess_table, simplerca_alerts
 from lemzha.scenario import Label, Scenario
 from lemzha.signals import SignalTable, signal_names, signal_table
-from offline.renaming import neutral_names
+from offline.data.renaming import neutral_names
 
 START = datetime(2023, 1, 29, 8, 0, 0, tzinfo=UTC)
 METRICS = ("cpu_millicores", "memory_bytes", "latency_server_p95")

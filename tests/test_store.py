@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from offline.store import ARCHIVES, DataError, ensure_extracted, extract_archive, resolve_sources, verify
+from offline.data.store import ARCHIVES, ensure_extracted, extract_archive, resolve_sources, verify
+from offline.errors import DataError
 
 
 def make_tar(path, members: dict[str, bytes], extra=None):

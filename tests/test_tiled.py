@@ -1,11 +1,11 @@
-"""offline.renaming.tiled: a namespace copied k times, for the scale benchmark."""
+"""offline.data.renaming.tiled: a namespace copied k times, for the scale benchmark."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from offline.renaming import tiled
+from offline.data.renaming import tiled
 
 
 def test_tiled_copies_every_pod_service_log_and_trace(prepared) -> None:

@@ -1,4 +1,4 @@
-"""Trace modality (issue #8): histogram_quantile, the span-role rule and the derivation on real Nezha trace files."""
+"""Trace modality: histogram_quantile, the span-role rule and the derivation on real Nezha trace files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from lemzha.catalog import BUCKET_COLUMNS, BUCKET_NS, SERVICE_GRAPH_BUCKETS_S, SPAN_BUCKETS_MS
 from lemzha.histogram import cumulative_counts, histogram_quantile
 from lemzha.services import service_of_pod
-from offline import nezha, traces
-from offline.store import ensure_extracted
+from offline.data import nezha, traces
+from offline.data.store import ensure_extracted
 
 TT_DAY = nezha.DAYS[3]  # 2023-01-30, complete and the smallest
 OB_DAY = nezha.DAYS[0]  # 2022-08-22, 29 of 72 trace files missing

@@ -1,5 +1,5 @@
 """RCAWatch decisions (operator/lemzha_operator/watch.py), the clock, and the CRD's bad-input cases through kubectl
-against the kube stand-in (schema + CEL in offline/standins/kube_standin.py, not a real API server)."""
+against the kube stand-in (schema + CEL in offline/bench/standins/kube_standin.py, not a real API server)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 
 from lemzha_operator import clock
 from lemzha_operator import watch as W
-from offline.standins.kube_standin import CRD_DIR, KubeStandin, load_crds
+from offline.bench.standins.kube_standin import CRD_DIR, KubeStandin, load_crds
 
 T0 = datetime(2023, 1, 29, 9, 0, tzinfo=UTC)
 META = {"name": "ts-watch", "namespace": "ts", "uid": "uid-1"}
@@ -136,7 +136,7 @@ def test_incident_body():
     assert body["spec"] == {"targetNamespace": "ts", "faultTime": "2023-01-29T09:03:30Z",
                             "podSelector": {"matchLabels": {"app": "ts"}}}
     # and it is a valid RCAIncident
-    from offline.standins.kube_standin import validate
+    from offline.bench.standins.kube_standin import validate
 
     crd = next(c for c, _ in load_crds() if c.kind == "RCAIncident")
     validate(crd, body, None)

@@ -8,7 +8,7 @@ the watch's status lost (the name is derived from the onset, so the create answe
 of the auto-opened incidents against the day's true injections stay above floors.
 
 Matching rule: an incident is a true positive when its faultTime (the estimated onset) lies in [injection - 1 min,
-injection + 5 min] of an injection not matched yet (nearest first, in faultTime order); the 5 min are issue #9's
+injection + 5 min] of an injection not matched yet (nearest first, in faultTime order); the 5 min are the detector's
 effect period (`lemzha.detect.label_bins`), the minute before allows for the 60 s sampling. Recall = matched
 injections / 28; precision = matched incidents / incidents.
 
@@ -38,9 +38,9 @@ import yaml
 from lemzha_operator import watch as W
 from lemzha_operator.clock import set_clock
 from lemzha_operator.window import rfc3339
-from offline.standins.kube_standin import KubeStandin
-from offline.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess
-from offline.standins.prometheus_server import PROMTOOL, prometheus_server
+from offline.bench.standins.kube_standin import KubeStandin
+from offline.bench.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess
+from offline.bench.standins.prometheus_server import PROMTOOL, prometheus_server
 from tests.marks import requires_prometheus
 
 pytestmark = [pytest.mark.slow, requires_prometheus,
@@ -114,7 +114,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator[Env]:
-    from offline import replay
+    from offline.bench import replay
 
     if not PROMTOOL.is_file():
         pytest.skip("promtool not installed (apt-get install prometheus)")
@@ -135,8 +135,8 @@ def env(tmp_path_factory) -> Iterator[Env]:
 
 
 def test_watch_replayed_day(env: Env) -> None:
-    from offline import nezha
-    from offline.store import ensure_extracted
+    from offline.data import nezha
+    from offline.data.store import ensure_extracted
 
     t0 = time.monotonic()
     env.kubectl("apply", "--validate=false", "-f", "-", stdin=yaml.safe_dump(

@@ -15,7 +15,7 @@ import requests
 from lemzha_operator import selfmetrics
 from lemzha_operator.alerts import AlertSettings, Receiver
 from lemzha_operator.webhook import PATH, serve
-from offline.standins.prometheus_server import free_port
+from offline.bench.standins.prometheus_server import free_port
 from tests.test_alerts import Creator, alert, post
 
 TOKEN = "s3cret-token"

@@ -1,1 +1,2 @@
-"""Evaluation helpers: ranking scores (Acc@k, MRR) and their bootstrap statistics."""
+"""Evaluation: scores (`scoring`), leave-one-day-out cross-validation (`lodocv`, `report`, `results`), the detection
+benchmark (`detect`), the miss audit (`audit`) and ranking one scenario (`rank`)."""

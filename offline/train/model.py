@@ -5,35 +5,33 @@
 - frozen MiniLM embeddings of log templates (before/after the onset) and of service names
 - pod -> service fusion by MAX and MEAN over a variable number of pods, plus the service's contrast to the others
 - a cosine-similarity head between the fused service vector and its name embedding, scaled by a temperature
-- optionally (issue #8) a service-level trace encoder, and a graph part: rounds of message passing over the crop's
+- optionally a service-level trace encoder, and a graph part: rounds of message passing over the crop's
   call edges (caller -> callee), each message carrying an edge anomaly term; a service also sees the max over its
   callees, so that "anomalous, and no callee more anomalous" (the deepest anomalous callee) can be learned
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lemzha.features import EDGE_TRACE_FEATURES_N, LOG_SCALARS, METRIC_FEATURES, N_METRICS, SERVICE_TRACE_FEATURES_N
 from lemzha.text import DIM
+from offline.train.jsonable import JsonFields
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    d_model: int = 48
-    n_heads: int = 4
-    n_layers: int = 2
-    d_text: int = 32
-    d_fusion: int = 64
-    dropout: float = 0.1
-    temperature: float = 0.1
-    max_bins: int = 64
-
-    def to_json(self) -> dict:
-        return asdict(self)
+class ModelConfig(JsonFields):
+    d_model: int = 48  # width of the per-pod metric transformer and of the log encoder's output
+    n_heads: int = 4  # attention heads of the metric transformer
+    n_layers: int = 2  # its encoder layers
+    d_text: int = 32  # MiniLM template embeddings and log scalars are projected to this width
+    d_fusion: int = 64  # width of the fusion head and of the name query it is compared with
+    dropout: float = 0.1  # in the transformer and the fusion head
+    temperature: float = 0.1  # the cosine head's logits are cosine / temperature
+    max_bins: int = 64  # positions are relative to the onset, from -max_bins to +max_bins
 
 
 class MetricEncoder(nn.Module):

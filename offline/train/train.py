@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -21,13 +21,14 @@ from lemzha.inference import LogitsFn
 from lemzha.ranking import Ranking
 from lemzha.scenario import Scenario
 from lemzha.text import TextEmbedder, service_name_text
+from offline.train.jsonable import JsonFields
 
 # The transformer's padding-mask fast path warns about nested tensors on every eval call.
 warnings.filterwarnings("ignore", message=".*nested tensors.*")
 
 
 @dataclass(frozen=True)
-class TrainParams:
+class TrainParams(JsonFields):
     epochs: int = 30
     lr: float = 2e-3
     weight_decay: float = 1e-2
@@ -40,22 +41,16 @@ class TrainParams:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class InputOptions:
+class InputOptions(JsonFields):
     """Ablation switches, applied identically in training and ranking."""
 
     use_logs: bool = True
     use_metrics: bool = True
     neutral_names: bool = False
-    use_traces: bool = False  # issue #8: per-service trace features (span calls and latencies)
+    use_traces: bool = False  # per-service trace features (span calls and latencies)
     use_graph: bool = False  # with use_traces: message passing over the call edges (edge requests and latency)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def to_tensors(c: Crop, options: InputOptions) -> tuple[torch.Tensor, ...]:

@@ -1,5 +1,5 @@
 """Trace-derived series (issue #8) from Prometheus, with the catalog's live PromQL, as the Scenario's
-`service_metrics` and `edges` frames (the same rows `offline.traces` derives from span files).
+`service_metrics` and `edges` frames (the same rows `offline.data.traces` derives from span files).
 
 The OpenTelemetry collector's spanmetrics and servicegraph connectors (or Tempo's metrics-generator) export the
 series; `lemzha.catalog` names them and their queries. Per bin (bin end - 1 ms, a 29,999 ms range, as the pod
