@@ -1,7 +1,7 @@
 """The one metric catalog: every canonical metric, its unit, its sources offline and its PromQL live.
 
 This module is the only place where metric names are mapped. Offline loaders look up the raw Nezha column or the
-lemzha-k/LEMMA parquet name here; the operator builds its queries here; the Prometheus replay (issue #5) writes the
+lemzha-k/LEMMA parquet name here; the operator builds its queries here; the Prometheus replay writes the
 series named by each metric's `replay` so that the live query reads back exactly the offline value.
 
 Live values come from the expression evaluated at the *end* of each 30 s bin minus 1 ms, over one bin's range:
@@ -148,7 +148,7 @@ _CADVISOR = 'container!="",container!="POD"'
 MIB = 1024.0 * 1024.0
 
 
-# -- exporter series (issue #17) -----------------------------------------------------------------------------------
+# -- exporter series -----------------------------------------------------------------------------------------------
 # The raw series a standard cluster has, from which the chart's recording rules (`lemzha.recording_rules`) compute the
 # `lemzha:*` series above. Names and label conventions are those of the exporters' defaults:
 # - cAdvisor (the kubelet's /metrics/cadvisor), scraped with `namespace`, `pod` and `container` labels;
@@ -316,7 +316,7 @@ def catalog_order(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in METRIC_NAMES if n in wanted)
 
 
-# -- traces (issue #8) ---------------------------------------------------------------------------------------------
+# -- traces --------------------------------------------------------------------------------------------------------
 # Trace-derived series live in Prometheus already when the cluster runs the OpenTelemetry collector's `spanmetrics`
 # and `servicegraph` connectors (or Tempo's metrics-generator) with a Prometheus exporter. The names below are what
 # those connectors export with `namespace: traces.span.metrics` (spanmetrics) and the servicegraph defaults.
@@ -480,7 +480,7 @@ def edge_bucket_promql(namespace: str, namespace_label: str = EDGE_NAMESPACE_LAB
     return f"sum by (client, server, le) (increase({GRAPH_SERVER_SECONDS.name}_bucket{{{sel}}}[{bin_range}]))"
 
 
-# -- latency sources (issue #17) ----------------------------------------------------------------------------------
+# -- latency sources ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LatencySource:
     """A per-pod request-duration histogram and request counter: what the latency and workload rules read.

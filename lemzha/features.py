@@ -23,7 +23,7 @@ LOG_FEATURES = LOG_SCALARS + 2 * DIM
 CLIP = 10.0
 CADVISOR_METRICS = ("cpu_millicores", "memory_bytes", "network_receive", "network_transmit")
 
-# Traces (issue #8). Per service and per edge, a few series from the scenario's `service_metrics` / `edges`, all
+# Traces. Per service and per edge, a few series from the scenario's `service_metrics` / `edges`, all
 # log-compressed; NaN where the bin is not covered by traces (or the service had no call, for latencies).
 SERVICE_TRACE_SERIES = ("trace_calls", "trace_latency_mean_ms", "trace_latency_p50_ms", "trace_latency_p95_ms")
 EDGE_TRACE_SERIES = ("edge_requests", "edge_latency_p95_s")

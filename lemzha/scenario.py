@@ -19,7 +19,7 @@ from lemzha.histogram import trace_features
 from lemzha.logs import LEVELS
 
 LOG_COLUMNS = ("service", "bin", "template", "count", "level")
-# Trace series (issue #8). Counts are float64 so that a bin the traces do not cover is NaN (missing, never 0), as in
+# Trace series. Counts are float64 so that a bin the traces do not cover is NaN (missing, never 0), as in
 # `values`; `covered` says the same explicitly. Buckets are cumulative (`le`), the last one +Inf (= the count).
 SERVICE_METRIC_BASE_COLUMNS = ("bin", "service", "covered", "trace_calls", "duration_sum_ms", *BUCKET_COLUMNS)
 SERVICE_METRIC_COLUMNS = (*SERVICE_METRIC_BASE_COLUMNS, *(f for f in SERVICE_TRACE_FEATURES if f != "trace_calls"))

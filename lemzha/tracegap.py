@@ -1,4 +1,4 @@
-"""The call-gap trace term (issue #8): where requests start to wait between a caller and its callee.
+"""The call-gap trace term: where requests start to wait between a caller and its callee.
 
 A network delay on a pod does not lengthen its own server spans; it lengthens its callers' outgoing calls. The
 service graph shows it as a rise in the *gap* of the edges into the pod: the client-side minus the server-side

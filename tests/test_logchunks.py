@@ -1,5 +1,5 @@
 """The window's log rows from cleaned time chunks (operator/lemzha_operator/logchunks.py), against the Loki stand-in
-(offline/standins/loki_standin.py: no Loki server is installable here)."""
+(offline/bench/standins/loki_standin.py: no Loki server is installable here)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from lemzha.binning import BIN_SECONDS
 from lemzha_operator.logchunks import CHUNK_SECONDS, SETTLE_SECONDS, Chunk, ChunkCache, ChunkedLogs, chunk_starts
 from lemzha_operator.loki import LokiClient, LokiUnavailable, log_rows, selector, service_rows
-from offline.standins.loki_standin import LokiStandIn
+from offline.bench.standins.loki_standin import LokiStandIn
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # on a chunk boundary
 START = T0 + timedelta(seconds=90)  # a window starting inside a chunk

@@ -24,7 +24,7 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
 - BARO only: the same passes (but memory) with a second operator without a bundle, on the same data in the same run,
   and the bundle operator's CPU per incident over BARO's (`--no-baro` skips it);
 - scale: the shipped ranker on a TrainTicket namespace copied 1 to 22 times (46 to 1,012 pods), ms and peak RSS per
-  size, each in a fresh process (`offline.bench_ranker.bench_scale`).
+  size, each in a fresh process (`offline.bench.ranker.bench_scale`).
 
 `--passes` picks which passes run (default all, in the order cold, warm, burst, alerts, memory, scale).
 
@@ -54,7 +54,7 @@ STAGES = ("metrics", "pod_info", "logs", "traces", "scenario", "rank")
 
 
 def _trainticket_ids(prepared, n: int) -> list[str]:
-    ids = sorted(i for i in prepared.ids if i.startswith("nezha/2023"))
+    ids = sorted(prepared.ids_of("nezha", app="trainticket"))
     if n > len(ids):
         raise ValueError(f"--n {n}: only {len(ids)} TrainTicket faults exist")
     return ids[:n]
@@ -362,7 +362,7 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m offline.bench_operator", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m offline.bench operator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20, help="TrainTicket incidents per pass (default 20)")
     parser.add_argument("--concurrency", type=int, default=2, help="LEMZHA_CONCURRENCY (default 2, as shipped)")

@@ -1,7 +1,7 @@
 """The operator's Loki client: fetch a namespace's log lines for a window and turn them into Scenario log rows.
 
 Torch-free on purpose (the operator image does not carry torch). Rows are built with the same lemzha functions as
-the offline Nezha loader (`offline/nezha.py` read_day_logs + window_logs), so live and offline rows agree for the
+the offline Nezha loader (`offline/data/nezha.py` read_day_logs + window_logs), so live and offline rows agree for the
 same raw lines; tests/test_loki.py checks that on real TrainTicket lines.
 """
 

@@ -1,4 +1,4 @@
-"""Trace-derived series (issue #8) from Prometheus, with the catalog's live PromQL, as the Scenario's
+"""Trace-derived series from Prometheus, with the catalog's live PromQL, as the Scenario's
 `service_metrics` and `edges` frames (the same rows `offline.data.traces` derives from span files).
 
 The OpenTelemetry collector's spanmetrics and servicegraph connectors (or Tempo's metrics-generator) export the
