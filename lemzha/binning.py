@@ -21,6 +21,13 @@ def as_utc(moment: datetime | pd.Timestamp | str) -> datetime:
     return ts.to_pydatetime()
 
 
+def rfc3339(moment: datetime | pd.Timestamp | str, fraction: bool = False) -> str:
+    """The one time format: RFC 3339 in UTC with `Z`, `2023-01-29T09:21:39Z`; whole seconds unless `fraction`
+    (then microseconds where there are any, for stored times that must read back exactly)."""
+    moment = as_utc(moment)
+    return (moment if fraction else moment.replace(microsecond=0)).isoformat().replace("+00:00", "Z")
+
+
 def floor_to_bin(moment: datetime | pd.Timestamp | str, bin_seconds: int = BIN_SECONDS) -> datetime:
     ts = as_utc(moment)
     epoch = ts.timestamp()

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin  # noqa: F401 - re-exported for loaders
+from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin, rfc3339  # noqa: F401 - re-exported for loaders
 from lemzha.catalog import BUCKET_COLUMNS, EDGE_TRACE_FEATURES, METRIC_NAMES, SERVICE_TRACE_FEATURES
 from lemzha.histogram import trace_features
 from lemzha.logs import LEVELS
@@ -43,7 +43,8 @@ class Injection:
     time: datetime
 
     def to_json(self) -> dict:
-        return {"service": self.service, "pod": self.pod, "fault_type": self.fault_type, "time": self.time.isoformat()}
+        return {"service": self.service, "pod": self.pod, "fault_type": self.fault_type,
+                "time": rfc3339(self.time, fraction=True)}
 
     @classmethod
     def from_json(cls, data: dict) -> Injection:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lemzha.binning import rfc3339
 from lemzha.fsutil import replace_directory
 from lemzha.scenario import Label, Scenario, ScenarioError, as_utc
 
@@ -34,13 +35,13 @@ def scenario_to_json(scenario: Scenario) -> dict:
         "app": scenario.app,
         "namespace": scenario.namespace,
         "bin_seconds": scenario.bin_seconds,
-        "start": scenario.start.isoformat(),
+        "start": rfc3339(scenario.start, fraction=True),
         "n_bins": scenario.n_bins,
         "pods": list(scenario.pods),
         "pod_service": {p: scenario.pod_service[p] for p in scenario.pods},
         "services": list(scenario.services),
         "metrics": list(scenario.metrics),
-        "onset": scenario.onset.isoformat() if scenario.onset else None,
+        "onset": rfc3339(scenario.onset, fraction=True) if scenario.onset else None,
         "dataset": scenario.dataset,
     }
 

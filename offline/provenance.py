@@ -7,6 +7,7 @@ import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
 
+from lemzha.binning import rfc3339
 from offline.data.store import REPO_ROOT
 
 
@@ -44,5 +45,5 @@ def provenance(packages: tuple[str, ...]) -> dict:
         "git_dirty": dirty,
         "packages": package_versions(packages),
         "python": platform.python_version(),
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "created": rfc3339(datetime.now(UTC)),
     }

@@ -24,9 +24,9 @@ import pytest
 import requests
 import yaml
 
+from lemzha.binning import rfc3339
 from lemzha.catalog import CATALOG
 from lemzha_operator.alerts import incident_name, parse_payload
-from lemzha_operator.window import rfc3339
 from offline.bench import replay
 from offline.bench.standins.alertmanager_server import WebhookRelay, alertmanager_server, push_alerts
 from offline.bench.standins.kube_standin import KubeStandin

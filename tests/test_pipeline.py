@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lemzha.baselines import Baro
+from lemzha.binning import rfc3339
 from lemzha_operator.pipeline import SourceUnavailable, build_scenario, step
-from lemzha_operator.window import rfc3339
 
 CASE = "nezha/20230129_05"
 

@@ -35,9 +35,9 @@ import pytest
 import requests
 import yaml
 
+from lemzha.binning import rfc3339
 from lemzha_operator import watch as W
 from lemzha_operator.clock import set_clock
-from lemzha_operator.window import rfc3339
 from offline.bench.standins.kube_standin import KubeStandin
 from offline.bench.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess
 from offline.bench.standins.prometheus_server import PROMTOOL, prometheus_server

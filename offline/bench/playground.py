@@ -36,7 +36,7 @@ class Stop(Exception):
 
 def incidents_yaml(prepared, ids: tuple[str, ...]) -> str:
     """One RCAIncident per fault, named after it, with its injection time as faultTime."""
-    from lemzha_operator.window import rfc3339
+    from lemzha.binning import rfc3339
 
     docs = []
     for scenario_id in ids:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lemzha.binning import BIN_SECONDS, floor_to_bin, last_sample_per_bin
+from lemzha.binning import BIN_SECONDS, floor_to_bin, last_sample_per_bin, rfc3339
 from lemzha.detect import (
     ALL_DETECTORS,
     EFFECT_BINS,
@@ -467,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         "n_faults": sum(len(v) for v in faults.values()),
         "n_bins": sum(s.n_bins for s in streams.values()),
         "span": "whole day" if args.whole_day else f"first sample to {TAIL_MINUTES} min after the last injection",
-        "streams": {d: {"start": s.start.isoformat(), "n_bins": s.n_bins, "pods": int(s.values.shape[1]),
+        "streams": {d: {"start": rfc3339(s.start), "n_bins": s.n_bins, "pods": int(s.values.shape[1]),
                         "anomalous_bins": int(s.labels.sum()),
-                        "end": (s.start + timedelta(seconds=BIN_SECONDS * s.n_bins)).isoformat()}
+                        "end": rfc3339(s.start + timedelta(seconds=BIN_SECONDS * s.n_bins))}
                     for d, s in streams.items()},
         "zero_shot": [d for d in detectors if d in ZERO_SHOT],
         "summary": summarise(per_fold, detectors),

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from lemzha.binning import as_utc
+from lemzha.binning import as_utc, rfc3339
 from lemzha_operator import selfmetrics
 from lemzha_operator.settings import GROUP, VERSION, number_setting
-from lemzha_operator.window import MAX_WINDOW, MIN_SIDE, MIN_WINDOW, parse_duration, rfc3339
+from lemzha_operator.window import MAX_WINDOW, MIN_SIDE, MIN_WINDOW, parse_duration
 
 log = logging.getLogger("lemzha.alerts")
 

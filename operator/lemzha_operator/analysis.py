@@ -10,13 +10,13 @@ from datetime import timedelta
 
 import numpy as np
 
+from lemzha.binning import rfc3339
 from lemzha.detect.onset import resolve_onset_bin
 from lemzha.evidence import max_after, robust_z
 from lemzha.explain import explain
 from lemzha.ranking import Ranker
 from lemzha.scenario import Scenario
 from lemzha.tracegap import edge_gaps
-from lemzha_operator.window import rfc3339
 
 MAX_EVIDENCE = 3  # per cause and kind: status stays small (objects are capped at ~1.5 MiB)
 MAX_TEMPLATE_CHARS = 512

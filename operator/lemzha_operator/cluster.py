@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import kopf
 
+from lemzha.binning import rfc3339
 from lemzha_operator.health import outranked
 from lemzha_operator.resources import GROUP, VERSION
 from lemzha_operator.settings import watched_namespaces
-from lemzha_operator.window import rfc3339
 
 
 def merge_conditions(previous: list[dict], new: list[dict], generation: int, now: datetime) -> list[dict]:

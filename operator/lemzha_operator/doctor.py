@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lemzha.binning import as_utc
+from lemzha.binning import as_utc, rfc3339
 from lemzha.catalog import CATALOG, LATENCY_SOURCES, Exporter, ExporterSeries, MetricSpec, promql_escape
 from lemzha.recording_rules import MESH_GROUP, NODE_GROUP, Rule, kubernetes_rules, per_node
 from lemzha_operator.prometheus import PrometheusQueryError, PrometheusUnavailable, query_instant, server_bin_range
@@ -140,10 +140,6 @@ def diagnose(prom, namespace: str, at: datetime, lookback: str = "10m", timeout:
             findings.append(Finding(spec.name, pods, spec.replay.series, _exporters(spec.sources),
                                     "" if pods else f"no {spec.replay.series} series for this namespace"))
     return Report(version, server_bin_range(prom, timeout=timeout), namespace, at, lookback, tuple(findings), found)
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_report(report: Report, url: str) -> str:

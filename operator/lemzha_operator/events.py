@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from lemzha.binning import rfc3339
 from lemzha_operator.settings import GROUP, VERSION
-from lemzha_operator.window import rfc3339
 
 COMPONENT = "lemzha-operator"
 

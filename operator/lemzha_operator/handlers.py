@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import kopf
 
+from lemzha.binning import rfc3339
 from lemzha.memory import release_freed_memory
 from lemzha_operator import selfmetrics
 from lemzha_operator.cluster import list_watched, merge_conditions, paused_by_peer
@@ -29,7 +30,6 @@ from lemzha_operator.settings import (
     Settings,
     peering_priority,
 )
-from lemzha_operator.window import rfc3339
 
 KIND = "RCAIncident"
 log = logging.getLogger("lemzha.operator")

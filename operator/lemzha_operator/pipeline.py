@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lemzha.binning import rfc3339
 from lemzha.catalog import catalog_order
 from lemzha.ranking import Ranker
 from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario, save_scenario
 from lemzha.services import service_of_pod
 from lemzha_operator.analysis import analyze
-from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, rfc3339, seconds_until_complete
+from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, seconds_until_complete
 
 MetricsFetcher = Callable[[str, datetime, int], tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]]
 # (namespace, start, n_bins, pod_service) -> log rows. The logs are fetched while the metrics are: `pod_service()`

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin
+from lemzha.binning import BIN_SECONDS, as_utc, floor_to_bin, rfc3339
 from lemzha_operator.pipeline import condition
 from lemzha_operator.resources import (  # noqa: F401  (re-exported for watches.py)
     GROUP,
@@ -37,7 +37,7 @@ from lemzha_operator.resources import (  # noqa: F401  (re-exported for watches.
     WATCH_PLURAL,
 )
 from lemzha_operator.settings import FINAL_PHASES
-from lemzha_operator.window import parse_duration, rfc3339
+from lemzha_operator.window import parse_duration
 
 WATCH_LABEL = "lemzha.io/watch"
 DETECTORS = ("robust_z", "bocpd")  # the torch-free zero-shot detectors; the bundle carries no fitted trained ones

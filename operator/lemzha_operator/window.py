@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from lemzha.binning import BIN_SECONDS, as_utc, window_bins
+from lemzha.binning import BIN_SECONDS, as_utc, rfc3339, window_bins
 
 MIN_WINDOW = timedelta(minutes=2)
 MAX_WINDOW = timedelta(hours=2)
@@ -43,11 +43,6 @@ class ResolvedWindow:
         if self.onset is not None:
             frozen["onset"] = rfc3339(self.onset)
         return frozen
-
-
-def rfc3339(moment: datetime) -> str:
-    """`2023-01-29T09:21:39Z`: the form status fields and Events carry (whole seconds, UTC)."""
-    return as_utc(moment).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _minutes(span: timedelta) -> str:
