@@ -5,7 +5,10 @@ offline.replay`) and the Loki stand-in; the kube stand-in plays the API server; 
 a bundle. Incidents are created through the Kubernetes API and polled every 20 ms.
 
 - latency: created -> Completed for each of the N incidents applied ONE AT A TIME, first with an empty template
-  cache and a fresh operator (cold), then again under new names (warm); p50 and p95;
+  cache and a fresh operator (cold), then again under new names (warm); p50 and p95. The N faults are consecutive
+  faults of one day in one namespace, so in the cold pass each window shares most of its reference hour with the
+  one before (the log chunks kept by `lemzha_operator.logchunks`) and only the first incident reads all its lines;
+  in the warm pass every chunk is kept, so it measures re-analysing known windows;
 - stages: mean seconds per pipeline stage, read from the operator's own /metrics histogram for each pass;
 - memory: the operator's RSS after the passes, and a breakdown by what is loaded, measured step by step in a fresh
   torch-free process;
