@@ -7,7 +7,8 @@ import pytest
 
 from lemzha.baselines import Baro
 from lemzha.binning import rfc3339
-from lemzha_operator.pipeline import SourceUnavailable, build_scenario, step
+from lemzha_operator.fetchers import SourceUnavailable
+from lemzha_operator.pipeline import build_scenario, step
 
 CASE = "nezha/20230129_05"
 

@@ -117,7 +117,7 @@ def test_unreachable_prometheus_raises_unavailable():
 
 
 def test_pipeline_adapter_turns_an_outage_into_source_unavailable():
-    from lemzha_operator.pipeline import SourceUnavailable
+    from lemzha_operator.fetchers import SourceUnavailable
 
     with pytest.raises(SourceUnavailable) as err:
         metrics_fetcher("http://127.0.0.1:1")("ts", datetime(2023, 1, 29, tzinfo=UTC), 4)
@@ -125,7 +125,7 @@ def test_pipeline_adapter_turns_an_outage_into_source_unavailable():
 
 
 def test_pod_info_outage_is_unavailable_and_source_unavailable_in_the_adapter():
-    from lemzha_operator.pipeline import SourceUnavailable
+    from lemzha_operator.fetchers import SourceUnavailable
 
     with pytest.raises(PrometheusUnavailable):
         fetch_pod_info("http://127.0.0.1:1", "ts", datetime(2023, 1, 29, tzinfo=UTC), 4)

@@ -350,7 +350,7 @@ class FakeObjects:
 
 def test_evaluate_one_writes_status_and_opens_once():
     from lemzha_operator import watches
-    from lemzha_operator.pipeline import SourceUnavailable
+    from lemzha_operator.fetchers import SourceUnavailable
 
     w = watch()
     now = T0 + timedelta(seconds=10)

@@ -27,33 +27,15 @@ from lemzha.scenario import Scenario
 from lemzha.scenario_io import load_scenario, save_scenario
 from lemzha.services import service_of_pod
 from lemzha_operator.analysis import analyze
+from lemzha_operator.fetchers import (
+    DataUnavailable,
+    LogsFetcher,
+    MetricsFetcher,
+    PodInfoFetcher,
+    SourceUnavailable,
+    TracesFetcher,
+)
 from lemzha_operator.window import InvalidSpec, ResolvedWindow, resolve_window, seconds_until_complete
-
-MetricsFetcher = Callable[[str, datetime, int], tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]]
-# (namespace, start, n_bins, pod_service) -> log rows. The logs are fetched while the metrics are: `pod_service()`
-# blocks until the metrics have named the pods, so a fetcher calls it only once it has fetched and cleaned its lines.
-LogsFetcher = Callable[[str, datetime, int, Callable[[], dict[str, str]]], pd.DataFrame]
-PodInfoFetcher = Callable[[str, datetime, int], object]  # -> PodInfo(owners: pod->controller, labels: pod->labels)
-TracesFetcher = Callable[[str, datetime, int, set[str]], tuple[pd.DataFrame, pd.DataFrame]]  # (service_metrics, edges)
-
-
-class DataUnavailable(RuntimeError):
-    """The sources answered but hold no data for the window."""
-
-
-class SourceUnavailable(RuntimeError):
-    """A source could not be reached; `reason` is the condition reason (PrometheusUnavailable, LokiUnavailable),
-    `kind` what went wrong, for the self-metrics (unreachable, timeout, server_error, bad_answer, rejected)."""
-
-    def __init__(self, reason: str, message: str, kind: str = "unreachable") -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.kind = kind
-
-    @property
-    def source(self) -> str:
-        return self.reason.removesuffix("Unavailable").removesuffix("QueryError").lower()
-
 
 LOGS_COMPLETE, LOGS_TRUNCATED, LOGS_UNAVAILABLE, LOGS_DISABLED = "complete", "truncated", "unavailable", "disabled"
 FETCH_FILE = "fetch.json"  # beside the stored scenario: the sources' coverage notes and Degraded condition

@@ -21,6 +21,7 @@ import requests
 
 from lemzha.binning import BIN_SECONDS, as_utc
 from lemzha.catalog import METRIC_NAMES, bin_range, catalog_order, promql_escape, spec
+from lemzha_operator.fetchers import SourceUnavailable
 
 QUERY_THREADS = 4  # range queries of one window in flight at once, shared by all incidents
 
@@ -205,8 +206,6 @@ def metrics_fetcher(prom, metrics: Sequence[str] = METRIC_NAMES,
                     timeout: float = 30.0) -> Callable[[str, datetime, int], FetchedMetrics]:
     """`fetch_metrics` bound to `prom`, in the shape `pipeline.step` takes: PrometheusUnavailable becomes
     `SourceUnavailable("PrometheusUnavailable", ...)`, so the pipeline retries instead of failing the incident."""
-    from lemzha_operator.pipeline import SourceUnavailable
-
     def fetch(namespace: str, start: datetime, n_bins: int) -> FetchedMetrics:
         try:
             return fetch_metrics(prom, namespace, start, n_bins, metrics, timeout=timeout)
@@ -279,8 +278,6 @@ def _series_key(series: dict) -> tuple:
 def pod_info_fetcher(prom, timeout: float = 30.0) -> Callable[[str, datetime, int], PodInfo]:
     """`fetch_pod_info` bound to `prom`; PrometheusUnavailable becomes `SourceUnavailable("PrometheusUnavailable",
     ...)` as in `metrics_fetcher`, so an outage is retried instead of failing the incident."""
-    from lemzha_operator.pipeline import SourceUnavailable
-
     def fetch(namespace: str, start: datetime, n_bins: int) -> PodInfo:
         try:
             return fetch_pod_info(prom, namespace, start, n_bins, timeout=timeout)

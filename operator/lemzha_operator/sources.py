@@ -11,9 +11,9 @@ import pandas as pd
 from lemzha.baselines import Baro
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Scenario
+from lemzha_operator.fetchers import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable, TracesFetcher
 from lemzha_operator.logchunks import ChunkCache, ChunkedLogs
 from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, selector, service_rows
-from lemzha_operator.pipeline import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable, TracesFetcher
 from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
 

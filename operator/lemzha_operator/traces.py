@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,10 +30,8 @@ from lemzha.catalog import (
     service_bucket_promql,
     trace_feature,
 )
+from lemzha_operator.fetchers import SourceUnavailable, TracesFetcher
 from lemzha_operator.prometheus import PrometheusUnavailable, query_ranges, server_bin_range
-
-if TYPE_CHECKING:
-    from lemzha_operator.pipeline import TracesFetcher
 
 
 def _edge_sum_promql(namespace: str, series: str = GRAPH_SERVER_SECONDS.name, bin_range: str = BIN_RANGE) -> str:
@@ -151,8 +148,6 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
 
 def traces_fetcher(prom, timeout: float = 30.0) -> TracesFetcher:
     """`fetch_traces` bound to `prom`; an outage becomes `SourceUnavailable("PrometheusUnavailable", ...)`."""
-    from lemzha_operator.pipeline import SourceUnavailable
-
     def fetch(namespace: str, start: datetime, n_bins: int, services: set) -> tuple[pd.DataFrame, pd.DataFrame]:
         try:
             return fetch_traces(prom, namespace, start, n_bins, services, timeout=timeout)

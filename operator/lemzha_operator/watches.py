@@ -23,7 +23,7 @@ import kopf
 from lemzha_operator import clock
 from lemzha_operator import watch as W
 from lemzha_operator.cluster import list_watched, merge_conditions, paused_by_peer
-from lemzha_operator.pipeline import SourceUnavailable
+from lemzha_operator.fetchers import SourceUnavailable
 from lemzha_operator.settings import Settings
 
 log = logging.getLogger("lemzha.watches")
