@@ -296,10 +296,6 @@ def spec(name: str) -> MetricSpec:
         raise KeyError(f"unknown metric {name!r}; the catalog has {', '.join(METRIC_NAMES)}") from None
 
 
-def by_nezha_column() -> dict[str, MetricSpec]:
-    return {s.nezha_column: s for s in CATALOG if s.nezha_column}
-
-
 def by_lemzhak_name() -> dict[str, tuple[MetricSpec, float]]:
     """lemzha-k parquet stem -> (metric, factor to multiply the stored value by)."""
     mapping = {s.lemzhak_name: (s, s.source_factor) for s in CATALOG if s.lemzhak_name}

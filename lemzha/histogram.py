@@ -72,13 +72,6 @@ def histogram_quantile(q: float, bounds, cumulative) -> np.ndarray:
     return out.reshape(lead)
 
 
-def cumulative_counts(values, bounds) -> np.ndarray:
-    """(len(bounds) + 1,) cumulative bucket counts of `values` with upper-inclusive bounds (`le`), +Inf last."""
-    values = np.asarray(values)
-    per_bucket = np.bincount(np.searchsorted(np.asarray(bounds), values, side="left"), minlength=len(bounds) + 1)
-    return np.cumsum(per_bucket)
-
-
 def trace_features(frame, level: str):
     """The derived per-bin trace features (catalog `TRACE_FEATURES` of `level`) from a service_metrics or edges
     frame's counts, sum and cumulative buckets: a dict name -> float64 array (NaN where the bin is not covered or

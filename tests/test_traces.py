@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from lemzha.catalog import BUCKET_COLUMNS, BUCKET_NS, SERVICE_GRAPH_BUCKETS_S, SPAN_BUCKETS_MS
-from lemzha.histogram import cumulative_counts, histogram_quantile
+from lemzha.histogram import histogram_quantile
 from lemzha.services import service_of_pod
 from offline.data import nezha, traces
 from offline.data.store import ensure_extracted
@@ -27,6 +27,14 @@ def traces_root():
 @pytest.fixture(scope="module")
 def tt_day(traces_root):
     return traces.read_day_traces(traces_root, TT_DAY)
+
+
+def cumulative_counts(values, bounds) -> np.ndarray:
+    """(len(bounds) + 1,) cumulative bucket counts of `values` with upper-inclusive bounds (`le`), +Inf last: a
+    histogram as Prometheus exports it, for the synthetic cases below."""
+    per_bucket = np.bincount(np.searchsorted(np.asarray(bounds), np.asarray(values), side="left"),
+                             minlength=len(bounds) + 1)
+    return np.cumsum(per_bucket)
 
 
 def _pandas_day(traces_root, day) -> pd.DataFrame:

@@ -16,9 +16,15 @@ import yaml
 from lemzha_operator import clock
 from lemzha_operator import watch as W
 from offline.bench.standins.kube_standin import CRD_DIR, KubeStandin, load_crds
+from tests.clockfile import set_clock
 
 T0 = datetime(2023, 1, 29, 9, 0, tzinfo=UTC)
 META = {"name": "ts-watch", "namespace": "ts", "uid": "uid-1"}
+
+
+def latest_firing(scores, threshold: float, min_bins: int, scan_bins: int):
+    found = W.find_firings(scores, threshold, min_bins, scan_bins)
+    return found[-1] if found else None
 
 
 def spec(**over) -> dict:
@@ -76,15 +82,15 @@ def scores_with(n: int, runs: list[tuple[int, int]], high: float = 0.95, low: fl
 
 def test_find_firing_needs_min_duration_and_a_start_in_the_scan_part():
     s = scores_with(40, [(35, 3)])
-    assert W.find_firing(s, 0.9, 2, 6) == W.Firing(35, 3)
-    assert W.find_firing(s, 0.9, 4, 6) is None  # too short
-    assert W.find_firing(scores_with(40, [(38, 1)]), 0.9, 2, 6) is None  # not yet long enough
+    assert latest_firing(s, 0.9, 2, 6) == W.Firing(35, 3)
+    assert latest_firing(s, 0.9, 4, 6) is None  # too short
+    assert latest_firing(scores_with(40, [(38, 1)]), 0.9, 2, 6) is None  # not yet long enough
     # a run that began before the scan part was seen by an earlier evaluation
-    assert W.find_firing(scores_with(40, [(30, 10)]), 0.9, 2, 6) is None
+    assert latest_firing(scores_with(40, [(30, 10)]), 0.9, 2, 6) is None
     # the latest qualifying run wins; a run at bin 0 (truncated) never counts
-    assert W.find_firing(scores_with(40, [(0, 40)]), 0.9, 2, 40) is None
-    assert W.find_firing(scores_with(40, [(33, 2), (37, 3)]), 0.9, 2, 8) == W.Firing(37, 3)
-    assert W.find_firing(scores_with(40, [(35, 3)]), 0.95, 2, 6) == W.Firing(35, 3)  # >= threshold
+    assert latest_firing(scores_with(40, [(0, 40)]), 0.9, 2, 40) is None
+    assert latest_firing(scores_with(40, [(33, 2), (37, 3)]), 0.9, 2, 8) == W.Firing(37, 3)
+    assert latest_firing(scores_with(40, [(35, 3)]), 0.95, 2, 6) == W.Firing(35, 3)  # >= threshold
 
 
 def test_decide_opens_dedupes_and_cools_down():
@@ -221,7 +227,7 @@ def test_clock(tmp_path: Path):
     before = datetime.now(UTC)
     assert before <= clock.now({}) <= datetime.now(UTC)
     path = tmp_path / "clock"
-    clock.set_clock(path, datetime(2023, 1, 29, 9, 0, tzinfo=UTC))
+    set_clock(path, datetime(2023, 1, 29, 9, 0, tzinfo=UTC))
     assert clock.now({clock.ENV: str(path)}) == datetime(2023, 1, 29, 9, 0, tzinfo=UTC)
     path.write_text("2023-01-29T10:00:00")  # naive: UTC
     assert clock.now({clock.ENV: str(path)}) == datetime(2023, 1, 29, 10, 0, tzinfo=UTC)

@@ -37,10 +37,10 @@ import yaml
 
 from lemzha.binning import rfc3339
 from lemzha_operator import watch as W
-from lemzha_operator.clock import set_clock
 from offline.bench.standins.kube_standin import KubeStandin
 from offline.bench.standins.operator_harness import KUBECTL, Kubectl, OperatorProcess
 from offline.bench.standins.prometheus_server import PROMTOOL, prometheus_server
+from tests.clockfile import set_clock
 from tests.marks import requires_prometheus
 
 pytestmark = [pytest.mark.slow, requires_prometheus,

@@ -34,8 +34,3 @@ def now(env: dict[str, str] | None = None) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def set_clock(path: Path, moment: datetime) -> None:
-    """Write `moment` into a clock file atomically (tests step the clock with this)."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(moment.astimezone(UTC).isoformat().replace("+00:00", "Z"))
-    os.replace(tmp, path)

@@ -155,12 +155,6 @@ def find_firings(scores: np.ndarray, threshold: float, min_bins: int, scan_bins:
     return found
 
 
-def find_firing(scores: np.ndarray, threshold: float, min_bins: int, scan_bins: int) -> Firing | None:
-    """The latest of `find_firings`, or None."""
-    found = find_firings(scores, threshold, min_bins, scan_bins)
-    return found[-1] if found else None
-
-
 def incident_name(watch_name: str, onset: datetime) -> str:
     """`<watch>-<yyyymmdd-hhmmss>`, at most 63 characters: a long watch name is cut and a hash of the whole name
     keeps it unique. Deterministic, so the same onset always names the same incident."""
