@@ -24,7 +24,8 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
 
 - memory: `--memory-incidents` (500) more incidents, `--memory-batch` (50) at once, each batch deleted once
   Completed: the operator's RSS after every batch (the memory curve);
-- BARO only: the same passes (but memory) with a second operator without a bundle, on the same data in the same run,
+- BARO only: the same passes (but memory) with a second operator without a bundle, on the same data in the same run
+  (each operator against its own fresh kube stand-in),
   and the bundle operator's CPU per incident over BARO's (`--no-baro` skips it);
 - scale: the shipped ranker on a TrainTicket namespace copied 1 to 22 times (46 to 1,012 pods), ms and peak RSS per
   size, each in a fresh process (`offline.bench.ranker.bench_scale`).
@@ -330,23 +331,26 @@ def run(n: int, concurrency: int, bundle: Path | None, progress: bool = True, pa
                 "--cache-dir", str(prepared.directory.parent.parent)] + ([] if progress else ["--no-progress"])
         if replay.main(argv) != 0:
             raise RuntimeError("offline.replay failed")
-        with prometheus_server(root / "data") as prom_url, LokiStandIn() as loki, \
-                KubeStandin(root / "kubeconfig") as kube:
+        with prometheus_server(root / "data") as prom_url, LokiStandIn() as loki:
             lines = loki.load_jsonl(root / "logs.jsonl")
-            config = kubernetes.client.Configuration()
-            kubernetes.config.load_kube_config(str(kube.kubeconfig), client_configuration=config)
-            api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
-            env = {"KUBECONFIG": str(kube.kubeconfig), "LEMZHA_PROMETHEUS_URL": prom_url, "LEMZHA_LOKI_URL": loki.url,
+            env = {"LEMZHA_PROMETHEUS_URL": prom_url, "LEMZHA_LOKI_URL": loki.url,
                    "LEMZHA_TEMPLATE_CACHE": str(root / "templates"),
                    "LEMZHA_CONCURRENCY": str(concurrency), "MALLOC_ARENA_MAX": "2",  # as the chart and image set
                    "LEMZHA_ALERTS_HOST": "127.0.0.1", "LEMZHA_ALERTS_MAX_PER_MINUTE": str(max(10, n))}
-            if any(p != "scale" for p in passes):
-                figures["bundle"] = _operator_run({**env, "LEMZHA_BUNDLE": str(bundle)}, root, api, cases,
-                                                  alert_cases, namespace, passes, "bundle", progress, memory)
-                baro_passes = tuple(p for p in passes if p not in ("memory", "scale"))
-                if baro and baro_passes:  # the memory curve is the bundle's: BARO-only runs the other passes
-                    figures["baro_only"] = _operator_run(env, root, api, cases, alert_cases, namespace, baro_passes,
-                                                         "baro", progress, memory)
+            runs = [("bundle", {"LEMZHA_BUNDLE": str(bundle)}, passes)] if any(p != "scale" for p in passes) else []
+            baro_passes = tuple(p for p in passes if p not in ("memory", "scale"))
+            if runs and baro and baro_passes:  # the memory curve is the bundle's: BARO-only runs the other passes
+                runs.append(("baro_only", {}, baro_passes))
+            for name, extra, run_passes in runs:
+                # a fresh API server per operator: the stand-in slows as the memory pass's objects and Events pile
+                # up, which would make the second operator's latencies incomparable with the first's
+                with KubeStandin(root / f"kubeconfig-{name}") as kube:
+                    config = kubernetes.client.Configuration()
+                    kubernetes.config.load_kube_config(str(kube.kubeconfig), client_configuration=config)
+                    api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
+                    figures[name] = _operator_run({**env, **extra, "KUBECONFIG": str(kube.kubeconfig)}, root, api,
+                                                  cases, alert_cases, namespace, run_passes, name.split("_")[0],
+                                                  progress, memory)
     if "bundle" in figures and "baro_only" in figures:
         figures["bundle_over_baro_cpu"] = {
             name: round(cpu / figures["baro_only"]["operator_cpu_s_per_incident"][name], 2)
