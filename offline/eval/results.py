@@ -54,24 +54,33 @@ def _speed_rows(benches: list[tuple[Path, dict]]) -> list[str]:
         operator = bench.get("bundle")
         if isinstance(operator, dict) and "latency_created_to_completed" in operator:
             latency = operator["latency_created_to_completed"]
-            warm = latency.get("warm_template_cache", {})
             alert = operator.get("latency_alert_to_completed", {}).get("post_to_completed", {})
-            cpu = operator.get("operator_cpu_s_per_incident", {}).get("warm")
-            if warm:
-                rows.append(f"| created → Completed, warm, p50 / p95 | {warm['p50_s']:.2f} s / {warm['p95_s']:.2f} s "
-                            f"| `{command}` |")
+            cpu = operator.get("operator_cpu_s_per_incident", {})
+            for name in ("cold", "warm"):
+                if figures := latency.get(f"{name}_template_cache"):
+                    rows.append(f"| created → Completed, {name}, p50 / p95 | {figures['p50_s']:.2f} s / "
+                                f"{figures['p95_s']:.2f} s | `{command}` |")
             if alert:
                 rows.append(f"| alert posted → Completed, p95 | {alert['p95_s']:.2f} s | `{command}` |")
-            if cpu is not None:
-                rows.append(f"| operator CPU per incident | {cpu:.2f} s | `{command}` |")
-            if "operator_rss_mib" in operator:
+            if cpu:
+                cells = ", ".join(f"{name} {value:.2f} s" for name, value in cpu.items())
+                rows.append(f"| operator CPU per incident, by pass | {cells} | `{command}` |")
+            if throughput := operator.get("throughput"):
+                rows.append(f"| throughput, {throughput['incidents']} applied at once | "
+                            f"{throughput['per_minute']:.0f} per minute | `{command}` |")
+            if curve := operator.get("memory_curve"):
+                tail = [point["rss_mib"] for point in curve if point["incidents"] > curve[-1]["incidents"] - 200]
+                rows.append(f"| operator RSS after {curve[-1]['incidents']} incidents (last 200: {min(tail):.0f}–"
+                            f"{max(tail):.0f}) | {curve[-1]['rss_mib']:.0f} MiB | `{command}` |")
+            elif "operator_rss_mib" in operator:
                 rows.append(f"| operator RSS after the run | {operator['operator_rss_mib']:.0f} MiB | `{command}` |")
         known = bench.get("ms_per_case_known_onset")
         if isinstance(known, dict):
             cells = ", ".join(f"{app} {v['median']:.1f} ms" for app, v in sorted(known.items()))
             rows.append(f"| ranking one case, onset given (median) | {cells} | `{command}` |")
         for size in bench.get("sizes", [])[-1:]:
-            rows.append(f"| ranking {size['pods']} pods | {size['ms']:.0f} ms, peak RSS {size['peak_rss_mib']:.0f} MiB "
+            rows.append(f"| ranking {size['pods']} pods | {size['ms']:.0f} ms; RSS {size['rss_with_scenario_mib']:.0f} "
+                        f"MiB holding the scenario, peak {size['peak_rss_ranking_mib']:.0f} MiB ranking it "
                         f"| `{command}` |")
     return rows
 
