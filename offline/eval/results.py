@@ -69,9 +69,9 @@ def _speed_rows(benches: list[tuple[Path, dict]]) -> list[str]:
                 rows.append(f"| throughput, {throughput['incidents']} applied at once | "
                             f"{throughput['per_minute']:.0f} per minute | `{command}` |")
             if curve := operator.get("memory_curve"):
-                tail = [point["rss_mib"] for point in curve if point["incidents"] > curve[-1]["incidents"] - 200]
-                rows.append(f"| operator RSS after {curve[-1]['incidents']} incidents (last 200: {min(tail):.0f}–"
-                            f"{max(tail):.0f}) | {curve[-1]['rss_mib']:.0f} MiB | `{command}` |")
+                tail = [point["rss_mib"] for point in curve if point["incidents"] >= curve[-1]["incidents"] - 200]
+                rows.append(f"| operator RSS after {curve[-1]['incidents']} incidents (over the last 200: "
+                            f"{min(tail):.1f}–{max(tail):.1f} MiB) | {curve[-1]['rss_mib']:.0f} MiB | `{command}` |")
             elif "operator_rss_mib" in operator:
                 rows.append(f"| operator RSS after the run | {operator['operator_rss_mib']:.0f} MiB | `{command}` |")
         known = bench.get("ms_per_case_known_onset")
