@@ -10,6 +10,9 @@ millisecond timestamps because prometheus-api-client's custom_query_range rounds
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -152,6 +155,140 @@ def query_ranges(prom, queries: Sequence[str], start_s: float, end_s: float, ste
     return results
 
 
+Grid = list[tuple[dict[str, str], np.ndarray]]  # per series of one query: its labels and values on the window's bins
+
+
+def _grid(result: list[dict], first_ms: int, n_points: int, step_ms: int) -> Grid:
+    """A query_range answer as arrays: sample times are rounded to the nearest point of the grid (Prometheus returns
+    float seconds), values parsed from their text (NaN where a series has no sample)."""
+    grid = []
+    for series in result:
+        values = np.full(n_points, np.nan)
+        for ts, text in series["values"]:
+            k = round((float(ts) * 1000 - first_ms) / step_ms)
+            if 0 <= k < n_points:
+                values[k] = float(text)
+        grid.append((series["metric"], values))
+    return grid
+
+
+@dataclass
+class _Settled:
+    lo: int  # grid indices [lo, hi) held, every point of them settled
+    hi: int
+    series: dict[tuple, tuple[dict[str, str], np.ndarray]]  # sorted label pairs -> (labels, values over [lo, hi))
+
+    @property
+    def samples(self) -> int:
+        return (self.hi - self.lo) * max(1, len(self.series))
+
+
+class RangeCache:
+    """Settled range-query answers, kept across incidents: the hour of reference before each incident's onset is
+    mostly the previous incident's, so only the new minutes are asked.
+
+    A point of a range query is settled when it lies SETTLE_SECONDS before now: its inputs (scrapes and recording
+    rule evaluations, which lag by at most an interval) are in, and Prometheus never changes it afterwards.
+    Answers that came with warnings (partial data) are never kept. Bounded by `max_samples` values in all (8 bytes
+    each: 1,000,000 is 8 MiB), least recently used out."""
+
+    SETTLE_SECONDS = 300
+
+    def __init__(self, max_samples: int = 1_000_000, now: Callable[[], float] | None = None) -> None:
+        if max_samples < 0:
+            raise ValueError("max_samples must not be negative")
+        self.max_samples = max_samples
+        self.now = now or time.time
+        self._entries: OrderedDict[tuple[str, int, int], _Settled] = OrderedDict()
+        self._lock = threading.Lock()
+        self.asked_points = self.kept_points = 0  # what was fetched / served from here, for the bench and tests
+
+    def grids(self, prom, queries: Sequence[str], first_s: float, n_points: int, step_s: float,
+              timeout: float = 30.0, warnings: list[str] | None = None) -> list[Grid]:
+        """Each query's series on the `n_points` grid points from `first_s` every `step_s` (what `query_ranges`
+        answers, as arrays), asking Prometheus only for the points not held."""
+        step_ms, first_ms = round(step_s * 1000), round(first_s * 1000)
+        phase = first_ms % step_ms
+        a, b = (first_ms - phase) // step_ms, (first_ms - phase) // step_ms + n_points
+        settled_end = (round(self.now() * 1000) - self.SETTLE_SECONDS * 1000 - phase) // step_ms + 1
+        with self._lock:
+            held = [self._entries.get((q, step_ms, phase)) for q in queries]
+            for q in queries:
+                if (q, step_ms, phase) in self._entries:
+                    self._entries.move_to_end((q, step_ms, phase))
+        # from where each query must be asked: past what is held when the held part covers the window's start
+        starts = [e.hi if e is not None and e.lo <= a < e.hi else a for e in held]
+        fresh: list[Grid | None] = [None] * len(queries)
+        keep = [True] * len(queries)
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(starts):
+            if c < b:
+                groups.setdefault(c, []).append(i)
+        for c, members in groups.items():
+            said: list[str] = []
+            answers = query_ranges(prom, [queries[i] for i in members], (c * step_ms + phase) / 1000,
+                                   ((b - 1) * step_ms + phase) / 1000, step_s, timeout, said)
+            for i, answer in zip(members, answers, strict=True):
+                fresh[i] = _grid(answer, c * step_ms + phase, b - c, step_ms)
+            if warnings is not None:
+                warnings.extend(w for w in said if w not in warnings)
+            if said:  # partial data: use it for this window, never keep it
+                for i in members:
+                    keep[i] = False
+        out = []
+        for i, query in enumerate(queries):
+            entry, c = held[i], starts[i]
+            merged: dict[tuple, tuple[dict[str, str], np.ndarray]] = {}
+            if entry is not None and entry.lo <= a < entry.hi:  # the window's first points are held
+                n_held = min(entry.hi, b) - a
+                for key, (labels, values) in entry.series.items():
+                    window = np.full(n_points, np.nan)
+                    window[:n_held] = values[a - entry.lo:a - entry.lo + n_held]
+                    merged[key] = (labels, window)
+            for labels, values in fresh[i] or []:
+                key = tuple(sorted(labels.items()))
+                window = merged.get(key, (labels, np.full(n_points, np.nan)))[1]
+                window[n_points - len(values):] = np.where(np.isnan(values), window[n_points - len(values):], values)
+                merged[key] = (labels, window)
+            # as Prometheus answers: a series without a sample in the window is not there (a held one may be)
+            out.append([(labels, values) for labels, values in merged.values() if not np.isnan(values).all()])
+            if keep[i]:
+                self._keep((query, step_ms, phase), a, min(b, settled_end), merged)
+        self.asked_points += sum(max(0, b - c) for c in starts)
+        self.kept_points += sum(n_points - max(0, b - c) for c in starts)
+        return out
+
+    def _keep(self, key: tuple[str, int, int], lo: int, hi: int, merged: dict) -> None:
+        if hi <= lo or self.max_samples == 0:
+            return
+        entry = _Settled(lo, hi, {k: (labels, values[:hi - lo].copy()) for k, (labels, values) in merged.items()})
+        if entry.samples > self.max_samples:
+            return
+        with self._lock:
+            old = self._entries.get(key)
+            if old is not None and old.lo <= lo and old.hi >= hi:
+                return  # what this window settled is held already
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while sum(e.samples for e in self._entries.values()) > self.max_samples:
+                self._entries.popitem(last=False)
+
+    def info(self) -> dict[str, int]:
+        with self._lock:
+            return {"queries": len(self._entries), "samples": sum(e.samples for e in self._entries.values()),
+                    "max_samples": self.max_samples, "asked_points": self.asked_points,
+                    "kept_points": self.kept_points}
+
+
+def range_grids(prom, queries: Sequence[str], first_s: float, n_points: int, step_s: float, timeout: float = 30.0,
+                warnings: list[str] | None = None, cache: RangeCache | None = None) -> list[Grid]:
+    """`RangeCache.grids` through `cache`, or straight from Prometheus without one."""
+    if cache is not None:
+        return cache.grids(prom, queries, first_s, n_points, step_s, timeout, warnings)
+    answers = query_ranges(prom, queries, first_s, first_s + (n_points - 1) * step_s, step_s, timeout, warnings)
+    return [_grid(answer, round(first_s * 1000), n_points, round(step_s * 1000)) for answer in answers]
+
+
 def query_instant(prom, query: str, time_s: float, timeout: float = 30.0,
                   warnings: list[str] | None = None) -> list[dict]:
     """POST /api/v1/query at a float-second time (millisecond precision kept); returns data.result."""
@@ -166,12 +303,14 @@ def fetch_metrics(
     metrics: Sequence[str] = METRIC_NAMES,
     bin_seconds: int = BIN_SECONDS,
     timeout: float = 30.0,
+    cache: RangeCache | None = None,
 ) -> FetchedMetrics:
     """(pods sorted, values (T, P, M) float32 with NaN = missing, metric names in catalog order, Prometheus'
     warnings) for one window.
 
     `prom` is a `prometheus_api_client.PrometheusConnect` (its session, headers and TLS settings are reused) or a
     base URL. `start` must be aligned to `bin_seconds`. Pods are those with at least one value in any metric.
+    `cache` keeps settled points for the next window (`RangeCache`).
     """
     if n_bins <= 0:
         raise ValueError(f"n_bins must be positive, not {n_bins}")
@@ -180,35 +319,29 @@ def fetch_metrics(
     if start_s % bin_seconds:
         raise ValueError(f"start {as_utc(start).isoformat()} is not aligned to {bin_seconds} s")
     first = start_s + bin_seconds - 0.001  # end of bin 0 minus 1 ms
-    last = first + (n_bins - 1) * bin_seconds
-    per_metric: list[dict[str, list]] = []
     warnings: list[str] = []
     one_bin = server_bin_range(prom, timeout=timeout)
-    results = query_ranges(prom, [spec(name).promql(namespace, one_bin) for name in names], first, last, bin_seconds,
-                           timeout, warnings)
-    for result in results:
-        per_metric.append({s["metric"].get("pod", ""): s["values"] for s in result if s["metric"].get("pod")})
-    pods = tuple(sorted({pod for found in per_metric for pod in found}))
+    grids = range_grids(prom, [spec(name).promql(namespace, one_bin) for name in names], first, n_bins, bin_seconds,
+                        timeout, warnings, cache)
+    pods = tuple(sorted({labels["pod"] for grid in grids for labels, _ in grid if labels.get("pod")}))
     index = {pod: p for p, pod in enumerate(pods)}
     values = np.full((n_bins, len(pods), len(names)), np.nan, dtype=np.float32)
-    for m, found in enumerate(per_metric):
-        for pod, samples in found.items():
-            for ts, text in samples:
-                # timestamps come back as float seconds: round to the nearest bin rather than trust float equality
-                k = round((float(ts) - first) / bin_seconds)
-                if 0 <= k < n_bins:
-                    values[k, index[pod], m] = float(text)
+    for m, grid in enumerate(grids):
+        for labels, samples in grid:
+            if labels.get("pod"):
+                column = values[:, index[labels["pod"]], m]
+                column[:] = np.where(np.isnan(samples), column, samples)  # a later series of the pod adds to it
     values[~np.isfinite(values)] = np.nan  # a NaN/Inf sample is missing data, the Scenario convention
     return FetchedMetrics(pods, values, names, tuple(warnings))
 
 
-def metrics_fetcher(prom, metrics: Sequence[str] = METRIC_NAMES,
-                    timeout: float = 30.0) -> Callable[[str, datetime, int], FetchedMetrics]:
+def metrics_fetcher(prom, metrics: Sequence[str] = METRIC_NAMES, timeout: float = 30.0,
+                    cache: RangeCache | None = None) -> Callable[[str, datetime, int], FetchedMetrics]:
     """`fetch_metrics` bound to `prom`, in the shape `pipeline.step` takes: PrometheusUnavailable becomes
     `SourceUnavailable("PrometheusUnavailable", ...)`, so the pipeline retries instead of failing the incident."""
     def fetch(namespace: str, start: datetime, n_bins: int) -> FetchedMetrics:
         try:
-            return fetch_metrics(prom, namespace, start, n_bins, metrics, timeout=timeout)
+            return fetch_metrics(prom, namespace, start, n_bins, metrics, timeout=timeout, cache=cache)
         except PrometheusUnavailable as err:
             raise SourceUnavailable("PrometheusUnavailable", str(err), err.kind) from err
 

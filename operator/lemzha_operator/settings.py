@@ -33,6 +33,7 @@ class Settings:
     query_timeout: float = 30.0  # seconds per Prometheus or Loki request (also sent to Prometheus as `timeout`)
     loki_max_lines: int = 200_000  # log pagination stops here; recorded in status.dataCoverage
     log_cache_rows: int = 200_000  # cleaned log chunks kept across incidents (about 20 MiB); 0 keeps none
+    query_cache_samples: int = 1_000_000  # settled Prometheus range-query points kept (8 MiB); 0 keeps none
     retry_base: float = 5.0  # first retry delay after a source outage; doubles per attempt
     retry_max: float = 300.0  # the backoff's ceiling
     watch_stale_seconds: float = 120.0  # the health probe fails when the watch lags a listed change this long
@@ -64,6 +65,7 @@ class Settings:
             query_timeout=number_setting(env, "LEMZHA_QUERY_TIMEOUT_SECONDS", 30.0, float, minimum=0.1),
             loki_max_lines=number_setting(env, "LEMZHA_LOKI_MAX_LINES", 200_000, int, minimum=1),
             log_cache_rows=number_setting(env, "LEMZHA_LOG_CACHE_ROWS", 200_000, int, minimum=0),
+            query_cache_samples=number_setting(env, "LEMZHA_QUERY_CACHE_SAMPLES", 1_000_000, int, minimum=0),
             retry_base=number_setting(env, "LEMZHA_RETRY_BASE_SECONDS", 5.0, float, minimum=0.1),
             retry_max=number_setting(env, "LEMZHA_RETRY_MAX_SECONDS", 300.0, float, minimum=0.1),
             watch_stale_seconds=number_setting(env, "LEMZHA_WATCH_STALE_SECONDS", 120.0, float, minimum=1),

@@ -14,7 +14,7 @@ from lemzha.scenario import Scenario
 from lemzha_operator.fetchers import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable, TracesFetcher
 from lemzha_operator.logchunks import ChunkCache, ChunkedLogs
 from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, selector, service_rows
-from lemzha_operator.prometheus import metrics_fetcher, pod_info_fetcher
+from lemzha_operator.prometheus import RangeCache, metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
 
 
@@ -116,7 +116,8 @@ def make_sources(settings: Settings) -> tuple[MetricsFetcher, LogsFetcher | None
     from lemzha_operator.traces import traces_fetcher
 
     prom = prometheus_client_for(settings)
-    return (metrics_fetcher(prom, timeout=settings.query_timeout),
+    cache = RangeCache(settings.query_cache_samples)  # settled range-query points, shared by metrics and traces
+    return (metrics_fetcher(prom, timeout=settings.query_timeout, cache=cache),
             logs_fetcher(settings) if settings.loki_url else None,
             pod_info_fetcher(prom, timeout=settings.query_timeout),
-            traces_fetcher(prom, timeout=settings.query_timeout))
+            traces_fetcher(prom, timeout=settings.query_timeout, cache=cache))

@@ -31,7 +31,7 @@ from lemzha.catalog import (
     trace_feature,
 )
 from lemzha_operator.fetchers import SourceUnavailable, TracesFetcher
-from lemzha_operator.prometheus import PrometheusUnavailable, query_ranges, server_bin_range
+from lemzha_operator.prometheus import Grid, PrometheusUnavailable, RangeCache, range_grids, server_bin_range
 
 
 def _edge_sum_promql(namespace: str, series: str = GRAPH_SERVER_SECONDS.name, bin_range: str = BIN_RANGE) -> str:
@@ -66,31 +66,27 @@ def _bucket_index(le: str, scale_to_ms: float) -> int | None:
 
 
 def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: set[str],
-                 bin_seconds: int = BIN_SECONDS, timeout: float = 30.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(service_metrics, edges) base columns for the window; only services in `services` (edges: both ends)."""
+                 bin_seconds: int = BIN_SECONDS, timeout: float = 30.0,
+                 cache: RangeCache | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(service_metrics, edges) base columns for the window; only services in `services` (edges: both ends).
+    `cache` keeps settled points for the next window (`prometheus.RangeCache`)."""
     start_s = as_utc(start).timestamp()
     first = start_s + bin_seconds - 0.001
-    last = first + (n_bins - 1) * bin_seconds
     q = queries(namespace, server_bin_range(prom, timeout=timeout))
 
-    def grid(answer: list[dict], keys: tuple[str, ...]) -> dict[tuple, np.ndarray]:
+    def grid(series: Grid, keys: tuple[str, ...]) -> dict[tuple, np.ndarray]:
         out: dict[tuple, np.ndarray] = {}
-        for series in answer:
-            labels = series["metric"]
-            key = tuple(labels.get(k, "") for k in keys)
-            values = out.setdefault(key, np.full(n_bins, np.nan))
-            for ts, text in series["values"]:
-                k = round((float(ts) - first) / bin_seconds)
-                if 0 <= k < n_bins:
-                    values[k] = float(text)
+        for labels, samples in series:
+            values = out.setdefault(tuple(labels.get(k, "") for k in keys), np.full(n_bins, np.nan))
+            values[:] = np.where(np.isnan(samples), values, samples)  # a later series of the key adds to it
         return out
 
     keys = {"service_calls": ("service_name",), "service_sum_ms": ("service_name",),
             "service_buckets": ("service_name", "le"), "edge_requests": ("client", "server"),
             "edge_sum_s": ("client", "server"), "edge_client_sum_s": ("client", "server"),
             "edge_buckets": ("client", "server", "le")}
-    answers = dict(zip(keys, query_ranges(prom, [q[name] for name in keys], first, last, bin_seconds, timeout),
-                       strict=True))
+    answers = dict(zip(keys, range_grids(prom, [q[name] for name in keys], first, n_bins, bin_seconds, timeout,
+                                         cache=cache), strict=True))
     calls = {k: v for k, v in grid(answers["service_calls"], keys["service_calls"]).items() if k[0] in services}
     sums = grid(answers["service_sum_ms"], keys["service_sum_ms"])
     service_buckets = grid(answers["service_buckets"], keys["service_buckets"])
@@ -146,11 +142,11 @@ def fetch_traces(prom, namespace: str, start: datetime, n_bins: int, services: s
     return service_metrics, edges
 
 
-def traces_fetcher(prom, timeout: float = 30.0) -> TracesFetcher:
+def traces_fetcher(prom, timeout: float = 30.0, cache: RangeCache | None = None) -> TracesFetcher:
     """`fetch_traces` bound to `prom`; an outage becomes `SourceUnavailable("PrometheusUnavailable", ...)`."""
     def fetch(namespace: str, start: datetime, n_bins: int, services: set) -> tuple[pd.DataFrame, pd.DataFrame]:
         try:
-            return fetch_traces(prom, namespace, start, n_bins, services, timeout=timeout)
+            return fetch_traces(prom, namespace, start, n_bins, services, timeout=timeout, cache=cache)
         except PrometheusUnavailable as err:
             raise SourceUnavailable("PrometheusUnavailable", str(err), err.kind) from err
 
