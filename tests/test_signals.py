@@ -185,3 +185,21 @@ def test_simplerca_counts_alerts_per_service() -> None:
     assert set(alerts["db"]) >= {"metric:cpu_millicores", "log_errors"}
     ranking = SimpleRCA().rank(s)
     assert ranking.services[0] == "db" and ranking.scores[0] >= 2
+
+
+def test_the_robust_deviation_of_some_bins_equals_those_bins_of_the_whole() -> None:
+    from lemzha.evidence import nan_quantiles, robust_deviation
+
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(0, 1, (40, 7, 3))
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[:, 2, 1] = np.nan  # a series without any sample
+    for spread in ("mad", "iqr"):
+        whole = robust_deviation(values, 30, spread=spread)
+        np.testing.assert_array_equal(robust_deviation(values, 30, spread=spread, rows=slice(30, 38)), whole[30:38])
+    original, scratch = values.copy(), values.copy()
+    for got, want in zip(nan_quantiles(scratch, (0.25, 0.5), in_place=True), nan_quantiles(values, (0.25, 0.5)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(values, original)  # a copy is sorted unless in_place
+    np.testing.assert_array_equal(scratch, np.sort(original, axis=0))

@@ -43,9 +43,9 @@ def metric_signals(scenario: Scenario, onset_bin: int, horizon: int
     wanted = sorted({columns[m] for group, _ in METRIC_SIGNALS.values() for m in group if m in columns})
     if not wanted or after.start >= after.stop:
         return names, values, detail
-    series = memo(scenario, "metric_series", lambda: scenario.values[:, :, wanted].astype(np.float64))
+    series = memo(scenario, "metric_series", lambda: _float64_columns(scenario.values, wanted))
     resolution = np.array([RESOLUTION.get(spec(scenario.metrics[c]).type, IQR_FLOOR_ABS) for c in wanted])
-    deviation = robust_deviation(series, onset_bin, spread="mad", resolution=resolution)[after]  # (H, P, m)
+    deviation = robust_deviation(series, onset_bin, spread="mad", resolution=resolution, rows=after)  # (H, P, m)
     position = {c: i for i, c in enumerate(wanted)}
     pod_service = scenario.pod_service_index()
     for k, (signal, (group, rise_only)) in enumerate(METRIC_SIGNALS.items()):
@@ -66,3 +66,11 @@ def metric_signals(scenario: Scenario, onset_bin: int, horizon: int
             detail[(services[s], signal)] = {"metric": present[best_metric[pod[s]]], "pod": scenario.pods[pod[s]],
                                              "z": round(float(best[s]), 2)}
     return names, values, detail
+
+
+def _float64_columns(values: np.ndarray, columns: list[int]) -> np.ndarray:
+    """values[:, :, columns] as float64, column by column: no float32 copy of the whole selection on the way."""
+    out = np.empty((*values.shape[:2], len(columns)))
+    for j, c in enumerate(columns):
+        out[:, :, j] = values[:, :, c]
+    return out
