@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from lemzha.lru import SizedLRU
 from lemzha.services import K8S_NAME_ALPHABET
 
 LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL", "UNKNOWN")
@@ -266,51 +265,10 @@ def _cache_key(text: str) -> str | None:
     return _ID_MASK.sub(_masked_id, text)
 
 
-class _TemplateCache:
-    """Masked line -> template, least recently used first out, at most `entries` entries. Keys and templates are
-    at most MAX_MESSAGE_CHARS characters each, so the bound in memory is about entries x 2 kB (a TrainTicket key is
-    ~280 characters: ~12 MB at 20,000 entries); templates are interned, since ~300 of them serve a whole day.
-    One lock: the operator cleans the logs of two incidents at once."""
-
-    def __init__(self, entries: int) -> None:
-        if entries < 1:
-            raise ValueError(f"a template cache needs at least one entry, not {entries}")
-        self.entries = entries
-        self._items: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: str) -> str | None:
-        with self._lock:
-            template = self._items.get(key)
-            if template is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._items.move_to_end(key)
-            return template
-
-    def put(self, key: str, template: str) -> str:
-        template = sys.intern(template)
-        with self._lock:
-            self._items[key] = template
-            self._items.move_to_end(key)
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
-        return template
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.hits = self.misses = 0
-
-    def info(self) -> dict[str, int]:
-        with self._lock:
-            return {"entries": len(self._items), "max_entries": self.entries, "hits": self.hits,
-                    "misses": self.misses}
-
-
-_CACHE = _TemplateCache(TEMPLATE_CACHE_ENTRIES)
+# Masked line -> template. Keys and templates are at most MAX_MESSAGE_CHARS characters each, so the bound in memory is
+# about entries x 2 kB (a TrainTicket key is ~280 characters: ~12 MB at 20,000 entries); templates are interned,
+# since ~300 of them serve a whole day. Thread-safe: the operator cleans the logs of two incidents at once.
+_CACHE: SizedLRU[str, str] = SizedLRU(TEMPLATE_CACHE_ENTRIES)
 
 
 def clear_template_cache() -> None:
@@ -320,7 +278,9 @@ def clear_template_cache() -> None:
 
 def template_cache_info() -> dict[str, int]:
     """The template cache's entries, bound, hits and misses since it was last cleared."""
-    return _CACHE.info()
+    info = _CACHE.info()
+    return {"entries": info["entries"], "max_entries": info["max_size"], "hits": info["hits"],
+            "misses": info["misses"]}
 
 
 def clean_uncached(message: str) -> str:
@@ -332,7 +292,7 @@ def clean_uncached(message: str) -> str:
 
 def clean(message: str) -> str:
     """The template of one message: ids, numbers, times, hosts masked; lower-cased; whitespace collapsed; from the
-    message's first MAX_MESSAGE_CHARS characters. Remembered in the template cache (`_TemplateCache`)."""
+    message's first MAX_MESSAGE_CHARS characters. Remembered in the template cache (`_CACHE`)."""
     if not isinstance(message, str):
         return ""
     text = message[:MAX_MESSAGE_CHARS]
@@ -341,7 +301,8 @@ def clean(message: str) -> str:
         return _cut(_clean_text(text))
     template = _CACHE.get(key)
     if template is None:
-        template = _CACHE.put(key, _cut(_clean_text(text)))
+        template = sys.intern(_cut(_clean_text(text)))
+        _CACHE.put(key, template)
     return template
 
 

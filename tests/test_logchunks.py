@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lemzha.binning import BIN_SECONDS
-from lemzha_operator.logchunks import CHUNK_SECONDS, SETTLE_SECONDS, Chunk, ChunkCache, ChunkedLogs, chunk_starts
+from lemzha_operator.logchunks import CHUNK_SECONDS, SETTLE_SECONDS, Chunk, ChunkedLogs, chunk_cache, chunk_starts
 from lemzha_operator.loki import LokiClient, LokiUnavailable, log_rows, selector, service_rows
 from offline.bench.standins.loki_standin import LokiStandIn
 
@@ -59,11 +59,11 @@ def test_chunks_cover_the_window_on_an_aligned_grid() -> None:
 def test_chunked_rows_equal_the_whole_window_and_come_from_the_cache_the_second_time(loki: LokiStandIn) -> None:
     whole = _whole_window(loki)
     assert len(whole) > 50 and whole["bin"].min() == 0 and whole["bin"].max() == N_BINS - 1
-    cache = ChunkCache(max_rows=100_000)
+    cache = chunk_cache(max_rows=100_000)
     chunked = ChunkedLogs(LokiClient(loki.url), cache, now=lambda: LATER)
     first, truncated = _chunked(chunked)
     pd.testing.assert_frame_equal(first, whole)
-    assert not truncated and cache.info()["chunks"] == 5
+    assert not truncated and cache.info()["entries"] == 5
     loki.fail_with = 503  # Loki down: every chunk of the window is settled and kept, so nothing is asked
     again, _ = _chunked(chunked)
     pd.testing.assert_frame_equal(again, whole)
@@ -73,14 +73,14 @@ def test_chunked_rows_equal_the_whole_window_and_come_from_the_cache_the_second_
 
 def test_a_chunk_that_may_still_receive_lines_is_fetched_every_time(loki: LokiStandIn) -> None:
     end = START + timedelta(seconds=N_BINS * BIN_SECONDS)
-    cache = ChunkCache()
+    cache = chunk_cache()
     # the clock at the window's end: the chunks ending within SETTLE_SECONDS of it are live
     chunked = ChunkedLogs(LokiClient(loki.url), cache, now=lambda: end)
     first, _ = _chunked(chunked)
     pd.testing.assert_frame_equal(first, _whole_window(loki))
     settled = [s for s in chunk_starts(START, N_BINS)
                if s + timedelta(seconds=CHUNK_SECONDS) <= end - timedelta(seconds=SETTLE_SECONDS)]
-    assert 0 < cache.info()["chunks"] == len(settled) < 5
+    assert 0 < cache.info()["entries"] == len(settled) < 5
     asked = len(loki.requests)
     _chunked(chunked)
     assert len(loki.requests) > asked  # the live chunks were asked again
@@ -89,30 +89,20 @@ def test_a_chunk_that_may_still_receive_lines_is_fetched_every_time(loki: LokiSt
         _chunked(chunked)
 
 
-def test_the_cache_keeps_at_most_its_bound_least_recently_used_out() -> None:
+def test_the_chunk_cache_is_bounded_by_rows() -> None:
     def chunk(rows: int) -> Chunk:
         return Chunk(pd.DataFrame({"pod": ["p"] * rows, "bin": range(rows), "template": ["t"] * rows,
                                    "level": ["INFO"] * rows, "count": [1] * rows}), rows, False)
 
-    cache = ChunkCache(max_rows=10)
-    cache.put(("s", 1), chunk(4))
-    cache.put(("s", 2), chunk(4))
-    assert cache.get(("s", 1)) is not None  # 1 is now the most recently used
-    cache.put(("s", 3), chunk(4))  # 12 rows: the least recently used (2) goes
-    assert cache.get(("s", 2)) is None and cache.get(("s", 1)) is not None and cache.get(("s", 3)) is not None
-    assert cache.info()["rows"] == 8 <= cache.max_rows
-    cache.put(("s", 4), chunk(11))  # larger than the bound alone: not kept
-    assert cache.get(("s", 4)) is None and cache.info()["rows"] == 8
-    none = ChunkCache(max_rows=0)
-    none.put(("s", 1), chunk(1))
-    assert none.info()["chunks"] == 0
-    with pytest.raises(ValueError, match="max_rows"):
-        ChunkCache(max_rows=-1)
+    cache = chunk_cache(max_rows=10)
+    for k in range(3):
+        cache.put(("s", k), chunk(4))
+    assert cache.info()["size"] == 8 and cache.get(("s", 0)) is None  # 12 rows: the oldest chunk went
 
 
 def test_the_line_cap_cuts_the_window_at_a_chunk_and_says_so(loki: LokiStandIn) -> None:
-    full, _ = _chunked(ChunkedLogs(LokiClient(loki.url), ChunkCache(), now=lambda: LATER))
-    capped = ChunkedLogs(LokiClient(loki.url, max_entries=250), ChunkCache(), now=lambda: LATER)
+    full, _ = _chunked(ChunkedLogs(LokiClient(loki.url), chunk_cache(), now=lambda: LATER))
+    capped = ChunkedLogs(LokiClient(loki.url, max_entries=250), chunk_cache(), now=lambda: LATER)
     rows, truncated = _chunked(capped)
     assert truncated and 0 < rows["count"].sum() <= 250 < full["count"].sum()
     assert rows["bin"].max() < full["bin"].max()  # the earliest chunks are kept, the later ones left out

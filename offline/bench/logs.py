@@ -42,11 +42,7 @@ def bench_logs(lines_per_incident: int = 20_000, count: int = 6) -> dict:
     if lines_per_incident < 1 or count < 2:
         raise ValueError("--lines must be at least 1 and --incidents at least 2 (one cold, one warm)")
     incidents = _incidents(ensure_extracted("nezha"), lines_per_incident, count)
-    clear = getattr(logs, "clear_template_cache", None)
-    if clear is not None:
-        clear()
-    else:  # the cleaner before the template cache: only its exact-message memo
-        logs._clean_cached.cache_clear()
+    logs.clear_template_cache()
     figures = []
     for lines in incidents:
         c0, t0 = time.process_time(), time.perf_counter()
@@ -56,8 +52,7 @@ def bench_logs(lines_per_incident: int = 20_000, count: int = 6) -> dict:
                         "lines_per_cpu_s": round(len(lines) / cpu), "us_per_line": round(cpu / len(lines) * 1e6, 1)})
     warm = figures[1:]
     warm_lines, warm_cpu = sum(f["lines"] for f in warm), sum(f["cpu_s"] for f in warm)
-    info = getattr(logs, "template_cache_info", None)
     return {"day": TT_DAY, "incidents": len(figures), "cold": figures[0],
             "warm": {"lines": warm_lines, "cpu_s": round(warm_cpu, 3), "lines_per_cpu_s": round(warm_lines / warm_cpu),
                      "us_per_line": round(warm_cpu / warm_lines * 1e6, 1)},
-            "per_incident": figures, **({"template_cache": info()} if info is not None else {})}
+            "per_incident": figures, "template_cache": logs.template_cache_info()}

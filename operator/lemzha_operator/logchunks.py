@@ -11,8 +11,6 @@ bins of the window's grid.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from lemzha.binning import BIN_SECONDS, as_utc
+from lemzha.lru import SizedLRU
 from lemzha_operator.loki import LokiClient, empty_templated, templated_entries
 
 CHUNK_SECONDS = 300  # 10 bins: a window's partial first chunk costs at most 5 min of extra lines
@@ -37,46 +36,11 @@ class Chunk:
     truncated: bool
 
 
-class ChunkCache:
-    """Settled chunks, least recently used first out, bounded by `max_rows` counted rows in all (0: keep none).
-
-    A row holds references to a pod name and a template string that the template cache and other rows share, so
-    it costs about 100 bytes: 200,000 rows are about 20 MiB."""
-
-    def __init__(self, max_rows: int = 200_000) -> None:
-        if max_rows < 0:
-            raise ValueError("max_rows must not be negative")
-        self.max_rows = max_rows
-        self._chunks: OrderedDict[tuple[str, int], Chunk] = OrderedDict()
-        self._rows = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple[str, int]) -> Chunk | None:
-        with self._lock:
-            chunk = self._chunks.get(key)
-            if chunk is None:
-                self.misses += 1
-                return None
-            self._chunks.move_to_end(key)
-            self.hits += 1
-            return chunk
-
-    def put(self, key: tuple[str, int], chunk: Chunk) -> None:
-        size = len(chunk.rows)
-        with self._lock:
-            if size > self.max_rows or key in self._chunks:
-                return
-            self._chunks[key] = chunk
-            self._rows += size
-            while self._rows > self.max_rows:
-                _, dropped = self._chunks.popitem(last=False)
-                self._rows -= len(dropped.rows)
-
-    def info(self) -> dict[str, int]:
-        with self._lock:
-            return {"chunks": len(self._chunks), "rows": self._rows, "max_rows": self.max_rows, "hits": self.hits,
-                    "misses": self.misses}
+def chunk_cache(max_rows: int = 200_000) -> SizedLRU[tuple[str, int], Chunk]:
+    """Settled chunks by (selector, chunk start), bounded by `max_rows` counted rows in all (0: keep none). A row
+    holds references to a pod name and a template string that the template cache and other rows share, so it costs
+    about 100 bytes: 200,000 rows are about 20 MiB."""
+    return SizedLRU(max_rows, size_of=lambda chunk: len(chunk.rows))
 
 
 def chunk_starts(start: datetime, n_bins: int) -> list[datetime]:
@@ -99,7 +63,7 @@ class ChunkedLogs:
     """Templated rows of a window (`loki.templated_entries`'s shape, bins from the window's start), from chunks
     fetched in parallel and kept in `cache`; `now` is the clock that tells a settled chunk from a live one."""
 
-    def __init__(self, client: LokiClient, cache: ChunkCache, pod_label: str = "pod",
+    def __init__(self, client: LokiClient, cache: SizedLRU[tuple[str, int], Chunk], pod_label: str = "pod",
                  now: Callable[[], datetime] | None = None, threads: int = FETCH_THREADS) -> None:
         self.client = client
         self.cache = cache

@@ -10,9 +10,7 @@ millisecond timestamps because prometheus-api-client's custom_query_range rounds
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import requests
 
 from lemzha.binning import BIN_SECONDS, as_utc
 from lemzha.catalog import METRIC_NAMES, bin_range, catalog_order, promql_escape, spec
+from lemzha.lru import SizedLRU
 from lemzha_operator.fetchers import SourceUnavailable
 
 QUERY_THREADS = 4  # range queries of one window in flight at once, shared by all incidents
@@ -195,13 +194,9 @@ class RangeCache:
     SETTLE_SECONDS = 300
 
     def __init__(self, max_samples: int = 1_000_000, now: Callable[[], float] | None = None) -> None:
-        if max_samples < 0:
-            raise ValueError("max_samples must not be negative")
-        self.max_samples = max_samples
         self.now = now or time.time
-        self._entries: OrderedDict[tuple[str, int, int], _Settled] = OrderedDict()
-        self._lock = threading.Lock()
-        self.asked_points = self.kept_points = 0  # what was fetched / served from here, for the bench and tests
+        self._entries: SizedLRU[tuple[str, int, int], _Settled] = SizedLRU(max_samples, lambda e: e.samples)
+        self.asked_points = self.kept_points = 0  # points fetched / served from here (read by the tests)
 
     def grids(self, prom, queries: Sequence[str], first_s: float, n_points: int, step_s: float,
               timeout: float = 30.0, warnings: list[str] | None = None) -> list[Grid]:
@@ -211,11 +206,7 @@ class RangeCache:
         phase = first_ms % step_ms
         a, b = (first_ms - phase) // step_ms, (first_ms - phase) // step_ms + n_points
         settled_end = (round(self.now() * 1000) - self.SETTLE_SECONDS * 1000 - phase) // step_ms + 1
-        with self._lock:
-            held = [self._entries.get((q, step_ms, phase)) for q in queries]
-            for q in queries:
-                if (q, step_ms, phase) in self._entries:
-                    self._entries.move_to_end((q, step_ms, phase))
+        held = [self._entries.get((q, step_ms, phase)) for q in queries]
         # from where each query must be asked: past what is held when the held part covers the window's start
         starts = [e.hi if e is not None and e.lo <= a < e.hi else a for e in held]
         fresh: list[Grid | None] = [None] * len(queries)
@@ -259,25 +250,14 @@ class RangeCache:
         return out
 
     def _keep(self, key: tuple[str, int, int], lo: int, hi: int, merged: dict) -> None:
-        if hi <= lo or self.max_samples == 0:
-            return
-        entry = _Settled(lo, hi, {k: (labels, values[:hi - lo].copy()) for k, (labels, values) in merged.items()})
-        if entry.samples > self.max_samples:
-            return
-        with self._lock:
-            old = self._entries.get(key)
-            if old is not None and old.lo <= lo and old.hi >= hi:
-                return  # what this window settled is held already
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while sum(e.samples for e in self._entries.values()) > self.max_samples:
-                self._entries.popitem(last=False)
+        old = self._entries.peek(key)
+        if hi <= lo or (old is not None and old.lo <= lo and old.hi >= hi):
+            return  # nothing settled, or what this window settled is held already
+        self._entries.put(key, _Settled(lo, hi, {k: (labels, values[:hi - lo].copy())
+                                                 for k, (labels, values) in merged.items()}))
 
     def info(self) -> dict[str, int]:
-        with self._lock:
-            return {"queries": len(self._entries), "samples": sum(e.samples for e in self._entries.values()),
-                    "max_samples": self.max_samples, "asked_points": self.asked_points,
-                    "kept_points": self.kept_points}
+        return {**self._entries.info(), "asked_points": self.asked_points, "kept_points": self.kept_points}
 
 
 def range_grids(prom, queries: Sequence[str], first_s: float, n_points: int, step_s: float, timeout: float = 30.0,

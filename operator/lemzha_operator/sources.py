@@ -12,7 +12,7 @@ from lemzha.baselines import Baro
 from lemzha.ranking import Ranker, Ranking
 from lemzha.scenario import Scenario
 from lemzha_operator.fetchers import LogsFetcher, MetricsFetcher, PodInfoFetcher, SourceUnavailable, TracesFetcher
-from lemzha_operator.logchunks import ChunkCache, ChunkedLogs
+from lemzha_operator.logchunks import ChunkedLogs, chunk_cache
 from lemzha_operator.loki import LokiClient, LokiError, LokiUnavailable, selector, service_rows
 from lemzha_operator.prometheus import RangeCache, metrics_fetcher, pod_info_fetcher
 from lemzha_operator.settings import Settings
@@ -90,7 +90,7 @@ def logs_fetcher(settings: Settings) -> LogsFetcher:
     serve the next one's reference hour."""
     client = LokiClient(settings.loki_url, token_file=settings.loki_token_file, ca_bundle=settings.ca_bundle,
                         timeout=settings.query_timeout, max_entries=settings.loki_max_lines)
-    chunked = ChunkedLogs(client, ChunkCache(settings.log_cache_rows), settings.pod_label)
+    chunked = ChunkedLogs(client, chunk_cache(settings.log_cache_rows), settings.pod_label)
 
     def fetch(namespace: str, start: datetime, n_bins: int, pod_service: Callable[[], dict[str, str]]) -> pd.DataFrame:
         try:
