@@ -7,8 +7,9 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
 - latency: created -> Completed for each of the N incidents applied ONE AT A TIME, first with an empty template
   cache and a fresh operator (cold), then again under new names (warm); p50 and p95. The N faults are consecutive
   faults of one day in one namespace, so in the cold pass each window shares most of its reference hour with the
-  one before (the log chunks kept by `lemzha_operator.logchunks`) and only the first incident reads all its lines;
-  in the warm pass every chunk is kept, so it measures re-analysing known windows;
+  one before (the log chunks kept by `lemzha_operator.logchunks` and the range points kept by
+  `prometheus.RangeCache`), and only the first incident reads its whole window; in the warm pass everything is
+  kept, so it measures re-analysing known windows;
 - stages: mean seconds per pipeline stage, read from the operator's own /metrics histogram for each pass;
 - memory: the operator's RSS after the passes, and a breakdown by what is loaded, measured step by step in a fresh
   torch-free process;
@@ -27,12 +28,13 @@ a bundle. Incidents are created through the Kubernetes API and polled every 20 m
 - BARO only: the same passes (but memory) with a second operator without a bundle, on the same data in the same run
   (each operator against its own fresh kube stand-in),
   and the bundle operator's CPU per incident over BARO's (`--no-baro` skips it);
-- scale: the shipped ranker on a TrainTicket namespace copied 1 to 22 times (46 to 1,012 pods), ms and peak RSS per
-  size, each in a fresh process (`offline.bench.ranker.bench_scale`).
+- scale: the shipped ranker on a TrainTicket namespace copied 1 to 22 times (46 to 1,012 pods), ms, RSS holding the
+  scenario and peak RSS while ranking it per size, each in a fresh process (`offline.bench.ranker.bench_scale`).
 
 `--passes` picks which passes run (default all, in the order cold, warm, burst, alerts, memory, scale).
 
-It uses the test harness (tests/), so run it from a checkout with the test extra installed.
+It uses the stand-ins and harness in `offline/bench/standins/` (kmock and cel-python: the `playground` extra, which
+the test extra includes).
 """
 
 from __future__ import annotations
